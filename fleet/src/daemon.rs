@@ -1,0 +1,178 @@
+//! The shape every daemon's `main` shares: `--config PATH`, `--check`, a
+//! tokio runtime, signal handling and a clean exit code.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::control::Control;
+use crate::load::ConfigError;
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+pub struct DaemonArgs {
+    /// The daemon's config file; it names the fleet file.
+    #[arg(long, short, value_name = "PATH")]
+    pub config: PathBuf,
+    /// Validate the config and fleet files, print what is wrong, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// One daemon: how it loads its configuration and how it runs.
+pub trait Daemon {
+    /// The daemon's own config together with the fleet file it names.
+    type Settings: Send + 'static;
+
+    const NAME: &'static str;
+
+    fn load(config_file: &Path) -> Result<Self::Settings, ConfigError>;
+
+    /// One line for `--check` and the start-up log.
+    fn describe(settings: &Self::Settings) -> String;
+
+    fn log_format(settings: &Self::Settings) -> LogFormat;
+
+    /// Binds, serves, reloads on request and returns after a graceful
+    /// shutdown.
+    fn run(
+        settings: Self::Settings,
+        control: Control,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The whole of a daemon's `main`.
+pub fn main<D: Daemon>() -> ExitCode {
+    let args = DaemonArgs::parse();
+    let settings = match D::load(&args.config) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{}: {error}", D::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        println!(
+            "{}: {} is valid: {}",
+            D::NAME,
+            args.config.display(),
+            D::describe(&settings)
+        );
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(D::log_format(&settings));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{}: cannot start the async runtime: {error}", D::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let control = Control::new();
+        control.install_signal_handlers()?;
+        tracing::info!(daemon = D::NAME, "starting: {}", D::describe(&settings));
+        D::run(settings, control).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!(daemon = D::NAME, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(daemon = D::NAME, "{error:#}");
+            eprintln!("{}: {error:#}", D::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The pieces every daemon's `run` starts the same way: the live settings,
+/// readiness, the metrics registry, the admin listener and the reload loop.
+pub struct Service<S> {
+    pub control: Control,
+    pub live: std::sync::Arc<crate::Live<S>>,
+    pub readiness: std::sync::Arc<crate::admin::Readiness>,
+    pub registry: prometheus_client::registry::Registry,
+}
+
+impl<S: Send + Sync + 'static> Service<S> {
+    pub fn new(control: Control, settings: S) -> Self {
+        let live = crate::Live::new(settings);
+        let mut registry = prometheus_client::registry::Registry::default();
+        live.register(&mut registry);
+        Service {
+            control,
+            live,
+            readiness: crate::admin::Readiness::new(),
+            registry,
+        }
+    }
+
+    /// Serves the admin listener (with `extra` routes merged in) and reloads
+    /// the settings with `load` on SIGHUP. Register every metric first.
+    pub fn start(
+        self,
+        admin: tokio::net::TcpListener,
+        extra: axum::Router,
+        load: impl Fn() -> Result<S, ConfigError> + Send + 'static,
+        status: impl Fn(&S) -> serde_json::Value + Send + Sync + 'static,
+    ) -> Started<S> {
+        let Service {
+            control,
+            live,
+            readiness,
+            registry,
+        } = self;
+        let status_live = live.clone();
+        let state = crate::admin::AdminState {
+            readiness: readiness.clone(),
+            registry: std::sync::Arc::new(registry),
+            status: std::sync::Arc::new(move || {
+                serde_json::json!({
+                    "config": status_live.status(),
+                    "service": status(&status_live.get()),
+                })
+            }),
+        };
+        let router = crate::admin::admin_router(state).merge(extra);
+        let shutdown = control.shutdown.clone();
+        control.tasks.spawn(async move {
+            if let Err(error) = crate::admin::serve(admin, router, shutdown).await {
+                tracing::error!("admin listener failed: {error}");
+            }
+        });
+        control.tasks.spawn(crate::live::reload_on_request(
+            control.clone(),
+            live.clone(),
+            load,
+        ));
+        Started {
+            control,
+            live,
+            readiness,
+        }
+    }
+}
+
+/// A started service's handles.
+pub struct Started<S> {
+    pub control: Control,
+    pub live: std::sync::Arc<crate::Live<S>>,
+    pub readiness: std::sync::Arc<crate::admin::Readiness>,
+}
+
+impl<S> Started<S> {
+    /// Waits for shutdown (not ready from then on), then for the tracked
+    /// tasks, at most `grace`.
+    pub async fn until_shutdown(&self, grace: std::time::Duration) {
+        self.control.shutdown.cancelled().await;
+        self.readiness.not_ready("shutdown", "shutting down");
+        self.control.drain(grace).await;
+    }
+}

@@ -1,0 +1,22 @@
+//! What lb-dns, healthd and mta share: the fleet model and its validation,
+//! the health-feed types, and the runtime pieces every daemon uses.
+
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod feed;
+pub mod live;
+pub mod load;
+pub mod locate;
+pub mod model;
+pub mod password;
+pub mod rate;
+pub mod telemetry;
+pub mod validate;
+
+pub use control::Control;
+pub use live::Live;
+pub use load::{load_fleet, parse_fleet, ConfigError, Problem};
+pub use model::{Account, Cluster, Credential, Fleet, Mta, WhenAllDown};
+pub use rate::RateLimit;

@@ -1,0 +1,209 @@
+//! The fleet file's shape. Field-level checks live in the types
+//! (`RateLimit`, `PhcHash`); cross-field checks live in `validate`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rate::RateLimit;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub zone: Zone,
+    #[serde(default)]
+    pub ports: Ports,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    pub origin: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default = "default_max_answers")]
+    pub max_answers: usize,
+    #[serde(default)]
+    pub when_all_down: WhenAllDown,
+    pub primary_ns: String,
+    pub hostmaster: String,
+    #[serde(default)]
+    pub nameservers: Vec<NameServer>,
+}
+
+fn default_ttl() -> u32 {
+    30
+}
+
+fn default_max_answers() -> usize {
+    8
+}
+
+/// What a cluster with no healthy MTA answers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenAllDown {
+    /// Every non-drained address (fail open, as gdnsd and Route 53 do).
+    #[default]
+    ServeAll,
+    /// NODATA.
+    Empty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NameServer {
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    #[serde(default = "default_smtp_ports")]
+    pub smtp: Vec<u16>,
+    #[serde(default = "default_https_port")]
+    pub https: u16,
+}
+
+fn default_smtp_ports() -> Vec<u16> {
+    vec![587, 25, 2587]
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            smtp: default_smtp_ports(),
+            https: default_https_port(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub id: String,
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+    #[serde(default)]
+    pub mtas: Vec<Mta>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub username: String,
+    pub password: PhcHash,
+    /// The subset of the cluster's domains this credential may send as;
+    /// absent means all of them.
+    pub domains: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mta {
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub name: String,
+    pub token_sha256: String,
+    pub clusters: Vec<String>,
+}
+
+/// A password hash in PHC string format, from the argon2 family.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct PhcHash(String);
+
+impl PhcHash {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PhcHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhcHash(..)")
+    }
+}
+
+impl TryFrom<String> for PhcHash {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match argon2::PasswordHash::new(&value) {
+            Ok(hash) if hash.algorithm.as_str().starts_with("argon2") => Ok(PhcHash(value)),
+            Ok(hash) => Err(format!(
+                "password hash uses `{}`; only argon2 (argon2id) hashes are accepted",
+                hash.algorithm
+            )),
+            Err(_) => Err(
+                "password must be an argon2id PHC hash ($argon2id$v=19$...), never plaintext; \
+                 make one with `fleet hash-password`"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
+impl From<PhcHash> for String {
+    fn from(value: PhcHash) -> Self {
+        value.0
+    }
+}
+
+impl Fleet {
+    pub fn cluster(&self, id: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.id == id)
+    }
+
+    /// The MTA with this name and the cluster it belongs to.
+    pub fn mta(&self, name: &str) -> Option<(&Cluster, &Mta)> {
+        self.clusters
+            .iter()
+            .find_map(|c| c.mtas.iter().find(|m| m.name == name).map(|m| (c, m)))
+    }
+
+    pub fn hostname(&self, cluster: &Cluster) -> String {
+        format!(
+            "c-{}.{}",
+            cluster.id,
+            self.zone.origin.trim_end_matches('.')
+        )
+    }
+
+    pub fn mta_count(&self) -> usize {
+        self.clusters.iter().map(|c| c.mtas.len()).sum()
+    }
+}
+
+impl Cluster {
+    /// The domains a credential may send as.
+    pub fn allowed_domains<'a>(&'a self, credential: &'a Credential) -> &'a [String] {
+        credential.domains.as_deref().unwrap_or(&self.domains)
+    }
+}

@@ -1,0 +1,25 @@
+//! Regenerates the example certificates in `configs/tls/`:
+//! `cargo run -p integration --example dev-certs -- configs/tls`.
+//! For local use only: the keys are public.
+
+fn main() -> anyhow::Result<()> {
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "configs/tls".to_string());
+    let ca = integration::pki::LocalCa::new("unMTA example CA (not for production)")?;
+    ca.write_bundle(
+        std::path::Path::new(&dir),
+        "cluster",
+        &[
+            "c-a1b2c3d4.unmta.net",
+            "c-e5f6a7b8.unmta.net",
+            "localhost",
+            "127.0.0.11",
+            "127.0.0.12",
+            "127.0.0.13",
+            "127.0.0.21",
+        ],
+    )?;
+    println!("wrote {dir}/ca.pem, cluster.pem and cluster-key.pem");
+    Ok(())
+}

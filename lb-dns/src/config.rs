@@ -1,0 +1,55 @@
+//! lb-dns's own config file (`configs/lb-dns.toml`) and the fleet it names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleet::config::{load_toml, resolve};
+use fleet::telemetry::LogFormat;
+use fleet::{load_fleet, ConfigError, Fleet};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The fleet file, relative to this file.
+    pub fleet_file: PathBuf,
+    /// Addresses to answer DNS on, over both UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// The admin HTTP listener: /live, /ready, /metrics, /status.
+    pub admin_listen: SocketAddr,
+    /// Base URLs of the healthd instances whose feeds this node follows.
+    #[serde(default)]
+    pub healthd: Vec<String>,
+    /// Where the last known health state is kept across restarts.
+    pub state_file: Option<PathBuf>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default = "default_grace", with = "fleet::config::duration")]
+    pub shutdown_grace: std::time::Duration,
+}
+
+fn default_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+/// Everything lb-dns reads from disk, reloaded together on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_file: PathBuf,
+    pub node: NodeConfig,
+    pub fleet: Fleet,
+}
+
+impl Settings {
+    pub fn load(config_file: &Path) -> Result<Settings, ConfigError> {
+        let mut node: NodeConfig = load_toml(config_file)?;
+        node.fleet_file = resolve(config_file, &node.fleet_file);
+        node.state_file = node.state_file.map(|p| resolve(config_file, &p));
+        let fleet = load_fleet(&node.fleet_file)?;
+        Ok(Settings {
+            config_file: config_file.to_path_buf(),
+            node,
+            fleet,
+        })
+    }
+}

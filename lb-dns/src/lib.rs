@@ -1,0 +1,80 @@
+//! lb-dns: the authoritative DNS load balancer for `c-<id>.<origin>`.
+
+pub mod config;
+
+use std::path::Path;
+
+use fleet::control::Control;
+use fleet::daemon::{Daemon, Service};
+use fleet::telemetry::LogFormat;
+use fleet::ConfigError;
+use tokio::net::TcpListener;
+
+pub use config::Settings;
+
+/// The sockets lb-dns serves, bound before `run` so tests can pass port 0.
+pub struct Listeners {
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let addr = settings.node.admin_listen;
+        let admin = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
+        Ok(Listeners { admin })
+    }
+}
+
+/// Serves until `control.shutdown`, reloading on `control`'s requests.
+pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
+    let config_file = settings.config_file.clone();
+    let grace = settings.node.shutdown_grace;
+    let service = Service::new(control, settings);
+    let started = service.start(
+        listeners.admin,
+        axum::Router::new(),
+        move || Settings::load(&config_file),
+        |s: &Settings| {
+            serde_json::json!({
+                "zone": s.fleet.zone.origin,
+                "clusters": s.fleet.clusters.len(),
+                "mtas": s.fleet.mta_count(),
+            })
+        },
+    );
+    started.until_shutdown(grace).await;
+    Ok(())
+}
+
+pub struct LbDns;
+
+impl Daemon for LbDns {
+    type Settings = Settings;
+    const NAME: &'static str = "lb-dns";
+
+    fn load(config_file: &Path) -> Result<Settings, ConfigError> {
+        Settings::load(config_file)
+    }
+
+    fn describe(s: &Settings) -> String {
+        format!(
+            "zone {} with {} clusters and {} MTAs, DNS on {:?}, admin on {}",
+            s.fleet.zone.origin,
+            s.fleet.clusters.len(),
+            s.fleet.mta_count(),
+            s.node.listen,
+            s.node.admin_listen
+        )
+    }
+
+    fn log_format(s: &Settings) -> LogFormat {
+        s.node.log_format
+    }
+
+    async fn run(settings: Settings, control: Control) -> anyhow::Result<()> {
+        let listeners = Listeners::bind(&settings).await?;
+        run(settings, listeners, control).await
+    }
+}
