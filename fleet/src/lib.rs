@@ -13,6 +13,8 @@ pub mod model;
 pub mod password;
 pub mod rate;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod validate;
 
 pub use control::Control;

@@ -6,7 +6,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "configs/tls".to_string());
-    let ca = integration::pki::LocalCa::new("unMTA example CA (not for production)")?;
+    let ca = fleet::testkit::pki::LocalCa::new("unMTA example CA (not for production)")?;
     ca.write_bundle(
         std::path::Path::new(&dir),
         "cluster",

@@ -1,5 +1,1 @@
-//! Test fixtures shared by the daemons' tests and `local-cluster`: a local
-//! CA. (This crate never depends on the daemon crates: it drives them as
-//! processes, so their tests may use it.)
-
-pub mod pki;
+//! local-cluster and the end-to-end suite: the whole fleet on one machine.
