@@ -45,7 +45,12 @@ pub trait Daemon {
 
 /// The whole of a daemon's `main`.
 pub fn main<D: Daemon>() -> ExitCode {
-    let args = DaemonArgs::parse();
+    main_with_args::<D>(DaemonArgs::parse())
+}
+
+/// `main` with arguments parsed elsewhere (local-cluster hosts every daemon
+/// in its own executable and re-executes itself, one process per daemon).
+pub fn main_with_args<D: Daemon>(args: DaemonArgs) -> ExitCode {
     let settings = match D::load(&args.config) {
         Ok(settings) => settings,
         Err(error) => {
