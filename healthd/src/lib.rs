@@ -1,8 +1,20 @@
-//! healthd: probes every MTA over SMTP and HTTPS and serves the health feed.
+//! healthd: probes every MTA over SMTP and HTTPS and serves the health feed,
+//! the Clusters API and admin drains.
 
+pub mod api;
+pub mod auth;
+pub mod board;
 pub mod config;
+pub mod drain;
+pub mod feed;
+pub mod metrics;
+pub mod probe;
+pub mod scheduler;
+pub mod state;
+pub mod tls;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use fleet::control::Control;
 use fleet::daemon::{Daemon, Service};
@@ -31,19 +43,57 @@ impl Listeners {
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
-    let service = Service::new(control, settings);
+    let state_file = drain::StateFile::new(&settings.node.state_file);
+    let drains = state_file.load().map_err(|e| anyhow::anyhow!(e))?;
+    if !drains.is_empty() {
+        tracing::info!(
+            "drained by earlier admin calls: {}",
+            drains.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let board = board::Board::new(settings.fleet.clone(), drains);
+    let metrics = metrics::Metrics::default();
+    let mut service = Service::new(control, settings);
+    metrics.register(&mut service.registry);
+    let live = service.live.clone();
+    let shutdown = service.control.shutdown.clone();
+    let router = feed::routes(feed::FeedState {
+        board: board.clone(),
+        max_wait: feed::MAX_WAIT,
+        shutdown: shutdown.clone(),
+    })
+    .merge(api::routes(api::ApiState {
+        board: board.clone(),
+        live: live.clone(),
+    }))
+    .merge(drain::routes(drain::DrainState {
+        board: board.clone(),
+        live: live.clone(),
+        file: state_file,
+        writing: Arc::new(tokio::sync::Mutex::new(())),
+    }));
+    let scheduler = scheduler::Scheduler::new(
+        live.clone(),
+        board.clone(),
+        metrics,
+        service.readiness.clone(),
+    );
+    let status_board = board.clone();
     let started = service.start(
         listeners.admin,
-        axum::Router::new(),
+        router,
         move || Settings::load(&config_file),
-        |s: &Settings| {
+        move |s: &Settings| {
             serde_json::json!({
                 "zone": s.fleet.zone.origin,
                 "clusters": s.fleet.clusters.len(),
                 "mtas": s.fleet.mta_count(),
+                "generation": status_board.generation(),
+                "instance": status_board.instance(),
             })
         },
     );
+    started.control.tasks.spawn(scheduler.run(shutdown));
     started.until_shutdown(grace).await;
     Ok(())
 }
@@ -60,10 +110,14 @@ impl Daemon for Healthd {
 
     fn describe(s: &Settings) -> String {
         format!(
-            "{} clusters with {} MTAs, HTTP on {}",
+            "{} clusters with {} MTAs, HTTP on {}, probing every {} (timeout {}, rise {}, fall {})",
             s.fleet.clusters.len(),
             s.fleet.mta_count(),
-            s.node.listen
+            s.node.listen,
+            probe::words(s.node.probe.interval),
+            probe::words(s.node.probe.timeout),
+            s.node.probe.rise,
+            s.node.probe.fall,
         )
     }
 

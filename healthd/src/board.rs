@@ -1,0 +1,354 @@
+//! The health of the whole fleet, shared by the scheduler (which writes
+//! probe results), the feed, the Clusters API and the drain calls.
+//! `generation` moves only when something a consumer needs changes: a
+//! shown state, an address, a weight, membership.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use fleet::feed::{rfc3339, ClusterHealth, FleetHealth, MtaHealth, MtaState};
+use fleet::Fleet;
+use tokio::sync::watch;
+
+use crate::probe::Target;
+use crate::state::{Health, Transition};
+
+/// One MTA of the fleet and what the probes found.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// This target's incarnation: a moved MTA is a new target, a new id.
+    pub id: u64,
+    pub cluster: String,
+    pub target: Target,
+    pub health: Health,
+    pub fleet_drain: bool,
+    pub admin_drain: bool,
+    /// The state consumers see (`drain` over the probes' state) and since when.
+    pub shown: MtaState,
+    pub shown_since: SystemTime,
+}
+
+impl Record {
+    fn new(id: u64, cluster: String, target: Target, now: SystemTime) -> Record {
+        Record {
+            id,
+            cluster,
+            target,
+            health: Health::new(now),
+            fleet_drain: false,
+            admin_drain: false,
+            shown: MtaState::Unknown,
+            shown_since: now,
+        }
+    }
+
+    pub fn drained(&self) -> bool {
+        self.fleet_drain || self.admin_drain
+    }
+
+    /// Recomputes the shown state; true when it changed.
+    fn refresh(&mut self, now: SystemTime) -> bool {
+        let shown = if self.drained() {
+            MtaState::Drain
+        } else {
+            self.health.state
+        };
+        if shown == self.shown {
+            return false;
+        }
+        self.shown = shown;
+        self.shown_since = now;
+        true
+    }
+
+    /// The reason shown: the last failure, or for a drained MTA why it is
+    /// drained and what the probes say.
+    pub fn reason(&self) -> Option<String> {
+        if !self.drained() {
+            return self.health.failure.clone();
+        }
+        let by = match (self.fleet_drain, self.admin_drain) {
+            (true, true) => "the fleet file and an admin call",
+            (true, false) => "the fleet file",
+            _ => "an admin call",
+        };
+        let probes = match &self.health.failure {
+            Some(failure) => format!("{}: {failure}", self.health.state.as_str()),
+            None => self.health.state.as_str().to_string(),
+        };
+        Some(format!("drained by {by}; probes: {probes}"))
+    }
+
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.health
+            .latency
+            .map(|l| (l.as_secs_f64() * 1e5).round() / 100.0)
+    }
+}
+
+/// What the scheduler must start and stop after a fleet change.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub added: Vec<(u64, String, Target)>,
+    pub removed: Vec<u64>,
+}
+
+struct Inner {
+    fleet: Arc<Fleet>,
+    records: HashMap<String, Record>,
+    admin_drains: BTreeSet<String>,
+    next_id: u64,
+}
+
+pub struct Board {
+    instance: String,
+    inner: Mutex<Inner>,
+    generation: watch::Sender<u64>,
+}
+
+/// What consumers see of one MTA; a change moves the generation.
+type View = (
+    String,
+    String,
+    String,
+    Ipv4Addr,
+    Option<Ipv6Addr>,
+    u32,
+    MtaState,
+);
+
+impl Board {
+    /// A board for `fleet` with MTAs drained through the admin API; every
+    /// MTA starts `unknown`.
+    pub fn new(fleet: Fleet, admin_drains: BTreeSet<String>) -> Arc<Board> {
+        let instance = format!(
+            "{:016x}",
+            rand::random::<u64>()
+                ^ SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0)
+        );
+        let board = Board {
+            instance,
+            inner: Mutex::new(Inner {
+                fleet: Arc::new(Fleet {
+                    clusters: Vec::new(),
+                    accounts: Vec::new(),
+                    ..fleet.clone()
+                }),
+                records: HashMap::new(),
+                admin_drains,
+                next_id: 1,
+            }),
+            generation: watch::channel(1).0,
+        };
+        board.apply_fleet(fleet);
+        Arc::new(board)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Changes whenever the generation moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Every probe target now, for a scheduler starting up.
+    pub fn targets(&self) -> Vec<(u64, String, Target)> {
+        self.lock()
+            .records
+            .iter()
+            .map(|(name, r)| (r.id, name.clone(), r.target.clone()))
+            .collect()
+    }
+
+    /// Takes a new fleet: new MTAs start `unknown`, removed ones go, a
+    /// moved one is a new target.
+    pub fn apply_fleet(&self, fleet: Fleet) -> Changes {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        let before = view(&inner);
+        let mut changes = Changes::default();
+        let smtp_port = fleet.ports.smtp.first().copied().unwrap_or(25);
+        let https_port = fleet.ports.https;
+        let mut old = std::mem::take(&mut inner.records);
+        let mut records = HashMap::with_capacity(fleet.mta_count());
+        for cluster in &fleet.clusters {
+            let hostname = fleet.hostname(cluster);
+            for mta in &cluster.mtas {
+                let target = Target {
+                    hostname: hostname.clone(),
+                    ipv4: mta.ipv4,
+                    smtp_port,
+                    https_port,
+                };
+                let mut record = match old.remove(&mta.name) {
+                    Some(record) if record.target == target && record.cluster == cluster.id => {
+                        record
+                    }
+                    previous => {
+                        if let Some(previous) = previous {
+                            changes.removed.push(previous.id);
+                        }
+                        let id = inner.next_id;
+                        inner.next_id += 1;
+                        changes.added.push((id, mta.name.clone(), target.clone()));
+                        Record::new(id, cluster.id.clone(), target, now)
+                    }
+                };
+                record.fleet_drain = mta.drain;
+                record.admin_drain = inner.admin_drains.contains(&mta.name);
+                record.refresh(now);
+                records.insert(mta.name.clone(), record);
+            }
+        }
+        changes.removed.extend(old.into_values().map(|r| r.id));
+        inner.records = records;
+        inner.fleet = Arc::new(fleet);
+        let changed = view(&inner) != before;
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+        changes
+    }
+
+    /// Takes one probe round's verdict for target `id` of MTA `name`;
+    /// `None` when that target is gone. Returns the record after the round
+    /// and the probes' transition, if any.
+    pub fn observe(
+        &self,
+        name: &str,
+        id: u64,
+        verdict: Result<std::time::Duration, &str>,
+        rise: u32,
+        fall: u32,
+    ) -> Option<(Record, Option<Transition>)> {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        let record = inner.records.get_mut(name).filter(|r| r.id == id)?;
+        let transition = record.health.observe(verdict, rise, fall, now);
+        let shown_changed = record.refresh(now);
+        let after = record.clone();
+        drop(inner);
+        if shown_changed {
+            self.bump();
+        }
+        Some((after, transition))
+    }
+
+    /// Drains (or undrains) `name` by admin call; `None` when the fleet has
+    /// no such MTA.
+    pub fn set_admin_drain(&self, name: &str, drain: bool) -> Option<Record> {
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        inner.records.get(name)?;
+        if drain {
+            inner.admin_drains.insert(name.to_string());
+        } else {
+            inner.admin_drains.remove(name);
+        }
+        let record = inner.records.get_mut(name)?;
+        record.admin_drain = drain;
+        let changed = record.refresh(now);
+        let after = record.clone();
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+        Some(after)
+    }
+
+    /// The MTAs drained through the admin API, for the state file.
+    pub fn admin_drains(&self) -> BTreeSet<String> {
+        self.lock().admin_drains.clone()
+    }
+
+    pub fn record(&self, name: &str) -> Option<Record> {
+        self.lock().records.get(name).cloned()
+    }
+
+    /// Reads the fleet and the records together.
+    pub fn read<T>(&self, f: impl FnOnce(&Fleet, &HashMap<String, Record>) -> T) -> T {
+        let inner = self.lock();
+        f(&inner.fleet, &inner.records)
+    }
+
+    /// The feed: the whole state with its generation.
+    pub fn snapshot(&self) -> FleetHealth {
+        let inner = self.lock();
+        let generation = self.generation();
+        let clusters = inner
+            .fleet
+            .clusters
+            .iter()
+            .map(|cluster| ClusterHealth {
+                id: cluster.id.clone(),
+                hostname: inner.fleet.hostname(cluster),
+                mtas: cluster
+                    .mtas
+                    .iter()
+                    .filter_map(|mta| {
+                        let record = inner.records.get(&mta.name)?;
+                        Some(MtaHealth {
+                            name: mta.name.clone(),
+                            ipv4: mta.ipv4,
+                            ipv6: mta.ipv6,
+                            weight: mta.weight,
+                            state: record.shown,
+                            since: rfc3339(record.shown_since),
+                            latency_ms: record.latency_ms(),
+                            reason: record.reason(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        FleetHealth {
+            instance: self.instance.clone(),
+            generation,
+            clusters,
+        }
+    }
+}
+
+fn view(inner: &Inner) -> Vec<View> {
+    let mut view = Vec::with_capacity(inner.records.len());
+    for cluster in &inner.fleet.clusters {
+        let hostname = inner.fleet.hostname(cluster);
+        for mta in &cluster.mtas {
+            let shown = inner
+                .records
+                .get(&mta.name)
+                .map(|r| r.shown)
+                .unwrap_or(MtaState::Unknown);
+            view.push((
+                cluster.id.clone(),
+                hostname.clone(),
+                mta.name.clone(),
+                mta.ipv4,
+                mta.ipv6,
+                mta.weight,
+                shown,
+            ));
+        }
+    }
+    view
+}

@@ -1,0 +1,183 @@
+//! Drain by admin call: `POST /v1/mtas/{name}/drain` and `DELETE` to undo,
+//! with the admin token. Admin drains are kept in the state file (written
+//! atomically) so they survive a restart. A drained MTA is still probed and
+//! shown, and never served.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use fleet::Live;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::{caller, forbidden, message, not_found, unauthenticated, Caller};
+use crate::board::{Board, Record};
+use crate::config::Settings;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    /// MTA names drained through the admin API.
+    drained: BTreeSet<String>,
+}
+
+/// The drain state file.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    pub fn new(path: &Path) -> StateFile {
+        StateFile {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The drained MTAs; none when the file does not exist yet.
+    pub fn load(&self) -> Result<BTreeSet<String>, String> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => {
+                return Err(format!(
+                    "drain state {} cannot be read: {e}",
+                    self.path.display()
+                ))
+            }
+        };
+        serde_json::from_str::<Saved>(&text)
+            .map(|saved| saved.drained)
+            .map_err(|e| format!("drain state {} is not valid: {e}", self.path.display()))
+    }
+
+    /// Replaces the file atomically: a temporary file, synced, renamed over.
+    pub fn save(&self, drained: &BTreeSet<String>) -> std::io::Result<()> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir)?;
+        let mut temp = tempfile_in(dir, &self.path)?;
+        let text = serde_json::to_string_pretty(&Saved {
+            drained: drained.clone(),
+        })?;
+        temp.1.write_all(text.as_bytes())?;
+        temp.1.write_all(b"\n")?;
+        temp.1.sync_all()?;
+        drop(temp.1);
+        std::fs::rename(&temp.0, &self.path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp.0);
+        })?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let stem = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    let path = dir.join(format!(
+        ".{stem}.{}.{:x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((path, file))
+}
+
+#[derive(Clone)]
+pub struct DrainState {
+    pub board: Arc<Board>,
+    pub live: Arc<Live<Settings>>,
+    pub file: StateFile,
+    /// One drain change at a time, so the file and the board agree.
+    pub writing: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub fn routes(state: DrainState) -> Router {
+    Router::new()
+        .route("/v1/mtas/{name}/drain", post(drain).delete(undrain))
+        .with_state(state)
+}
+
+async fn drain(state: State<DrainState>, name: UrlPath<String>, headers: HeaderMap) -> Response {
+    change(state, name, headers, true).await
+}
+
+async fn undrain(state: State<DrainState>, name: UrlPath<String>, headers: HeaderMap) -> Response {
+    change(state, name, headers, false).await
+}
+
+async fn change(
+    State(state): State<DrainState>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    on: bool,
+) -> Response {
+    let settings = state.live.get();
+    let who = state
+        .board
+        .read(|fleet, _| caller(&headers, fleet, settings.node.admin_token_sha256.as_deref()));
+    match who {
+        None => return unauthenticated(),
+        Some(Caller::Account { .. }) => return forbidden(),
+        Some(Caller::Admin) => {}
+    }
+    let _writing = state.writing.lock().await;
+    if state.board.record(&name).is_none() {
+        return not_found();
+    }
+    let mut drained = state.board.admin_drains();
+    let changed = if on {
+        drained.insert(name.clone())
+    } else {
+        drained.remove(&name)
+    };
+    if changed {
+        let file = state.file.clone();
+        let saved = tokio::task::spawn_blocking(move || file.save(&drained)).await;
+        let error = match saved {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = error {
+            tracing::error!(mta = %name, "drain change refused: the state file cannot be written: {error}");
+            return message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("The drain state cannot be saved: {error}"),
+            );
+        }
+    }
+    let Some(record) = state.board.set_admin_drain(&name, on) else {
+        return not_found();
+    };
+    if changed {
+        tracing::info!(mta = %name, "{name} {} by admin call; shown as {}", if on { "drained" } else { "undrained" }, record.shown.as_str());
+    }
+    Json(json!({ "data": drain_json(&name, &record) })).into_response()
+}
+
+fn drain_json(name: &str, record: &Record) -> serde_json::Value {
+    json!({
+        "name": name,
+        "state": record.shown.as_str(),
+        "drained": record.drained(),
+        "drained_by_admin": record.admin_drain,
+        "drained_by_fleet": record.fleet_drain,
+        "probes": record.health.state.as_str(),
+        "reason": record.reason(),
+    })
+}

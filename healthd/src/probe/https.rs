@@ -1,0 +1,254 @@
+//! The HTTPS probe: `GET /ready` with SNI = the cluster hostname, the
+//! certificate verified, `200` before the timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use super::{connect_failure, until, words, Class, Failure, Kind};
+
+/// The most of an answer read: the status line, headers and a short body.
+const MAX_ANSWER: usize = 8 * 1024;
+
+pub struct ReadyCheck<'a> {
+    pub tls: &'a TlsConnector,
+    pub server_name: ServerName<'static>,
+    pub hostname: &'a str,
+    pub port: u16,
+    pub deadline: Instant,
+    pub timeout: Duration,
+}
+
+fn fail(class: Class, reason: String) -> Failure {
+    Failure {
+        kind: Kind::Https,
+        class,
+        reason,
+    }
+}
+
+impl ReadyCheck<'_> {
+    pub async fn run(&self, addr: SocketAddr) -> Result<(), Failure> {
+        let within = words(self.timeout);
+        let tcp = until(
+            self.deadline,
+            Kind::Https,
+            || format!("https: no connection within {within}"),
+            async {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| connect_failure(Kind::Https, addr, &e))
+            },
+        )
+        .await?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = until(
+            self.deadline,
+            Kind::Https,
+            || format!("tls: no handshake within {within}"),
+            async {
+                self.tls
+                    .connect(self.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| {
+                        let mut failure = fail(Class::Tls, crate::tls::describe(&e, self.hostname));
+                        failure.kind = Kind::Https;
+                        failure
+                    })
+            },
+        )
+        .await?;
+        let host = if self.port == 443 {
+            self.hostname.to_string()
+        } else {
+            format!("{}:{}", self.hostname, self.port)
+        };
+        let request = format!(
+            "GET /ready HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unmta-healthd\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        );
+        let answer = until(
+            self.deadline,
+            Kind::Https,
+            || format!("https: /ready did not answer within {within}"),
+            async {
+                tls.write_all(request.as_bytes()).await.map_err(|e| {
+                    fail(
+                        Class::Protocol,
+                        format!("https: sending the request failed: {e}"),
+                    )
+                })?;
+                read_answer(&mut tls).await
+            },
+        )
+        .await?;
+        let _ = tls.shutdown().await;
+        if answer.status == 200 {
+            Ok(())
+        } else {
+            let body = answer.body.trim();
+            let reason = if body.is_empty() {
+                format!("https: /ready answered {}", answer.status)
+            } else {
+                format!("https: /ready answered {}: {}", answer.status, body)
+            };
+            Err(fail(Class::Status, reason))
+        }
+    }
+}
+
+/// A parsed answer: its status and the first line of its body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Reads until the headers and as much of the body as is announced (or the
+/// connection closes), at most [`MAX_ANSWER`] bytes.
+async fn read_answer<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Result<Answer, Failure> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(answer) = parse_answer(&buf, false)? {
+            return Ok(answer);
+        }
+        if buf.len() >= MAX_ANSWER {
+            return parse_answer(&buf, true)?
+                .ok_or_else(|| fail(Class::Protocol, "https: answer headers too long".into()));
+        }
+        let n = match reader.read(&mut chunk).await {
+            Ok(n) => n,
+            // A peer that closes without close_notify has still answered.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => {
+                return Err(fail(
+                    Class::Protocol,
+                    format!("https: reading the answer failed: {e}"),
+                ))
+            }
+        };
+        if n == 0 {
+            return parse_answer(&buf, true)?.ok_or_else(|| {
+                fail(
+                    Class::Protocol,
+                    "https: the server closed the connection before answering".into(),
+                )
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `Ok(None)`: more bytes are needed (unless `complete`).
+pub fn parse_answer(buf: &[u8], complete: bool) -> Result<Option<Answer>, Failure> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+    let (true, Some(status)) = (version.starts_with("HTTP/1."), status) else {
+        return Err(fail(
+            Class::Protocol,
+            format!(
+                "https: not an HTTP answer: `{}`",
+                status_line.chars().take(80).collect::<String>()
+            ),
+        ));
+    };
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            }
+        }
+    }
+    let rest = &buf[end + 4..];
+    let body: &[u8] = if chunked {
+        // The first chunk is enough for a reason.
+        match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(line_end) => {
+                let size = std::str::from_utf8(&rest[..line_end]).ok().and_then(|s| {
+                    usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok()
+                });
+                match size {
+                    Some(size) if rest.len() >= line_end + 2 + size => {
+                        &rest[line_end + 2..line_end + 2 + size]
+                    }
+                    _ if complete => &rest[line_end + 2..],
+                    _ => return Ok(None),
+                }
+            }
+            None if complete => rest,
+            None => return Ok(None),
+        }
+    } else {
+        match length {
+            Some(length) if rest.len() >= length => &rest[..length],
+            Some(_) if !complete => return Ok(None),
+            None if !complete && status != 204 && status != 304 => return Ok(None),
+            _ => rest,
+        }
+    };
+    let body = String::from_utf8_lossy(body);
+    let first = body.lines().next().unwrap_or("").trim();
+    Ok(Some(Answer {
+        status,
+        body: first.chars().take(200).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_length_chunked_and_close_delimited_answers() {
+        let ok = parse_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nready\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            Some(Answer {
+                status: 200,
+                body: "ready".into()
+            })
+        );
+        let partial = parse_answer(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 30\r\n\r\nnot",
+            false,
+        )
+        .unwrap();
+        assert_eq!(partial, None);
+        let chunked = parse_answer(
+            b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nspool unhealthy\n\r\n0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            chunked,
+            Some(Answer {
+                status: 503,
+                body: "spool unhealthy".into()
+            })
+        );
+        let closed = parse_answer(b"HTTP/1.0 503 X\r\n\r\nnot ready: draining\n", true).unwrap();
+        assert_eq!(closed.unwrap().body, "not ready: draining");
+        assert!(parse_answer(b"SSH-2.0-x\r\n\r\n", false).is_err());
+    }
+}

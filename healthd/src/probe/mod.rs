@@ -1,0 +1,200 @@
+//! One probe round against one MTA: SMTP with STARTTLS and HTTPS `/ready`,
+//! side by side, each bounded by the probe timeout. Both must pass.
+
+pub mod https;
+pub mod smtp;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+/// Where and as whom an MTA is probed. Two MTAs with equal targets are
+/// probed the same way; a changed target is a new target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The cluster hostname: SNI, and the name the certificate must carry.
+    pub hostname: String,
+    pub ipv4: Ipv4Addr,
+    pub smtp_port: u16,
+    pub https_port: u16,
+}
+
+impl Target {
+    pub fn smtp_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ipv4, self.smtp_port))
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ipv4, self.https_port))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Smtp,
+    Https,
+}
+
+impl Kind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Smtp => "smtp",
+            Kind::Https => "https",
+        }
+    }
+}
+
+/// What went wrong, coarsely, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Connect,
+    Timeout,
+    Protocol,
+    Tls,
+    Status,
+}
+
+impl Class {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Class::Connect => "connect",
+            Class::Timeout => "timeout",
+            Class::Protocol => "protocol",
+            Class::Tls => "tls",
+            Class::Status => "status",
+        }
+    }
+}
+
+/// A failed probe: its class and the reason in words
+/// (`smtp: STARTTLS not offered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: Kind,
+    pub class: Class,
+    pub reason: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// The outcome of one round: each probe's latency or failure.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub smtp: Result<Duration, Failure>,
+    pub https: Result<Duration, Failure>,
+}
+
+impl Report {
+    /// The round's latency when both passed, else the first failure.
+    pub fn verdict(&self) -> Result<Duration, &Failure> {
+        match (&self.smtp, &self.https) {
+            (Ok(a), Ok(b)) => Ok((*a).max(*b)),
+            (Err(f), _) | (_, Err(f)) => Err(f),
+        }
+    }
+}
+
+/// Runs probe rounds; cheap to clone, one TLS configuration for all.
+#[derive(Clone)]
+pub struct Prober {
+    tls: TlsConnector,
+    timeout: Duration,
+    ehlo: Arc<str>,
+}
+
+impl Prober {
+    pub fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration, ehlo: &str) -> Prober {
+        Prober {
+            tls: TlsConnector::from(tls),
+            timeout,
+            ehlo: ehlo.into(),
+        }
+    }
+
+    pub async fn probe(&self, target: &Target) -> Report {
+        let (smtp, https) = tokio::join!(self.smtp(target), self.https(target));
+        Report { smtp, https }
+    }
+
+    async fn smtp(&self, target: &Target) -> Result<Duration, Failure> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let conversation = smtp::Conversation {
+            tls: &self.tls,
+            server_name: server_name(target)?,
+            hostname: &target.hostname,
+            ehlo: &self.ehlo,
+            deadline,
+            timeout: self.timeout,
+        };
+        conversation.run(target.smtp_addr()).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn https(&self, target: &Target) -> Result<Duration, Failure> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let check = https::ReadyCheck {
+            tls: &self.tls,
+            server_name: server_name(target)?,
+            hostname: &target.hostname,
+            port: target.https_port,
+            deadline,
+            timeout: self.timeout,
+        };
+        check.run(target.https_addr()).await?;
+        Ok(started.elapsed())
+    }
+}
+
+fn server_name(target: &Target) -> Result<ServerName<'static>, Failure> {
+    ServerName::try_from(target.hostname.clone()).map_err(|_| Failure {
+        kind: Kind::Smtp,
+        class: Class::Tls,
+        reason: format!("tls: `{}` is not a valid server name", target.hostname),
+    })
+}
+
+/// `2s`, `900ms`: a timeout as a reason writes it.
+pub fn words(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// Runs `io` until `deadline`; on time-out fails with `waiting` as the
+/// reason (`smtp: no 220 banner within 2s`).
+pub(crate) async fn until<T>(
+    deadline: tokio::time::Instant,
+    kind: Kind,
+    waiting: impl FnOnce() -> String,
+    io: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout_at(deadline, io).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure {
+            kind,
+            class: Class::Timeout,
+            reason: waiting(),
+        }),
+    }
+}
+
+/// A failed TCP connect, in words.
+pub(crate) fn connect_failure(kind: Kind, addr: SocketAddr, error: &std::io::Error) -> Failure {
+    let reason = match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => format!("{}: connection refused", kind.as_str()),
+        _ => format!("{}: cannot connect to {addr}: {error}", kind.as_str()),
+    };
+    Failure {
+        kind,
+        class: Class::Connect,
+        reason,
+    }
+}

@@ -1,0 +1,63 @@
+//! The one TLS client configuration every probe shares, and TLS errors in
+//! words.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{CertificateError, ClientConfig, RootCertStore};
+
+/// A client trusting only the certificates in `ca_file`, with session
+/// resumption so steady probing costs little CPU.
+pub fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("{} cannot be read: {e}", ca_file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{} is not PEM: {e}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{} holds a bad certificate: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", ca_file.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = Resumption::in_memory_sessions(16_384);
+    Ok(Arc::new(config))
+}
+
+/// A failed TLS handshake with `host`, in words.
+pub fn describe(error: &std::io::Error, host: &str) -> String {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return format!("tls: handshake failed: {error}");
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("tls: certificate not valid for {host}")
+            }
+            CertificateError::UnknownIssuer => {
+                "tls: certificate not issued by the configured CA".to_string()
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "tls: certificate expired".to_string()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "tls: certificate not valid yet".to_string()
+            }
+            other => format!("tls: bad certificate: {other:?}"),
+        },
+        other => format!("tls: handshake failed: {other}"),
+    }
+}
