@@ -1,0 +1,97 @@
+//! A private copy of `configs/` for a test, moved onto the test's own
+//! loopback address and ports so suites can run in parallel.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{value, Array, DocumentMut};
+
+/// `configs/` copied into a temporary folder.
+pub struct ExampleConfigs {
+    pub dir: tempfile::TempDir,
+}
+
+/// The repository's `configs/` folder.
+pub fn repo_configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+impl ExampleConfigs {
+    /// Copies `configs/` (files and `tls/`) and rewrites every address to
+    /// `base.x` (MTAs from `.11`, DNS on `.53`, admin and HTTP listeners on
+    /// `.1`) and every port to an unprivileged one.
+    pub fn relocated(base: [u8; 3]) -> anyhow::Result<ExampleConfigs> {
+        let dir = tempfile::tempdir()?;
+        copy_dir(&repo_configs(), dir.path())?;
+        let configs = ExampleConfigs { dir };
+        let host = |last: u8| Ipv4Addr::new(base[0], base[1], base[2], last).to_string();
+
+        configs.edit("fleet.toml", |doc| {
+            doc["ports"]["smtp"] = value(Array::from_iter([10587i64, 10025, 12587]));
+            doc["ports"]["https"] = value(10443i64);
+            doc["zone"]["nameservers"][0]["ipv4"] = value(host(53));
+            let mut last = 11u8;
+            if let Some(clusters) = doc["clusters"].as_array_of_tables_mut() {
+                for cluster in clusters.iter_mut() {
+                    if let Some(mtas) = cluster["mtas"].as_array_of_tables_mut() {
+                        for mta in mtas.iter_mut() {
+                            mta["ipv4"] = value(host(last));
+                            mta.remove("ipv6");
+                            last += 1;
+                        }
+                    }
+                }
+            }
+        })?;
+        configs.edit("mta.toml", |doc| {
+            doc["admin_listen"] = value(format!("{}:9110", host(1)));
+        })?;
+        configs.edit("healthd.toml", |doc| {
+            doc["listen"] = value(format!("{}:9200", host(1)));
+        })?;
+        configs.edit("lb-dns.toml", |doc| {
+            doc["listen"] = value(Array::from_iter([format!("{}:5300", host(53))]));
+            doc["admin_listen"] = value(format!("{}:9300", host(1)));
+            doc["healthd"] = value(Array::from_iter([format!("http://{}:9200", host(1))]));
+        })?;
+        Ok(configs)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Rewrites one file through `change`, keeping its comments.
+    pub fn edit(&self, name: &str, change: impl FnOnce(&mut DocumentMut)) -> anyhow::Result<()> {
+        let path = self.path(name);
+        let mut doc: DocumentMut = std::fs::read_to_string(&path)?.parse()?;
+        change(&mut doc);
+        std::fs::write(&path, doc.to_string())?;
+        Ok(())
+    }
+
+    /// A value of a node config, as text (for addresses the test connects to).
+    pub fn get(&self, name: &str, key: &str) -> anyhow::Result<String> {
+        let doc: DocumentMut = std::fs::read_to_string(self.path(name))?.parse()?;
+        doc.get(key)
+            .and_then(|item| item.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("{name} has no string key {key}"))
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            if entry.file_name() != "var" {
+                copy_dir(&entry.path(), &target)?;
+            }
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

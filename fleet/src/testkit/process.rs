@@ -1,0 +1,143 @@
+//! Driving a daemon's real binary in a test: start it, wait for its admin
+//! endpoints, signal it, and wait for its exit - every wait bounded.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{what}: not true within {limit:?}")
+}
+
+/// A daemon process, killed when dropped.
+pub struct DaemonProcess {
+    child: Child,
+}
+
+impl DaemonProcess {
+    pub fn start(binary: &Path, config: &Path) -> anyhow::Result<DaemonProcess> {
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", binary.display()))?;
+        Ok(DaemonProcess { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`).
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {} failed", self.pid());
+        Ok(())
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(start.elapsed() < limit, "process {} still running after {limit:?}", self.pid());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// GETs `url` and returns the status and body, or `None` if nothing answers.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// The standard lifecycle every daemon must pass, run against its binary
+/// with a relocated copy of `configs/`: answers `/live`, reloads a good
+/// fleet edit on SIGHUP, refuses a broken one while the old keeps serving,
+/// and exits 0 on SIGTERM within its grace time.
+pub async fn check_lifecycle(binary: &Path, config_name: &str, base: [u8; 3]) -> anyhow::Result<()> {
+    let configs = super::example_configs::ExampleConfigs::relocated(base)?;
+    let admin = match config_name {
+        "healthd.toml" => configs.get(config_name, "listen")?,
+        _ => configs.get(config_name, "admin_listen")?,
+    };
+    let status_url = format!("http://{admin}/status");
+    let mut daemon = DaemonProcess::start(binary, &configs.path(config_name))?;
+
+    let live_url = format!("http://{admin}/live");
+    eventually(Duration::from_secs(20), "GET /live answers 200", || async {
+        matches!(http_get(&live_url).await, Some((200, _)))
+    })
+    .await?;
+    let version = || async {
+        let (_, body) = http_get(&status_url).await?;
+        let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some((
+            status["config"]["version"].as_u64()?,
+            status["config"]["last_error"].as_str().map(str::to_string),
+        ))
+    };
+    anyhow::ensure!(version().await == Some((0, None)), "fresh daemon reports {:?}", version().await);
+
+    // A good edit: a second MTA for the single-MTA cluster.
+    let fleet = configs.path("fleet.toml");
+    let text = std::fs::read_to_string(&fleet)?;
+    // Inserted before [[accounts]] so it belongs to the last cluster.
+    let at = text
+        .find("[[accounts]]")
+        .ok_or_else(|| anyhow::anyhow!("the example fleet has no [[accounts]]"))?;
+    let beta2 = format!(
+        "[[clusters.mtas]]\nname = \"beta-2\"\nipv4 = \"{}.{}.{}.99\"\n\n",
+        base[0], base[1], base[2]
+    );
+    let added = format!("{}{beta2}{}", &text[..at], &text[at..]);
+    std::fs::write(&fleet, &added)?;
+    daemon.signal("HUP")?;
+    eventually(Duration::from_secs(10), "the good edit is loaded", || async {
+        version().await == Some((1, None))
+    })
+    .await?;
+
+    // A broken edit is refused and the previous fleet keeps serving.
+    std::fs::write(&fleet, added.replace("500/hr", "500/fortnight"))?;
+    daemon.signal("HUP")?;
+    eventually(Duration::from_secs(10), "the broken edit is refused", || async {
+        matches!(version().await, Some((1, Some(error))) if error.contains("fortnight"))
+    })
+    .await?;
+    anyhow::ensure!(matches!(http_get(&live_url).await, Some((200, _))), "daemon stopped answering /live");
+
+    daemon.signal("TERM")?;
+    let status = daemon.wait_exit(Duration::from_secs(15)).await?;
+    anyhow::ensure!(status.success(), "exit after SIGTERM was {status}");
+    Ok(())
+}
