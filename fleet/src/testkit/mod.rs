@@ -1,8 +1,11 @@
 //! Fixtures for the daemons' tests, the benchmarks and `local-cluster`
-//! (feature `testkit`): a local CA, a sink MX, a static DNS server.
+//! (feature `testkit`): a local CA, a sink MX, a static DNS server, the
+//! example configs relocated per test, and helpers for daemon processes.
 
 pub mod dns;
+pub mod example_configs;
 pub mod pki;
+pub mod process;
 pub mod sink;
 
 pub use dns::StaticDns;
