@@ -47,7 +47,7 @@ pub fn describe(error: &std::io::Error, host: &str) -> String {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!("tls: certificate not valid for {host}")
             }
-            CertificateError::UnknownIssuer => {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
                 "tls: certificate not issued by the configured CA".to_string()
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {

@@ -1,0 +1,138 @@
+//! The Clusters API with an account that owns one of two clusters, the
+//! admin token, and every status it answers; `/ready` after the first round.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_api_answers_by_token() {
+    let test = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let _one = fake(ip(test, 10), pki.server(&["c-a1.unmta.net"])).await;
+    let fleet = fleet_toml(&[
+        ("a1", "500/hr", vec![mta("mta-a", ip(test, 10))]),
+        ("b2", "unlimited", vec![mta("mta-b", ip(test, 11))]),
+    ]);
+    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let healthd = Healthd::start(&config).await;
+
+    for token in [None, Some("not-a-token")] {
+        for path in [
+            "/api/v1/clusters",
+            "/api/v1/clusters/a1",
+            "/api/v1/clusters/zz",
+        ] {
+            let (status, body) = healthd.get(path, token).await;
+            assert_eq!(status, 401, "{path} {token:?}");
+            assert_eq!(body, serde_json::json!({"message": "Unauthenticated."}));
+        }
+    }
+
+    let (status, body) = healthd.get("/api/v1/clusters", Some(ACCOUNT_TOKEN)).await;
+    assert_eq!(status, 200);
+    let list = body["data"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["id"], "a1");
+
+    let (status, body) = healthd
+        .get("/api/v1/clusters/a1", Some(ACCOUNT_TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    let cluster = &body["data"];
+    assert_eq!(cluster["hostname"], "c-a1.unmta.net");
+    assert_eq!(cluster["rate_limit"], "500/hr per MTA");
+    let connection = &cluster["connection"];
+    assert_eq!(
+        connection["http_endpoint"],
+        "https://c-a1.unmta.net:8443/api/inject/v1"
+    );
+    assert_eq!(connection["smtp_host"], "c-a1.unmta.net");
+    assert_eq!(connection["https_port"], 8443);
+    assert_eq!(connection["smtp_ports"][0]["port"], SMTP_PORT);
+    assert_eq!(connection["smtp_ports"][1]["port"], 25);
+    assert_eq!(connection["smtp_ports"][1]["starttls_required"], true);
+    assert_eq!(cluster["mtas"][0]["name"], "mta-a");
+    assert!(cluster["mtas"][0]["since"].is_string());
+
+    // Another account's cluster and an unknown one are both Not Found.
+    for path in ["/api/v1/clusters/b2", "/api/v1/clusters/zz"] {
+        let (status, body) = healthd.get(path, Some(ACCOUNT_TOKEN)).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body, serde_json::json!({"message": "Not Found"}));
+    }
+
+    // The admin token sees every cluster.
+    let (status, body) = healthd.get("/api/v1/clusters", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a1", "b2"]);
+    let (status, body) = healthd.get("/api/v1/clusters/b2", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["rate_limit"], "unlimited");
+    let (status, _) = healthd.get("/api/v1/clusters/zz", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404);
+
+    // MTA health shows through: mta-a up, mta-b (nothing listening) down.
+    let mut last = serde_json::Value::Null;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        last = healthd.get("/api/v1/clusters", Some(ADMIN_TOKEN)).await.1;
+        if last["data"][0]["mtas"][0]["state"] == "up"
+            && last["data"][1]["mtas"][0]["state"] == "down"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last["data"][0]["mtas"][0]["state"], "up", "{last}");
+    assert_eq!(last["data"][1]["mtas"][0]["state"], "down", "{last}");
+    assert_eq!(
+        last["data"][1]["mtas"][0]["reason"],
+        "smtp: connection refused"
+    );
+    healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_once_the_first_probe_round_finished() {
+    let test = 14;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    // The MTA says nothing: the first round takes the whole timeout.
+    let one = fake(ip(test, 10), pki.server(&["c-r1.unmta.net"])).await;
+    one.set(|s| s.no_banner = true);
+    let fleet = fleet_toml(&[("r1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
+    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "timeout = \"2s\"\n");
+    let healthd = Healthd::start(&config).await;
+    let (status, body) = healthd.text("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("first probe round"), "{body}");
+    let start = std::time::Instant::now();
+    loop {
+        let (status, _) = healthd.text("/ready").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not ready after the first round"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "ready before the round finished"
+    );
+    let (status, live) = healthd.text("/live").await;
+    assert_eq!((status, live.trim()), (200, "live"));
+    healthd.stop().await;
+}

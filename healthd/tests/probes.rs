@@ -1,0 +1,289 @@
+//! Probes against scripted fake MTAs: each way an MTA can be unhealthy is
+//! found and named, and a healthy one is not flapped.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleet::feed::MtaState;
+
+const HOST: &str = "c-p1.unmta.net";
+
+/// healthd at default probe settings watching one fake MTA `mta-1`.
+async fn one_mta(
+    test: u8,
+    script: impl FnOnce(&mut Script),
+) -> (tempfile::TempDir, Pki, Fake, Healthd) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let fake = fake(ip(test, 10), pki.server(&[HOST])).await;
+    fake.set(script);
+    let fleet = fleet_toml(&[("p1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
+    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let healthd = Healthd::start(&config).await;
+    (dir, pki, fake, healthd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_mta_is_down_within_3s_and_up_again_after_rise_passes() {
+    let (_dir, _pki, mut fake, healthd) = one_mta(1, |_| {}).await;
+    let up = healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    assert!(up.latency_ms.is_some_and(|l| l > 0.0), "{up:?}");
+    assert_eq!(up.reason, None);
+
+    fake.kill();
+    let killed = Instant::now();
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(3))
+        .await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(3), "down after {took:?}");
+    assert_eq!(down.reason.as_deref(), Some("smtp: connection refused"));
+
+    let before = fake.smtp_connections();
+    fake.resume().await;
+    let up = healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    let passes = fake.smtp_connections() - before;
+    assert!(passes >= 2, "up after {passes} probes; rise is 2");
+    assert_eq!(up.reason, None);
+
+    // Metrics: the gauge, a transition each way, failures by class.
+    let (status, metrics) = healthd.text("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"healthd_mta_up{cluster="p1",mta="mta-1"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"healthd_transitions_total{from="up",to="down"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"healthd_probe_failures_total{kind="smtp",class="connect"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"healthd_probe_duration_seconds_count{kind="https"}"#),
+        "{metrics}"
+    );
+    healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mta_that_goes_silent_is_down_within_3s() {
+    let (_dir, _pki, fake, healthd) = one_mta(12, |_| {}).await;
+    healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    // Connections are still accepted but nothing is ever said: every probe
+    // runs into the timeout, the slowest way to fail.
+    fake.set(|s| s.no_banner = true);
+    let silent = Instant::now();
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(4))
+        .await;
+    let took = silent.elapsed();
+    assert!(took <= Duration::from_secs(3), "down after {took:?}");
+    assert_eq!(
+        down.reason.as_deref(),
+        Some("smtp: no 220 banner within 900ms")
+    );
+    healthd.stop().await;
+}
+
+async fn down_with(test: u8, script: impl FnOnce(&mut Script), reason: &str) {
+    let (_dir, _pki, _fake, healthd) = one_mta(test, script).await;
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
+        .await;
+    assert_eq!(down.reason.as_deref(), Some(reason));
+    healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banner_that_never_comes_is_down() {
+    down_with(
+        2,
+        |s| s.no_banner = true,
+        "smtp: no 220 banner within 900ms",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ehlo_without_starttls_is_down() {
+    down_with(
+        3,
+        |s| s.offer_starttls = false,
+        "smtp: STARTTLS not offered",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_503_is_down_with_its_reason() {
+    down_with(
+        5,
+        |s| {
+            s.ready_status = 503;
+            s.ready_body = "not ready: spool unhealthy".into();
+        },
+        "https: /ready answered 503: not ready: spool unhealthy",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_host_is_down() {
+    let (_dir, pki, fake, healthd) = one_mta(4, |_| {}).await;
+    healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    fake.set_tls(pki.server(&["c-other.unmta.net"]));
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        down.reason.as_deref(),
+        Some(format!("tls: certificate not valid for {HOST}").as_str())
+    );
+    healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_down() {
+    let (_dir, _pki, fake, healthd) = one_mta(11, |_| {}).await;
+    healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    let stranger = fleet::testkit::pki::LocalCa::new("another CA").unwrap();
+    let issued = stranger.issue(&[HOST]).unwrap();
+    fake.set_tls(fake::server_config(&issued.cert_pem, &issued.key_pem));
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        down.reason.as_deref(),
+        Some("tls: certificate not issued by the configured CA")
+    );
+    healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_probes_under_the_timeout_do_not_flap() {
+    let (_dir, _pki, fake, healthd) = one_mta(6, |_| {}).await;
+    healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    let generation = healthd.feed().await.generation;
+    // 500 ms before the banner and before /ready's answer: slow, yet under
+    // the 900 ms timeout, for three rounds.
+    fake.set(|s| s.delay = Duration::from_millis(500));
+    let before = fake.smtp_connections();
+    let start = Instant::now();
+    while fake.smtp_connections() < before + 4 {
+        let now = healthd.mta("mta-1").await.unwrap();
+        assert_eq!(now.state, MtaState::Up, "flapped: {now:?}");
+        assert!(start.elapsed() < Duration::from_secs(10), "probes stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.set(|s| s.delay = Duration::ZERO);
+    let slow = healthd
+        .wait_for("mta-1", Duration::from_secs(3), "slow", |m| {
+            m.latency_ms.is_some_and(|l| l >= 500.0)
+        })
+        .await;
+    assert_eq!(slow.state, MtaState::Up);
+    assert_eq!(
+        healthd.feed().await.generation,
+        generation,
+        "latency alone moved the generation"
+    );
+    healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_changes_start_and_stop_probes() {
+    let test = 7;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let tls = pki.server(&["c-p1.unmta.net"]);
+    let a = fake(ip(test, 10), tls.clone()).await;
+    let b = fake(ip(test, 11), tls.clone()).await;
+    let c = fake(ip(test, 12), tls.clone()).await;
+    let moved = fake(ip(test, 13), tls.clone()).await;
+    let fleet = fleet_toml(&[(
+        "p1",
+        "unlimited",
+        vec![mta("mta-a", ip(test, 10)), mta("mta-b", ip(test, 11))],
+    )]);
+    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let healthd = Healthd::start(&config).await;
+    healthd
+        .wait_state("mta-a", MtaState::Up, Duration::from_secs(5))
+        .await;
+    healthd
+        .wait_state("mta-b", MtaState::Up, Duration::from_secs(5))
+        .await;
+    assert_eq!(c.smtp_connections(), 0);
+
+    // mta-b leaves, mta-c joins, mta-a moves to another address.
+    let fleet = fleet_toml(&[(
+        "p1",
+        "unlimited",
+        vec![mta("mta-a", ip(test, 13)), mta("mta-c", ip(test, 12))],
+    )]);
+    rewrite_fleet(dir.path(), &fleet);
+    let generation = healthd.feed().await.generation;
+    healthd.reload();
+    let start = Instant::now();
+    let feed = loop {
+        let feed = healthd.feed().await;
+        if find(&feed, "mta-c").is_some() {
+            break feed;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "reload not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(feed.generation > generation);
+    assert!(find(&feed, "mta-b").is_none());
+    let fresh = find(&feed, "mta-a").unwrap();
+    assert_eq!(fresh.ipv4, ip(test, 13));
+    assert_ne!(fresh.state, MtaState::Down);
+    let b_count = b.smtp_connections() + b.https_connections();
+    let a_old_count = a.smtp_connections() + a.https_connections();
+
+    // The new MTA and the moved one are probed at once and come up.
+    healthd
+        .wait_state("mta-c", MtaState::Up, Duration::from_secs(3))
+        .await;
+    healthd
+        .wait_state("mta-a", MtaState::Up, Duration::from_secs(3))
+        .await;
+    // Several more rounds go by; the removed MTA and the old address see none.
+    let seen = c.smtp_connections();
+    eventually(Duration::from_secs(10), "three more rounds", || {
+        c.smtp_connections() >= seen + 3
+    })
+    .await;
+    assert_eq!(
+        b.smtp_connections() + b.https_connections(),
+        b_count,
+        "removed MTA still probed"
+    );
+    assert_eq!(
+        a.smtp_connections() + a.https_connections(),
+        a_old_count,
+        "old address still probed"
+    );
+    assert!(moved.smtp_connections() >= 2);
+    healthd.stop().await;
+}
