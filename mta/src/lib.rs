@@ -1,8 +1,11 @@
 //! mta: SMTP submission and HTTP injection into a durable spool, then delivery.
 
 pub mod config;
+pub mod events;
 pub mod message;
+pub mod queue;
 pub mod spool;
+pub mod throttle;
 
 use std::path::Path;
 

@@ -1,0 +1,233 @@
+//! The scheduled queue: every recipient waiting for an attempt, ordered by
+//! due time, owned by one task that sleeps until the next due one.
+//!
+//! Not-yet-due recipients sit in a binary heap; due ones in a FIFO waiting
+//! for two things: a delivery slot (a bound on attempts in flight) and a
+//! permit of the node's rate limiter. When the limiter says "not before T",
+//! the task sleeps until T: a held backlog costs nothing while it waits, and
+//! the recipient at the head gets one `Delayed` event. A reload that changes
+//! the cluster's `rate_limit` rebuilds the limiter at once.
+//!
+//! Only [`Job`]s (32 bytes) are held; bodies stay in the spool.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet::RateLimit;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::spool::{now_ms, Job, Spool};
+
+pub mod metrics;
+use crate::throttle::Throttle;
+use metrics::EgressMetrics;
+
+/// Where recipients come back after a transient failure.
+#[derive(Clone, Default)]
+pub struct Requeue {
+    inner: Arc<(Mutex<Vec<Job>>, Notify)>,
+}
+
+impl Requeue {
+    pub fn push(&self, job: Job) {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+        self.inner.1.notify_one();
+    }
+
+    fn take(&self) -> Vec<Job> {
+        std::mem::take(&mut *self.inner.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Orders the heap by due time, earliest first, then by arrival.
+struct Due(Job);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.0.due_ms, other.0.seq, other.0.rcpt).cmp(&(self.0.due_ms, self.0.seq, self.0.rcpt))
+    }
+}
+
+/// What the queue hands a due, permitted recipient to.
+pub trait Dispatch: Send + 'static {
+    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit);
+    /// The recipient at the head waits `wait` for the rate limit.
+    fn delayed(&self, job: Job, wait: Duration, limit: RateLimit);
+}
+
+/// How the queue learns the rate limit: a version that changes on reload,
+/// and a function reading the limit in force.
+pub struct LimitSource {
+    pub changed: watch::Receiver<u64>,
+    pub current: Box<dyn Fn() -> RateLimit + Send>,
+}
+
+pub struct Scheduler {
+    spool: Arc<Spool>,
+    requeue: Requeue,
+    heap: BinaryHeap<Due>,
+    ready: VecDeque<Job>,
+    throttle: Throttle,
+    head_delayed: bool,
+    slots: Arc<Semaphore>,
+    metrics: EgressMetrics,
+}
+
+/// A rate limiter wakes the queue a little after the instant it names, so
+/// that jitter in delivery never makes the observed rate exceed the limit.
+const LIMIT_MARGIN_DIVISOR: u32 = 100;
+
+impl Scheduler {
+    pub fn new(
+        spool: Arc<Spool>,
+        requeue: Requeue,
+        limit: RateLimit,
+        max_in_flight: usize,
+        metrics: EgressMetrics,
+    ) -> Scheduler {
+        Scheduler {
+            spool,
+            requeue,
+            heap: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            throttle: Throttle::new(limit),
+            head_delayed: false,
+            slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            metrics,
+        }
+    }
+
+    fn intake(&mut self, now: u64) {
+        for job in self
+            .spool
+            .take_arrivals()
+            .into_iter()
+            .chain(self.requeue.take())
+        {
+            if job.due_ms <= now {
+                self.ready.push_back(job);
+            } else {
+                self.heap.push(Due(job));
+            }
+        }
+        while let Some(top) = self.heap.peek() {
+            if top.0.due_ms > now {
+                break;
+            }
+            if let Some(Due(job)) = self.heap.pop() {
+                self.ready.push_back(job);
+            }
+        }
+        if self.ready.capacity() > 4096 && self.ready.capacity() > self.ready.len() * 4 {
+            self.ready.shrink_to(self.ready.len() * 2);
+        }
+    }
+
+    /// Runs until `shutdown`; recipients still queued then stay in the spool.
+    pub async fn run(
+        mut self,
+        dispatch: impl Dispatch,
+        mut limits: LimitSource,
+        shutdown: CancellationToken,
+    ) {
+        let mut limits_open = true;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let now = now_ms();
+            self.intake(now);
+            let mut wake = self
+                .heap
+                .peek()
+                .map(|top| Duration::from_millis(top.0.due_ms.saturating_sub(now)));
+            let mut need_slot = false;
+            let mut limited = false;
+            while let Some(&job) = self.ready.front() {
+                let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                    need_slot = true;
+                    break;
+                };
+                match self.throttle.check() {
+                    Ok(()) => {
+                        self.ready.pop_front();
+                        self.head_delayed = false;
+                        dispatch.dispatch(job, slot);
+                    }
+                    Err(wait) => {
+                        drop(slot);
+                        limited = true;
+                        if !self.head_delayed {
+                            self.head_delayed = true;
+                            self.metrics.delayed.inc();
+                            dispatch.delayed(job, wait, self.throttle.limit());
+                        }
+                        let wait = wait + wait / LIMIT_MARGIN_DIVISOR;
+                        wake = Some(wake.map_or(wait, |w| w.min(wait)));
+                        break;
+                    }
+                }
+            }
+            self.metrics
+                .scheduled
+                .set((self.heap.len() + self.ready.len()) as i64);
+            self.metrics
+                .rate_limited
+                .set(if limited { self.ready.len() as i64 } else { 0 });
+            let sleep = async {
+                match wake {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let slot = async {
+                if need_slot {
+                    let _ = self.slots.clone().acquire_owned().await;
+                } else {
+                    std::future::pending::<()>().await
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.spool.arrived().notified() => {}
+                _ = self.requeue.inner.1.notified() => {}
+                changed = limits.changed.changed(), if limits_open => {
+                    if changed.is_ok() {
+                        let limit = (limits.current)();
+                        let before = self.throttle.limit();
+                        if self.throttle.set(limit) {
+                            tracing::info!(%before, now = %limit, "delivery rate limit changed");
+                            self.head_delayed = false;
+                        }
+                    } else {
+                        // The configuration source is gone: keep the limit.
+                        limits_open = false;
+                    }
+                }
+                _ = sleep => {}
+                _ = slot => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use super::*;
+
+fn message(n: usize, recipients: usize) -> NewMessage {
+    NewMessage {
+        sender: "sender@example.com".into(),
+        recipients: (0..recipients)
+            .map(|r| format!("r{r}@example.net"))
+            .collect(),
+        data: Bytes::from(format!("Subject: {n}\r\n\r\n{}\r\n", "x".repeat(n % 700))),
+        cluster: "a1b2c3d4".into(),
+        credential: "cred".into(),
+        via: "smtp",
+        peer: "127.2.0.1:4000".parse().unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_accepts_share_commits_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with(dir.path(), 64 << 10).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..400 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(
+            async move { spool.accept(message(n, 1)).await },
+        ));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().unwrap());
+    }
+    assert_eq!(ids.len(), 400);
+    let jobs = spool.take_arrivals();
+    assert_eq!(jobs.len(), 400);
+    // Several segments of 64 KiB, and fewer commits than messages.
+    assert!(spool.stats().segments > 1, "{:?}", spool.stats());
+    let loaded = spool.load(&jobs[7]).await.unwrap();
+    assert_eq!(loaded.id(), jobs[7].id());
+    assert_eq!(loaded.recipients, vec!["r0@example.net".to_string()]);
+    drop(spool);
+
+    let spool = Spool::open_with(dir.path(), 64 << 10).await.unwrap();
+    let recovered = spool.take_arrivals();
+    let back: HashSet<_> = recovered.iter().map(|j| j.id()).collect();
+    assert_eq!(back, ids);
+    // New ids never repeat recovered ones.
+    let id = spool.accept(message(1, 1)).await.unwrap();
+    assert!(!ids.contains(&id));
+}
+
+#[tokio::test]
+async fn done_recipients_stay_done_and_empty_segments_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with(dir.path(), 1 << 10).await.unwrap();
+    for n in 0..30 {
+        spool.accept(message(n, 2)).await.unwrap();
+    }
+    let jobs = spool.take_arrivals();
+    assert_eq!(jobs.len(), 60);
+    let segments_before = spool.stats().segments;
+    // Finish every recipient of the first 20 messages, and the first
+    // recipient of the rest; reschedule one.
+    let mut kept = Vec::new();
+    for job in &jobs {
+        if job.seq < jobs[40].seq || job.rcpt == 0 {
+            spool.done(job);
+        } else {
+            kept.push(*job);
+        }
+    }
+    let mut retry = kept[0];
+    retry.attempts = 3;
+    retry.due_ms = 12345;
+    spool.reschedule(&retry);
+    spool.sync().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while spool.stats().segments >= segments_before {
+        assert!(Instant::now() < deadline, "no segment was deleted");
+        tokio::task::yield_now().await;
+        spool.sync().await.unwrap();
+    }
+    drop(spool);
+
+    let spool = Spool::open_with(dir.path(), 1 << 10).await.unwrap();
+    let mut back = spool.take_arrivals();
+    back.sort_by_key(|j| (j.seq, j.rcpt));
+    kept.sort_by_key(|j| (j.seq, j.rcpt));
+    kept[0] = retry;
+    kept.sort_by_key(|j| (j.seq, j.rcpt));
+    assert_eq!(back, kept);
+    assert_eq!(spool.stats().queued, kept.len() as u64);
+}
+
+#[tokio::test]
+async fn a_torn_tail_and_a_damaged_record_lose_only_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    for n in 0..10 {
+        spool.accept(message(n, 1)).await.unwrap();
+    }
+    let jobs = spool.take_arrivals();
+    drop(spool);
+    let path = segment_path(dir.path(), jobs[0].segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Damage the fourth record's body, then add half a record at the end.
+    let j = jobs[3];
+    bytes[(j.offset + j.len - 2) as usize] ^= 0x55;
+    let tail = bytes[..100].to_vec();
+    bytes.extend_from_slice(&tail);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let spool = Spool::open(dir.path()).await.unwrap();
+    let back: Vec<u64> = spool.take_arrivals().iter().map(|j| j.seq).collect();
+    let expected: Vec<u64> = jobs
+        .iter()
+        .filter(|x| x.seq != j.seq)
+        .map(|x| x.seq)
+        .collect();
+    assert_eq!(back, expected);
+}
+
+#[tokio::test]
+async fn an_unwritable_spool_is_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    assert_eq!(spool.health(), Ok(()));
+    spool.accept(message(1, 1)).await.unwrap();
+    // Replace the directory by a file: nothing can be created in it. (Tests
+    // run as root, so permissions alone would not stop a write.)
+    let gone = dir.path().with_extension("moved");
+    std::fs::rename(dir.path(), &gone).unwrap();
+    std::fs::write(dir.path(), b"not a directory").unwrap();
+    *spool.probe.lock().unwrap() = None;
+    let reason = spool.health().unwrap_err();
+    assert!(reason.contains("cannot be written"), "{reason}");
+    std::fs::remove_file(dir.path()).unwrap();
+    std::fs::rename(&gone, dir.path()).unwrap();
+    *spool.probe.lock().unwrap() = None;
+    assert_eq!(spool.health(), Ok(()));
+}
+
+#[tokio::test]
+async fn a_failed_write_is_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // Tiny segments: every accept opens a new segment file.
+    let spool = Spool::open_with(dir.path(), 1).await.unwrap();
+    spool.accept(message(1, 1)).await.unwrap();
+    let gone = dir.path().with_extension("moved2");
+    std::fs::rename(dir.path(), &gone).unwrap();
+    let err = spool.accept(message(2, 1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot create spool segment"),
+        "{err}"
+    );
+    assert!(spool.health().is_err());
+    std::fs::rename(&gone, dir.path()).unwrap();
+    *spool.probe.lock().unwrap() = None;
+    assert_eq!(spool.health(), Ok(()));
+    spool.accept(message(3, 1)).await.unwrap();
+}
