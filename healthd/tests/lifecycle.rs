@@ -3,30 +3,18 @@
 
 use std::path::Path;
 
+use fleet::testkit::process::{check_accepts_example_config, check_lifecycle};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_healthd");
+
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_reloads_and_stops_from_the_example_configs() {
-    fleet::testkit::process::check_lifecycle(
-        Path::new(env!("CARGO_BIN_EXE_healthd")),
-        "healthd.toml",
-        [127, 6, 2],
-    )
-    .await
-    .unwrap();
+    check_lifecycle(Path::new(BINARY), "healthd.toml", [127, 6, 2])
+        .await
+        .unwrap();
 }
 
 #[test]
 fn check_accepts_the_example_config() {
-    let config = fleet::testkit::example_configs::repo_configs().join("healthd.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_healthd"))
-        .arg("--check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+    check_accepts_example_config(Path::new(BINARY), "healthd.toml").unwrap();
 }

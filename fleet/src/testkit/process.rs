@@ -58,7 +58,11 @@ impl DaemonProcess {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            anyhow::ensure!(start.elapsed() < limit, "process {} still running after {limit:?}", self.pid());
+            anyhow::ensure!(
+                start.elapsed() < limit,
+                "process {} still running after {limit:?}",
+                self.pid()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -84,7 +88,11 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 /// with a relocated copy of `configs/`: answers `/live`, reloads a good
 /// fleet edit on SIGHUP, refuses a broken one while the old keeps serving,
 /// and exits 0 on SIGTERM within its grace time.
-pub async fn check_lifecycle(binary: &Path, config_name: &str, base: [u8; 3]) -> anyhow::Result<()> {
+pub async fn check_lifecycle(
+    binary: &Path,
+    config_name: &str,
+    base: [u8; 3],
+) -> anyhow::Result<()> {
     let configs = super::example_configs::ExampleConfigs::relocated(base)?;
     let admin = match config_name {
         "healthd.toml" => configs.get(config_name, "listen")?,
@@ -106,7 +114,11 @@ pub async fn check_lifecycle(binary: &Path, config_name: &str, base: [u8; 3]) ->
             status["config"]["last_error"].as_str().map(str::to_string),
         ))
     };
-    anyhow::ensure!(version().await == Some((0, None)), "fresh daemon reports {:?}", version().await);
+    anyhow::ensure!(
+        version().await == Some((0, None)),
+        "fresh daemon reports {:?}",
+        version().await
+    );
 
     // A good edit: a second MTA for the single-MTA cluster.
     let fleet = configs.path("fleet.toml");
@@ -122,22 +134,49 @@ pub async fn check_lifecycle(binary: &Path, config_name: &str, base: [u8; 3]) ->
     let added = format!("{}{beta2}{}", &text[..at], &text[at..]);
     std::fs::write(&fleet, &added)?;
     daemon.signal("HUP")?;
-    eventually(Duration::from_secs(10), "the good edit is loaded", || async {
-        version().await == Some((1, None))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the good edit is loaded",
+        || async { version().await == Some((1, None)) },
+    )
     .await?;
 
     // A broken edit is refused and the previous fleet keeps serving.
     std::fs::write(&fleet, added.replace("500/hr", "500/fortnight"))?;
     daemon.signal("HUP")?;
-    eventually(Duration::from_secs(10), "the broken edit is refused", || async {
-        matches!(version().await, Some((1, Some(error))) if error.contains("fortnight"))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the broken edit is refused",
+        || async {
+            matches!(version().await, Some((1, Some(error))) if error.contains("fortnight"))
+        },
+    )
     .await?;
-    anyhow::ensure!(matches!(http_get(&live_url).await, Some((200, _))), "daemon stopped answering /live");
+    anyhow::ensure!(
+        matches!(http_get(&live_url).await, Some((200, _))),
+        "daemon stopped answering /live"
+    );
 
     daemon.signal("TERM")?;
     let status = daemon.wait_exit(Duration::from_secs(15)).await?;
     anyhow::ensure!(status.success(), "exit after SIGTERM was {status}");
+    Ok(())
+}
+
+/// `<binary> --check --config configs/<config_name>` exits 0 and says so.
+pub fn check_accepts_example_config(binary: &Path, config_name: &str) -> anyhow::Result<()> {
+    let config = super::example_configs::repo_configs().join(config_name);
+    let out = Command::new(binary)
+        .arg("--check")
+        .arg("--config")
+        .arg(&config)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(said.contains("is valid"), "--check said: {said}");
     Ok(())
 }
