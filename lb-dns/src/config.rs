@@ -22,10 +22,20 @@ pub struct NodeConfig {
     pub healthd: Vec<String>,
     /// Where the last known health state is kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// UDP sockets per listen address (SO_REUSEPORT), each with its own
+    /// receive loop; default: one per CPU, at most 4.
+    pub udp_sockets: Option<usize>,
+    /// Idle time after which a DNS-over-TCP connection is closed.
+    #[serde(default = "default_tcp_idle", with = "fleet::config::duration")]
+    pub tcp_idle_timeout: std::time::Duration,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
     pub shutdown_grace: std::time::Duration,
+}
+
+fn default_tcp_idle() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_grace() -> std::time::Duration {

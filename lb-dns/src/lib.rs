@@ -1,20 +1,100 @@
 //! lb-dns: the authoritative DNS load balancer for `c-<id>.<origin>`.
+//!
+//! hickory-server carries UDP and TCP; `handler` answers from `answers`,
+//! precomputed by `engine` from the fleet file and the health that `follow`
+//! reads from the healthd feeds and `health` merges (kept across restarts in
+//! `state_file`).
 
+pub mod answers;
 pub mod config;
+pub mod engine;
+pub mod follow;
+pub mod handler;
+pub mod health;
+pub mod metrics;
+pub mod state_file;
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use fleet::control::Control;
 use fleet::daemon::{Daemon, Service};
 use fleet::telemetry::LogFormat;
 use fleet::ConfigError;
-use tokio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
 
 pub use config::Settings;
+
+use crate::engine::Engine;
+use crate::follow::Followers;
+use crate::handler::Handler;
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// TCP response queue per connection.
+const TCP_RESPONSE_BUFFER: usize = 64;
 
 /// The sockets lb-dns serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
     pub admin: TcpListener,
+    /// Every UDP socket (several per address, SO_REUSEPORT).
+    pub udp: Vec<UdpSocket>,
+    pub tcp: Vec<TcpListener>,
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    // Absorbs bursts; the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// `count` UDP sockets and one TCP listener on the same address and port;
+/// with port 0, the port the first UDP socket gets (retried on a clash).
+fn bind_dns(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, std::net::TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let first = udp_socket(addr)?;
+        let bound = first.local_addr()?;
+        let result = (|| {
+            let mut udp = vec![first];
+            for _ in 1..count {
+                udp.push(udp_socket(bound)?);
+            }
+            let tcp = tcp_listener(bound)?;
+            Ok((udp, tcp))
+        })();
+        match result {
+            Err(e) if addr.port() == 0 && attempts < 20 => {
+                tracing::debug!("port {} taken for TCP, trying another: {e}", bound.port());
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Listeners {
@@ -23,7 +103,31 @@ impl Listeners {
         let admin = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
-        Ok(Listeners { admin })
+        let count = settings.node.udp_sockets.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4)
+        });
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for &addr in &settings.node.listen {
+            let (sockets, listener) = bind_dns(addr, count.max(1))
+                .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}: {e}"))?;
+            for socket in sockets {
+                udp.push(UdpSocket::from_std(socket)?);
+            }
+            tcp.push(TcpListener::from_std(listener)?);
+        }
+        Ok(Listeners { admin, udp, tcp })
+    }
+
+    /// The DNS addresses actually bound (UDP and TCP share each one).
+    pub fn dns_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 }
 
@@ -31,19 +135,85 @@ impl Listeners {
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
-    let service = Service::new(control, settings);
+    let tcp_idle = settings.node.tcp_idle_timeout;
+    let initial = match &settings.node.state_file {
+        None => None,
+        Some(path) => match state_file::load(path) {
+            Ok(state) => {
+                if state.is_some() {
+                    tracing::info!(path = %path.display(), "starting from the saved health state");
+                }
+                state
+            }
+            Err(error) => {
+                tracing::error!("{error}; starting without a saved health state");
+                None
+            }
+        },
+    };
+    let health = Health::new(initial, &settings.node.healthd);
+    let mut service = Service::new(control, settings);
+    let metrics = Arc::new(Metrics::register(
+        service.registry.sub_registry_with_prefix("lb_dns"),
+    ));
+    let engine = Engine::new(service.live.clone(), health.clone(), metrics.clone())?;
+    let answers = engine.answers.clone();
+    let status_health = health.clone();
+    let status_answers = answers.clone();
     let started = service.start(
         listeners.admin,
         axum::Router::new(),
         move || Settings::load(&config_file),
-        |s: &Settings| {
+        move |s: &Settings| {
+            let answers = status_answers.load();
             serde_json::json!({
                 "zone": s.fleet.zone.origin,
-                "clusters": s.fleet.clusters.len(),
+                "serial": answers.serial,
+                "clusters": answers.clusters.iter().map(|c| serde_json::json!({
+                    "id": c.id,
+                    "up": c.up,
+                    "all_down": c.all_down,
+                    "served_ipv4": c.served_v4,
+                    "served_ipv6": c.served_v6,
+                })).collect::<Vec<_>>(),
                 "mtas": s.fleet.mta_count(),
+                "health": status_health.report(),
             })
         },
     );
+    let control = started.control.clone();
+    started
+        .readiness
+        .not_ready("dns", "starting: DNS listeners not serving yet");
+
+    let mut followers = Followers::new(health.clone(), control.clone())?;
+    followers.sync(&started.live.get().node.healthd);
+    control.tasks.spawn(engine.run(control.clone(), followers));
+
+    let mut server = hickory_server::Server::new(Handler::new(answers, metrics));
+    for socket in listeners.udp {
+        server.register_socket(socket);
+    }
+    for listener in listeners.tcp {
+        server.register_listener(listener, tcp_idle, TCP_RESPONSE_BUFFER);
+    }
+    let server_stop = server.shutdown_token().clone();
+    let shutdown = control.shutdown.clone();
+    control.tasks.spawn(async move {
+        shutdown.cancelled().await;
+        server_stop.cancel();
+    });
+    let shutdown = control.shutdown.clone();
+    let readiness = started.readiness.clone();
+    control.tasks.spawn(async move {
+        if let Err(error) = server.block_until_done().await {
+            if !shutdown.is_cancelled() {
+                tracing::error!("DNS server stopped: {error}");
+                readiness.not_ready("dns", format!("DNS server stopped: {error}"));
+            }
+        }
+    });
+    started.readiness.ready("dns");
     started.until_shutdown(grace).await;
     Ok(())
 }

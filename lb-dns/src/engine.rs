@@ -1,0 +1,246 @@
+//! Keeps the answers current: rebuilds them when the fleet file is reloaded
+//! or the merged health changes, moves the SOA serial when they change, logs
+//! and counts all-down transitions, persists the health to the state file
+//! and keeps the freshness metrics up to date.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use fleet::control::Control;
+use fleet::{Live, WhenAllDown};
+use tokio::sync::watch;
+
+use crate::answers::Answers;
+use crate::config::Settings;
+use crate::follow::Followers;
+use crate::health::Health;
+use crate::metrics::{AllDownLabels, ClusterLabel, FeedLabel, Metrics};
+use crate::state_file;
+
+const TICK: Duration = Duration::from_secs(1);
+/// While fresh, the state file is rewritten at least this often so its
+/// `confirmed_at` stays close to the truth.
+const PERSIST_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Engine {
+    pub answers: Arc<ArcSwap<Answers>>,
+    live: Arc<Live<Settings>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    all_down: HashMap<String, bool>,
+    last_persist: Option<Instant>,
+    /// Subscribed before the first build, so no change is missed.
+    settings_changed: watch::Receiver<u64>,
+    health_changed: watch::Receiver<u64>,
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+fn next_serial(previous: u32) -> u32 {
+    let now = unix_now();
+    // RFC 1982: `now` is newer when it is ahead by less than 2^31.
+    if now != previous && now.wrapping_sub(previous) < (1 << 31) {
+        now
+    } else {
+        previous.wrapping_add(1)
+    }
+}
+
+impl Engine {
+    /// Builds the first answers; fails when the zone itself cannot be built.
+    pub fn new(
+        live: Arc<Live<Settings>>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Engine> {
+        let settings_changed = live.subscribe();
+        let health_changed = health.subscribe();
+        let settings = live.get();
+        let answers = Answers::build(&settings.fleet, &health.view(), unix_now(), |c| {
+            metrics.served_counter(c)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot build the zone: {e}"))?;
+        let mut engine = Engine {
+            answers: Arc::new(ArcSwap::from_pointee(answers)),
+            live,
+            health,
+            metrics,
+            all_down: HashMap::new(),
+            last_persist: None,
+            settings_changed,
+            health_changed,
+        };
+        engine.metrics.rebuilds.inc();
+        engine.observe();
+        engine.tick();
+        Ok(engine)
+    }
+
+    /// Rebuilds the answers; swaps them in (with a new serial) only when
+    /// their content changed.
+    pub fn rebuild(&mut self) {
+        let settings = self.live.get();
+        let previous = self.answers.load_full();
+        let metrics = &self.metrics;
+        let mut answers = match Answers::build(&settings.fleet, &self.health.view(), 0, |c| {
+            metrics.served_counter(c)
+        }) {
+            Ok(answers) => answers,
+            Err(error) => {
+                tracing::error!("cannot rebuild the zone, the previous answers stay: {error}");
+                return;
+            }
+        };
+        if answers.content_hash == previous.content_hash {
+            return;
+        }
+        let serial = next_serial(previous.serial);
+        answers.set_serial(serial);
+        self.answers.store(Arc::new(answers));
+        self.metrics.rebuilds.inc();
+        tracing::debug!(serial, "answers rebuilt");
+        self.observe();
+    }
+
+    /// Logs and counts all-down transitions; updates per-cluster gauges.
+    fn observe(&mut self) {
+        let answers = self.answers.load_full();
+        let when_all_down = self.live.get().fleet.zone.when_all_down;
+        let action = match when_all_down {
+            WhenAllDown::ServeAll => "serve_all",
+            WhenAllDown::Empty => "empty",
+        };
+        self.metrics.serial.set(i64::from(answers.serial));
+        let mut seen = HashMap::new();
+        for cluster in &answers.clusters {
+            let label = ClusterLabel {
+                cluster: cluster.id.clone(),
+            };
+            self.metrics
+                .cluster_up
+                .get_or_create(&label)
+                .set(cluster.up as i64);
+            self.metrics
+                .cluster_all_down
+                .get_or_create(&label)
+                .set(i64::from(cluster.all_down));
+            let was = self.all_down.get(&cluster.id).copied().unwrap_or(false);
+            if cluster.all_down && !was {
+                match when_all_down {
+                    WhenAllDown::ServeAll => tracing::warn!(
+                        cluster = %cluster.id,
+                        addresses = cluster.served_v4 + cluster.served_v6,
+                        "no MTA up: failing open, serving every non-drained address"
+                    ),
+                    WhenAllDown::Empty => tracing::warn!(
+                        cluster = %cluster.id,
+                        "no MTA up: answering NODATA (when_all_down = \"empty\")"
+                    ),
+                }
+                self.metrics
+                    .all_down
+                    .get_or_create(&AllDownLabels {
+                        cluster: cluster.id.clone(),
+                        action: action.to_string(),
+                    })
+                    .inc();
+            } else if !cluster.all_down && was {
+                tracing::info!(cluster = %cluster.id, up = cluster.up, "MTAs up again");
+            }
+            seen.insert(cluster.id.clone(), cluster.all_down);
+        }
+        for gone in self.all_down.keys().filter(|id| !seen.contains_key(*id)) {
+            let label = ClusterLabel {
+                cluster: gone.clone(),
+            };
+            self.metrics.cluster_up.remove(&label);
+            self.metrics.cluster_all_down.remove(&label);
+        }
+        self.all_down = seen;
+    }
+
+    /// Updates the freshness metrics; persists the state when due.
+    fn tick(&mut self) {
+        let report = self.health.report();
+        self.metrics.stale.set(i64::from(report.stale));
+        self.metrics
+            .state_age
+            .set(report.state_age_secs.unwrap_or(-1.0));
+        self.metrics.feed_fresh.clear();
+        self.metrics.feed_last_ok_age.clear();
+        for feed in &report.feeds {
+            let label = FeedLabel {
+                feed: feed.url.clone(),
+            };
+            self.metrics
+                .feed_fresh
+                .get_or_create(&label)
+                .set(i64::from(feed.fresh));
+            self.metrics
+                .feed_last_ok_age
+                .get_or_create(&label)
+                .set(feed.last_ok_secs_ago.unwrap_or(-1.0));
+        }
+        if !report.stale
+            && self
+                .last_persist
+                .is_none_or(|at| at.elapsed() >= PERSIST_EVERY)
+        {
+            self.persist();
+        }
+    }
+
+    /// Writes the state file in the background (no-op without one).
+    fn persist(&mut self) {
+        let Some(path): Option<PathBuf> = self.live.get().node.state_file.clone() else {
+            return;
+        };
+        let Some(state) = self.health.persisted() else {
+            return;
+        };
+        self.last_persist = Some(Instant::now());
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = state_file::save(&path, &state) {
+                metrics.state_file_errors.inc();
+                tracing::error!("{error}");
+            }
+        });
+    }
+
+    /// Runs until shutdown: reloads, health changes, ticks.
+    pub async fn run(mut self, control: Control, mut followers: Followers) {
+        let mut settings_changed = self.settings_changed.clone();
+        let mut health_changed = self.health_changed.clone();
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = control.shutdown.cancelled() => return,
+                changed = settings_changed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    followers.sync(&self.live.get().node.healthd);
+                    self.rebuild();
+                }
+                changed = health_changed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.rebuild();
+                    self.persist();
+                }
+                _ = ticker.tick() => self.tick(),
+            }
+        }
+    }
+}

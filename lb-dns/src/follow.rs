@@ -1,0 +1,179 @@
+//! Following healthd feeds: one task per base URL long-polls
+//! `GET <url>/v1/fleet?after=<generation>` and hands every answer to
+//! `Health`. A failure makes the feed stale at once; the task retries with
+//! a capped backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet::control::Control;
+use fleet::feed::FleetHealth;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+
+/// Longer than healthd's ~30 s long-poll: past this a silent feed is stale.
+const POLL_TIMEOUT: Duration = Duration::from_secs(40);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The running follower tasks, one per feed URL.
+pub struct Followers {
+    client: reqwest::Client,
+    health: Arc<Health>,
+    control: Control,
+    running: HashMap<String, CancellationToken>,
+}
+
+impl Followers {
+    pub fn new(health: Arc<Health>, control: Control) -> anyhow::Result<Followers> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the healthd feed client: {e}"))?;
+        Ok(Followers {
+            client,
+            health,
+            control,
+            running: HashMap::new(),
+        })
+    }
+
+    /// Follows exactly `urls` from now on.
+    pub fn sync(&mut self, urls: &[String]) {
+        self.health.set_feeds(urls);
+        self.running.retain(|url, stop| {
+            let keep = urls.contains(url);
+            if !keep {
+                tracing::info!(feed = %url, "no longer following this healthd feed");
+                stop.cancel();
+            }
+            keep
+        });
+        for url in urls {
+            if self.running.contains_key(url) {
+                continue;
+            }
+            let stop = self.control.shutdown.child_token();
+            self.running.insert(url.clone(), stop.clone());
+            tracing::info!(feed = %url, "following healthd feed");
+            self.control.tasks.spawn(follow(
+                url.clone(),
+                self.health.clone(),
+                self.client.clone(),
+                stop,
+            ));
+        }
+    }
+}
+
+enum Polled {
+    Snapshot(FleetHealth),
+    Unchanged,
+}
+
+async fn poll(
+    client: &reqwest::Client,
+    base: &str,
+    known: Option<&FleetHealth>,
+) -> Result<Polled, String> {
+    let url = match known {
+        None => format!("{base}/v1/fleet"),
+        Some(k) => format!("{base}/v1/fleet?after={}", k.generation),
+    };
+    let response = client
+        .get(&url)
+        .timeout(POLL_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED || status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Polled::Unchanged);
+    }
+    if !status.is_success() {
+        return Err(format!("GET {url}: HTTP {status}"));
+    }
+    let snapshot: FleetHealth = response
+        .json()
+        .await
+        .map_err(|e| format!("GET {url}: not a health feed: {}", error_chain(&e)))?;
+    match known {
+        Some(k) if k.instance == snapshot.instance && snapshot.generation <= k.generation => {
+            Ok(Polled::Unchanged)
+        }
+        _ => Ok(Polled::Snapshot(snapshot)),
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Follows one feed until `stop`.
+pub async fn follow(
+    url: String,
+    health: Arc<Health>,
+    client: reqwest::Client,
+    stop: CancellationToken,
+) {
+    let base = url.trim_end_matches('/').to_string();
+    let mut known: Option<FleetHealth> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut failing = false;
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = poll(&client, &base, known.as_ref()) => result,
+        };
+        match result {
+            Ok(polled) => {
+                if failing {
+                    tracing::info!(feed = %url, "healthd feed reachable again");
+                    failing = false;
+                }
+                backoff = BACKOFF_MIN;
+                match polled {
+                    Polled::Snapshot(snapshot) => {
+                        if known.as_ref().map(|k| &k.instance) != Some(&snapshot.instance) {
+                            tracing::info!(
+                                feed = %url,
+                                instance = %snapshot.instance,
+                                generation = snapshot.generation,
+                                "healthd feed instance"
+                            );
+                        }
+                        known = Some(snapshot.clone());
+                        health.feed_ok(&url, Some(snapshot));
+                    }
+                    Polled::Unchanged => health.feed_ok(&url, None),
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(feed = %url, "healthd feed unreachable: {error}");
+                    failing = true;
+                }
+                health.feed_failed(&url, error);
+                // healthd may have restarted: its generations start over, so
+                // ask for the whole state rather than long-poll past an old one.
+                known = None;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}

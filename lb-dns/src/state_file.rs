@@ -1,0 +1,143 @@
+//! The last known health, kept on disk so a restart without any reachable
+//! healthd still answers from it. Written atomically: a temporary file in
+//! the same directory, fsync, rename, fsync of the directory.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use fleet::feed::MtaState;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("cannot read the state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the state file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write the state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    /// Format version.
+    pub version: u32,
+    /// Unix seconds: when this file was written.
+    pub saved_at: u64,
+    /// Unix seconds: when a fresh healthd feed last confirmed this state.
+    pub confirmed_at: u64,
+    /// Merged state per MTA name.
+    pub mtas: BTreeMap<String, MtaState>,
+}
+
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl PersistedState {
+    pub fn new(confirmed_at: SystemTime, mtas: BTreeMap<String, MtaState>) -> PersistedState {
+        PersistedState {
+            version: 1,
+            saved_at: unix_secs(SystemTime::now()),
+            confirmed_at: unix_secs(confirmed_at),
+            mtas,
+        }
+    }
+}
+
+/// The saved state; `Ok(None)` when there is no file yet.
+pub fn load(path: &Path) -> Result<Option<PersistedState>, StateFileError> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateFileError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| StateFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Replaces the file with `state`, atomically.
+pub fn save(path: &Path, state: &PersistedState) -> Result<(), StateFileError> {
+    let write_err = |source| StateFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(write_err)?;
+    let mut body = serde_json::to_vec_pretty(state).map_err(|e| write_err(e.into()))?;
+    body.push(b'\n');
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        assert_eq!(load(&path).unwrap(), None);
+        let mut mtas = BTreeMap::new();
+        mtas.insert("mta-1".to_string(), MtaState::Up);
+        mtas.insert("mta-2".to_string(), MtaState::Drain);
+        let state = PersistedState::new(SystemTime::now(), mtas);
+        save(&path, &state).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(state));
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"{ not json").unwrap();
+        let error = load(&path).unwrap_err().to_string();
+        assert!(error.contains("state.json"), "{error}");
+    }
+}
