@@ -1,0 +1,336 @@
+//! The state dir's files: the CA and cluster certificate, the fleet file
+//! with its credential, and one config per daemon. A state dir that already
+//! has them keeps its CA, certificate, credential, MTAs and spools.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::Context;
+use sha2::Digest;
+use toml_edit::{value, Array, DocumentMut};
+
+use crate::plan::{write_private, Layout, Plan, CERT_ADDRESSES, DKIM_SELECTOR};
+
+/// One MTA of the fleet file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MtaEntry {
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Writes whatever the state dir lacks and refreshes what follows from the
+/// options: the fleet file's ports (and rate limit when `rate_given`), and
+/// every daemon config. Returns the MTAs of the fleet file.
+pub fn prepare(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Result<Vec<MtaEntry>> {
+    for dir in [
+        layout.root.clone(),
+        layout.tls_dir(),
+        layout.root.join("logs"),
+        layout.root.join("var"),
+        layout.sink_dir(),
+        layout.requests_dir(),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if !layout.ca_file().exists() {
+        write_certificates(layout, plan)?;
+    }
+    if !layout.dkim_key().exists() {
+        write_dkim_key(layout)?;
+    }
+    if layout.fleet_file().exists() {
+        update_fleet(layout, plan, rate_given)?;
+    } else {
+        write_fleet(layout, plan)?;
+    }
+    let mtas = fleet_mtas(layout)?;
+    write_lb_dns_config(layout, plan)?;
+    write_healthd_config(layout, plan)?;
+    for mta in &mtas {
+        write_mta_config(layout, plan, mta)?;
+    }
+    Ok(mtas)
+}
+
+fn write_certificates(layout: &Layout, plan: &Plan) -> anyhow::Result<()> {
+    let ca = fleet::testkit::pki::LocalCa::new(&format!(
+        "unMTA local-cluster CA {} (not for production)",
+        plan.cluster_id
+    ))?;
+    let hostname = plan.hostname();
+    let mut names = vec![hostname, "localhost".to_string()];
+    for index in 0..CERT_ADDRESSES as usize {
+        if let Ok(address) = plan.mta_address(index) {
+            names.push(address.to_string());
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    ca.write_bundle(&layout.tls_dir(), "cluster", &names)
+        .with_context(|| {
+            format!(
+                "cannot write certificates in {}",
+                layout.tls_dir().display()
+            )
+        })
+}
+
+/// An Ed25519 DKIM key for the sender domain (RFC 8463), PKCS#8 PEM, and
+/// its public half as the DNS TXT text.
+fn write_dkim_key(layout: &Layout) -> anyhow::Result<()> {
+    use base64::Engine;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("cannot generate a DKIM key")?;
+    let public = base64::engine::general_purpose::STANDARD.encode(key.public_key_raw());
+    write_private(&layout.dkim_key(), &key.serialize_pem())?;
+    write_private(
+        &layout.dkim_txt(),
+        &format!("v=DKIM1; k=ed25519; p={public}"),
+    )
+}
+
+/// The DKIM TXT record's text, from the state dir.
+pub fn dkim_txt(layout: &Layout) -> anyhow::Result<String> {
+    let path = layout.dkim_txt();
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn write_fleet(layout: &Layout, plan: &Plan) -> anyhow::Result<()> {
+    let hash = fleet::password::hash_password(&plan.password)
+        .map_err(|e| anyhow::anyhow!("cannot hash the credential's password: {e}"))?;
+    let smtp = plan
+        .ports
+        .smtp
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!(
+        r#"# The fleet file of this local cluster, written by local-cluster.
+# Edit it, then `local-cluster reload --state-dir <this folder>` (or kill -HUP
+# lb-dns, healthd and every MTA): drain an MTA, change the rate limit, ...
+
+[zone]
+origin = "{origin}"
+ttl = 5                         # short, so failover shows quickly
+max_answers = 8
+when_all_down = "serve_all"
+primary_ns = "ns1.{origin}"
+hostmaster = "hostmaster.{origin}"
+nameservers = [ {{ name = "ns1.{origin}", ipv4 = "{address}" }} ]
+
+[ports]
+smtp = [{smtp}]
+https = {https}
+
+[[clusters]]
+id = "{id}"
+rate_limit = "{rate}"           # per MTA
+domains = ["{domain}"]
+
+  [[clusters.credentials]]
+  username = "{username}"
+  password = "{hash}"
+"#,
+        origin = plan.origin,
+        address = plan.address,
+        https = plan.ports.https,
+        id = plan.cluster_id,
+        rate = plan.rate_limit,
+        domain = plan.sender_domain,
+        username = plan.username,
+    );
+    for index in 0..plan.mtas {
+        text.push_str(&format!(
+            "\n  [[clusters.mtas]]\n  name = \"mta-{}\"\n  ipv4 = \"{}\"\n",
+            index + 1,
+            plan.mta_address(index)?
+        ));
+    }
+    text.push_str(&format!(
+        "\n# The Clusters API token (cluster.json has it in the clear).\n[[accounts]]\nname = \"local\"\ntoken_sha256 = \"{}\"\nclusters = [\"{}\"]\n",
+        sha256_hex(&plan.api_token),
+        plan.cluster_id
+    ));
+    fleet::parse_fleet(&text, "generated fleet.toml")
+        .map_err(|e| anyhow::anyhow!("local-cluster wrote an invalid fleet file: {e}"))?;
+    write_private(&layout.fleet_file(), &text)
+}
+
+fn read_fleet_doc(layout: &Layout) -> anyhow::Result<DocumentMut> {
+    let path = layout.fleet_file();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    text.parse::<DocumentMut>()
+        .with_context(|| format!("{}: not valid TOML", path.display()))
+}
+
+fn write_fleet_doc(layout: &Layout, doc: &DocumentMut) -> anyhow::Result<()> {
+    let text = doc.to_string();
+    fleet::parse_fleet(&text, &layout.fleet_file().display().to_string())
+        .map_err(|e| anyhow::anyhow!("the edited fleet file would be invalid: {e}"))?;
+    write_private(&layout.fleet_file(), &text)
+}
+
+/// Ports (and the rate limit, when given) follow the options on a restart.
+fn update_fleet(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Result<()> {
+    let mut doc = read_fleet_doc(layout)?;
+    doc["ports"]["smtp"] = value(Array::from_iter(
+        plan.ports.smtp.iter().map(|p| i64::from(*p)),
+    ));
+    doc["ports"]["https"] = value(i64::from(plan.ports.https));
+    if rate_given {
+        doc["clusters"][0]["rate_limit"] = value(plan.rate_limit.clone());
+    }
+    write_fleet_doc(layout, &doc)
+}
+
+/// The MTAs of the state dir's fleet file, checked the way the daemons do.
+pub fn fleet_mtas(layout: &Layout) -> anyhow::Result<Vec<MtaEntry>> {
+    let fleet = fleet::load_fleet(&layout.fleet_file())
+        .map_err(|e| anyhow::anyhow!("the fleet file is invalid: {e}"))?;
+    Ok(fleet
+        .clusters
+        .iter()
+        .flat_map(|c| c.mtas.iter())
+        .map(|m| MtaEntry {
+            name: m.name.clone(),
+            ipv4: m.ipv4,
+        })
+        .collect())
+}
+
+/// Appends the next MTA (name and address after the last ones) to the fleet
+/// file and writes its config. The daemons still need a SIGHUP.
+pub fn add_mta(layout: &Layout, plan: &Plan) -> anyhow::Result<MtaEntry> {
+    let existing = fleet_mtas(layout)?;
+    let number = (1..)
+        .find(|n| !existing.iter().any(|m| m.name == format!("mta-{n}")))
+        .unwrap_or(1);
+    let ipv4 = (0..254)
+        .filter_map(|i| plan.mta_address(i).ok())
+        .find(|a| !existing.iter().any(|m| m.ipv4 == *a))
+        .context("no free MTA address is left after --mta-base")?;
+    let entry = MtaEntry {
+        name: format!("mta-{number}"),
+        ipv4,
+    };
+    let mut doc = read_fleet_doc(layout)?;
+    let mtas = doc["clusters"][0]["mtas"]
+        .as_array_of_tables_mut()
+        .context("the fleet file's first cluster has no [[clusters.mtas]]")?;
+    let mut table = toml_edit::Table::new();
+    table["name"] = value(entry.name.clone());
+    table["ipv4"] = value(entry.ipv4.to_string());
+    mtas.push(table);
+    write_fleet_doc(layout, &doc)?;
+    write_mta_config(layout, plan, &entry)?;
+    Ok(entry)
+}
+
+fn quoted(path: &Path) -> String {
+    toml_edit::Value::from(path.display().to_string()).to_string()
+}
+
+fn write_lb_dns_config(layout: &Layout, plan: &Plan) -> anyhow::Result<()> {
+    let text = format!(
+        r#"# lb-dns of the local cluster, written by local-cluster.
+fleet_file = "fleet.toml"
+listen = ["{dns}"]
+admin_listen = "{admin}"
+healthd = ["{healthd}"]
+state_file = "var/lb-dns/state.json"
+"#,
+        dns = plan.dns_addr(),
+        admin = plan.lb_dns_admin_addr(),
+        healthd = plan.healthd_url(),
+    );
+    write_private(&layout.config("lb-dns"), &text)
+}
+
+fn write_healthd_config(layout: &Layout, plan: &Plan) -> anyhow::Result<()> {
+    let text = format!(
+        r#"# healthd of the local cluster, written by local-cluster.
+fleet_file = "fleet.toml"
+listen = "{listen}"
+ca_file = "tls/ca.pem"
+admin_token_sha256 = "{admin}"
+state_file = "var/healthd/state.json"
+"#,
+        listen = plan.healthd_addr(),
+        admin = sha256_hex(&plan.admin_token),
+    );
+    write_private(&layout.config("healthd"), &text)
+}
+
+pub fn write_mta_config(layout: &Layout, plan: &Plan, mta: &MtaEntry) -> anyhow::Result<()> {
+    let path = layout.config(&mta.name);
+    write_private(&path, &mta_config(layout, plan, mta, true))?;
+    // An MTA build without `[delivery]` yet: keep what it understands.
+    if let Err(e) = mta::config::Settings::load(&path) {
+        if e.to_string().contains("delivery") {
+            write_private(&path, &mta_config(layout, plan, mta, false))?;
+        } else {
+            anyhow::bail!("local-cluster wrote an MTA config the MTA refuses: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn mta_config(layout: &Layout, plan: &Plan, mta: &MtaEntry, delivery: bool) -> String {
+    let spool = layout.root.join("var").join(&mta.name).join("spool");
+    let mut text = format!(
+        r#"# MTA {name} of the local cluster, written by local-cluster.
+fleet_file = "fleet.toml"
+node = "{name}"
+spool_dir = {spool}
+admin_listen = "{admin}"
+
+[tls]
+certificate = "tls/cluster.pem"
+key = "tls/cluster-key.pem"
+"#,
+        name = mta.name,
+        spool = quoted(&spool),
+        admin = plan.mta_admin_addr(mta.ipv4),
+    );
+    if delivery {
+        text.push_str(&format!(
+            r#"
+# Recipient domains resolve through the local cluster's DNS: example.com and
+# example.net have the sink as their MX. Retries are quick for local use.
+[delivery]
+nameservers = ["{resolver}"]
+port = {sink_port}
+timeout = "10s"
+retry_initial = "2s"
+retry_max = "30s"
+max_age = "1h"
+events_file = {events}
+
+[[delivery.dkim]]
+domain = "{domain}"
+selector = "{selector}"
+key = "tls/dkim-{selector}.pem"
+algorithm = "ed25519-sha256"
+"#,
+            resolver = plan.resolver_addr(),
+            sink_port = plan.ports.sink,
+            events = quoted(
+                &layout
+                    .root
+                    .join("logs")
+                    .join(format!("{}-events.jsonl", mta.name))
+            ),
+            domain = plan.sender_domain,
+            selector = DKIM_SELECTOR,
+        ));
+    }
+    text
+}

@@ -1,0 +1,123 @@
+//! The first thing a newcomer runs: the cluster resolves through lb-dns,
+//! takes mail over SMTP and HTTP on every MTA, delivers it to the sink with
+//! a Received: trail (and DKIM), stops cleanly and comes back as it was.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{listening, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tour_resolve_send_every_way_deliver_stop_and_reuse() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(1, &[])?;
+    let info = cluster.info.clone();
+
+    // cluster.json names every process and endpoint.
+    assert_eq!(info.mtas().count(), 3);
+    for role in ["lb-dns", "healthd", "sink", "dns"] {
+        assert!(
+            info.processes.iter().any(|p| p.role == role),
+            "no {role} in cluster.json"
+        );
+    }
+    assert!(
+        info.cluster.hostname.starts_with("c-") && info.cluster.hostname.ends_with(".unmta.net")
+    );
+    assert_eq!(info.cluster.smtp_ports, vec![10587, 10025, 12587]);
+    assert_eq!(info.cluster.rate_limit, "unlimited");
+    let output = cluster.output();
+    for printed in [
+        "Connection Details",
+        "dig @127.5.1.1 -p 5300",
+        "swaks --server",
+        "curl --cacert",
+    ] {
+        assert!(output.contains(printed), "not printed: {printed}\n{output}");
+    }
+
+    // The hostname resolves through lb-dns to the three MTAs.
+    let mut expected = cluster.mta_addresses();
+    expected.sort();
+    assert_eq!(cluster.resolve().await?, expected);
+
+    // SMTP (STARTTLS + AUTH, verified) and HTTP injection to each MTA.
+    let mut tags = Vec::new();
+    for address in cluster.mta_addresses() {
+        let tag = format!("tour smtp {address}");
+        cluster.send_smtp(address, &tag).await?;
+        tags.push(tag);
+        let tag = format!("tour http {address}");
+        let answer = cluster.inject(address, &tag).await?;
+        assert_eq!(answer["success_count"], 1, "{answer}");
+        tags.push(tag);
+    }
+    cluster
+        .wait_delivered(&tags, Duration::from_secs(60))
+        .await?;
+    let dkim = std::fs::read_to_string(cluster.state_dir().join("mta-1.toml"))?
+        .contains("[[delivery.dkim]]");
+    for tag in &tags {
+        let message = cluster.sink_message(tag).expect("delivered");
+        assert!(
+            message.contains("\r\nReceived: from "),
+            "no Received: trail in\n{message}"
+        );
+        assert!(
+            message.contains(&info.cluster.hostname),
+            "the trail does not name the cluster:\n{message}"
+        );
+        if dkim {
+            assert!(
+                message.contains("DKIM-Signature:"),
+                "not DKIM-signed:\n{message}"
+            );
+            assert!(
+                message.contains(&format!("d={}", info.sender_domain)),
+                "{message}"
+            );
+        }
+    }
+
+    // Ctrl-C / SIGTERM stops everything: nothing is left listening.
+    assert!(
+        cluster.stop()?,
+        "local-cluster did not exit cleanly:\n{}",
+        cluster.output()
+    );
+    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    for address in cluster.mta_addresses() {
+        for port in info
+            .cluster
+            .smtp_ports
+            .iter()
+            .chain([&info.cluster.https_port])
+        {
+            endpoints.push(SocketAddr::from((address, *port)));
+        }
+    }
+    endpoints.push(SocketAddr::from((info.dns.address, info.dns.port)));
+    endpoints.push(SocketAddr::from((info.sink.address, info.sink.port)));
+    endpoints.push(info.healthd.url.trim_start_matches("http://").parse()?);
+    for endpoint in endpoints {
+        assert!(
+            !listening(endpoint),
+            "{endpoint} still listening after stop"
+        );
+    }
+
+    // The same state dir again: same cluster, CA and credential.
+    let ca = std::fs::read(&info.ca_file)?;
+    let dir = cluster.take_dir();
+    let again = Cluster::start_in(dir, 1, &[])?;
+    assert_eq!(again.info.cluster.id, info.cluster.id);
+    assert_eq!(again.info.credential, info.credential);
+    assert_eq!(std::fs::read(&again.info.ca_file)?, ca);
+    let tag = "tour after restart".to_string();
+    again.send_smtp(again.mta_addresses()[0], &tag).await?;
+    again
+        .wait_delivered(&[tag], Duration::from_secs(60))
+        .await?;
+    Ok(())
+}
