@@ -36,7 +36,12 @@ fn token(headers: &HeaderMap) -> Option<&str> {
 
 /// Who is calling, if the request carries a known token.
 pub fn caller(headers: &HeaderMap, fleet: &Fleet, admin_sha256: Option<&str>) -> Option<Caller> {
-    let digest = hex::encode(Sha256::digest(token(headers)?.as_bytes()));
+    caller_for_token(token(headers)?, fleet, admin_sha256)
+}
+
+/// Who holds `token` (from a header, or the dashboard's cookie), if anyone.
+pub fn caller_for_token(token: &str, fleet: &Fleet, admin_sha256: Option<&str>) -> Option<Caller> {
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
     if admin_sha256.is_some_and(|admin| admin.trim().eq_ignore_ascii_case(&digest)) {
         return Some(Caller::Admin);
     }

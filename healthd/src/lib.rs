@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod board;
 pub mod config;
+pub mod dashboard;
 pub mod drain;
 pub mod feed;
 pub mod metrics;
@@ -71,7 +72,12 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         live: live.clone(),
         file: state_file,
         writing: Arc::new(tokio::sync::Mutex::new(())),
-    }));
+    }))
+    .merge(dashboard::routes(dashboard::DashboardState::start(
+        board.clone(),
+        live.clone(),
+        shutdown.clone(),
+    )));
     let scheduler = scheduler::Scheduler::new(
         live.clone(),
         board.clone(),

@@ -1,0 +1,403 @@
+//! The Cluster page, served at `/`: a sidebar of the clusters the viewer may
+//! see and, for one of them, the Connection Details card, the rate limit,
+//! the MTAs with their health, recent transitions and ready-to-paste
+//! examples. The page follows the board with a long poll on
+//! `/dashboard/clusters/{id}/live?after=N` and updates without a reload.
+//!
+//! Who may see what is the Clusters API's rule (`auth`), with the token in
+//! an `Authorization: Bearer` header or in the HttpOnly, SameSite=Strict
+//! cookie the login form (or `/?token=…`) sets. What a cluster is comes from
+//! `api::cluster_json`, the API's own JSON.
+
+mod journal;
+mod page;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use fleet::feed::MtaState;
+use fleet::{Fleet, Live};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::cluster_json;
+use crate::auth::{self, Caller};
+use crate::board::Board;
+use crate::config::Settings;
+
+pub use journal::{Entry, Journal};
+
+/// The cookie that keeps the viewer's token (hex-encoded).
+pub const COOKIE: &str = "healthd_session";
+/// How long a live poll waits for a change at most.
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Transitions shown on the page.
+const RECENT: usize = 20;
+
+const CSS: &str = include_str!("dashboard.css");
+const JS: &str = include_str!("dashboard.js");
+const FAVICON: &str = include_str!("favicon.svg");
+
+/// Nothing but this server: no inline code, no other host.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+#[derive(Clone)]
+pub struct DashboardState {
+    pub board: Arc<Board>,
+    pub live: Arc<Live<Settings>>,
+    pub journal: Arc<Journal>,
+    pub shutdown: CancellationToken,
+    pub max_wait: Duration,
+}
+
+impl DashboardState {
+    /// The dashboard's state; starts the journal of transitions, which
+    /// follows `board` until `shutdown`.
+    pub fn start(
+        board: Arc<Board>,
+        live: Arc<Live<Settings>>,
+        shutdown: CancellationToken,
+    ) -> DashboardState {
+        let journal = Journal::start(board.clone(), shutdown.clone());
+        DashboardState {
+            board,
+            live,
+            journal,
+            shutdown,
+            max_wait: MAX_WAIT,
+        }
+    }
+
+    /// Who is looking: a Bearer header first, then the cookie.
+    fn viewer(&self, headers: &HeaderMap, fleet: &Fleet) -> Option<Caller> {
+        let settings = self.live.get();
+        let admin = settings.node.admin_token_sha256.as_deref();
+        auth::caller(headers, fleet, admin).or_else(|| {
+            let token = cookie_token(headers)?;
+            auth::caller_for_token(&token, fleet, admin)
+        })
+    }
+
+    fn token_is_known(&self, token: &str) -> bool {
+        let settings = self.live.get();
+        let admin = settings.node.admin_token_sha256.as_deref();
+        self.board
+            .read(|fleet, _| auth::caller_for_token(token, fleet, admin))
+            .is_some()
+    }
+}
+
+pub fn routes(state: DashboardState) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/clusters/{id}", get(cluster))
+        .route("/login", post(login).get(|| async { see_other("/") }))
+        .route("/logout", post(logout))
+        .route("/dashboard/clusters/{id}/live", get(live))
+        .route("/dashboard/assets/dashboard.css", get(css))
+        .route("/dashboard/assets/dashboard.js", get(js))
+        .route("/dashboard/assets/favicon.svg", get(favicon))
+        .with_state(state)
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .and_then(|(_, value)| hex::decode(value.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|token| !token.is_empty())
+}
+
+fn see_other(location: &'static str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, HeaderValue::from_static(location))],
+    )
+        .into_response()
+}
+
+/// A page with the headers every dashboard page carries.
+fn html(status: StatusCode, markup: maud::Markup) -> Response {
+    let mut response = (status, markup.into_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure(headers);
+    response
+}
+
+fn secure(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", CSS)
+}
+
+async fn js() -> Response {
+    asset("text/javascript; charset=utf-8", JS)
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", FAVICON)
+}
+
+#[derive(Debug, Deserialize)]
+struct HomeQuery {
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// Sets the cookie and sends the browser to `/`, or shows the form again.
+fn log_in(state: &DashboardState, token: &str) -> Response {
+    let token = token.trim();
+    if token.is_empty() || !state.token_is_known(token) {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            page::login(Some("That token is not valid. Check it and try again.")),
+        );
+    }
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        hex::encode(token)
+    );
+    let mut response = see_other("/");
+    let headers = response.headers_mut();
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
+    secure(headers);
+    response
+}
+
+async fn login(State(state): State<DashboardState>, Form(form): Form<LoginForm>) -> Response {
+    log_in(&state, &form.token)
+}
+
+async fn logout() -> Response {
+    let mut response = see_other("/");
+    let headers = response.headers_mut();
+    headers.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("healthd_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    secure(headers);
+    response
+}
+
+async fn home(
+    State(state): State<DashboardState>,
+    Query(query): Query<HomeQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(token) = query.token {
+        return log_in(&state, &token);
+    }
+    show(&state, &headers, None)
+}
+
+async fn cluster(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    show(&state, &headers, Some(&id))
+}
+
+/// Everything one page needs, read from the board at once.
+struct Gathered {
+    viewer: Caller,
+    nav: Vec<page::Nav>,
+    /// `None` when the viewer may see no cluster of that id.
+    selected: Option<page::Selected>,
+}
+
+/// The viewer's clusters for the sidebar and cluster `id` (or the first).
+fn gather(state: &DashboardState, headers: &HeaderMap, id: Option<&str>) -> Option<Gathered> {
+    state.board.read(|fleet, records| {
+        let viewer = state.viewer(headers, fleet)?;
+        let visible: Vec<_> = fleet
+            .clusters
+            .iter()
+            .filter(|c| viewer.may_read(&c.id))
+            .collect();
+        let nav = visible
+            .iter()
+            .map(|c| page::Nav {
+                id: c.id.clone(),
+                hostname: fleet.hostname(c),
+                up: c
+                    .mtas
+                    .iter()
+                    .filter(|m| {
+                        records
+                            .get(&m.name)
+                            .is_some_and(|r| r.shown == MtaState::Up)
+                    })
+                    .count(),
+                total: c.mtas.len(),
+            })
+            .collect();
+        let chosen = match id {
+            Some(id) => visible.iter().find(|c| c.id == id),
+            None => visible.first(),
+        };
+        let selected = chosen.and_then(|c| {
+            let view = serde_json::from_value(cluster_json(fleet, c, records)).ok()?;
+            Some(page::Selected {
+                view,
+                domain: c
+                    .domains
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "yourdomain.com".to_string()),
+                username: c
+                    .credentials
+                    .first()
+                    .map(|c| c.username.clone())
+                    .unwrap_or_else(|| "your-credential".to_string()),
+            })
+        });
+        Some(Gathered {
+            viewer,
+            nav,
+            selected,
+        })
+    })
+}
+
+fn viewer_name(viewer: &Caller) -> &str {
+    match viewer {
+        Caller::Admin => "admin",
+        Caller::Account { name, .. } => name,
+    }
+}
+
+fn show(state: &DashboardState, headers: &HeaderMap, id: Option<&str>) -> Response {
+    let Some(gathered) = gather(state, headers, id) else {
+        // A cookie that no longer opens anything gets the form and an answer.
+        let (status, error) = if cookie_token(headers).is_some() {
+            (
+                StatusCode::UNAUTHORIZED,
+                Some("Your session is no longer valid. Sign in again."),
+            )
+        } else {
+            (StatusCode::OK, None)
+        };
+        return html(status, page::login(error));
+    };
+    let viewer = viewer_name(&gathered.viewer);
+    match (gathered.selected, id) {
+        (Some(selected), _) => {
+            let transitions = state.journal.recent(&selected.view.id, RECENT);
+            let generation = state.journal.generation();
+            html(
+                StatusCode::OK,
+                page::cluster_page(viewer, &gathered.nav, &selected, &transitions, generation),
+            )
+        }
+        (None, Some(_)) => html(
+            StatusCode::NOT_FOUND,
+            page::not_found(viewer, &gathered.nav),
+        ),
+        (None, None) => html(StatusCode::OK, page::no_clusters(viewer)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveQuery {
+    after: Option<u64>,
+}
+
+/// What the page needs to update itself once the journal passes `after`.
+async fn live(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    Query(query): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    // Refuse at once rather than after the wait.
+    if gather(&state, &headers, Some(&id)).is_none() {
+        return auth::unauthenticated();
+    }
+    if let Some(after) = query.after {
+        let mut generations = state.journal.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(state.max_wait, generations.wait_for(|g| *g > after)) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+    let generation = state.journal.generation();
+    let Some(gathered) = gather(&state, &headers, Some(&id)) else {
+        return auth::unauthenticated();
+    };
+    let Some(selected) = gathered.selected else {
+        return auth::not_found();
+    };
+    let transitions = state.journal.recent(&id, RECENT);
+    let nav: Vec<_> = gathered
+        .nav
+        .iter()
+        .map(|n| json!({ "id": n.id, "count": n.count() }))
+        .collect();
+    let body = json!({
+        "instance": state.board.instance(),
+        "generation": generation,
+        "data": selected.view,
+        "summary": page::summary(&selected.view),
+        "mtas_html": page::mta_rows(&selected.view).into_string(),
+        "transitions_html": page::transitions(&transitions).into_string(),
+        "nav": nav,
+    });
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,665 @@
+//! The Cluster page in a real browser: healthd in-process against fake MTAs
+//! on 127.7.x.y, headless chromium driven over WebDriver (chromedriver).
+//! The fakes listen on the production ports (SMTP 587, HTTPS 443) so the
+//! card shows what a customer sees: this needs root, as local-cluster does.
+//! Screenshots land in `target/dashboard-screenshots/`.
+
+mod common;
+mod dashboard_browser;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use common::{write_configs, Fake, Healthd, Pki, ADMIN_TOKEN};
+use dashboard_browser::Browser;
+use fleet::feed::MtaState;
+use serde_json::{json, Value};
+
+const ACME: &str = "acme-token";
+const GLOBEX: &str = "globex-token";
+
+fn ip(test: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 7, test, host)
+}
+
+/// Three clusters: acme owns a1b2c3d4 (two MTAs, 500/hr) and c9d0e1f2 (one
+/// drained MTA), globex owns e5f6a7b8.
+fn fleet(test: u8) -> String {
+    let hash = fleet::password::hash_password("not-the-password").unwrap();
+    format!(
+        r#"[zone]
+origin = "unmta.net"
+primary_ns = "ns1.unmta.net"
+hostmaster = "hostmaster.unmta.net"
+nameservers = [ {{ name = "ns1.unmta.net", ipv4 = "127.7.255.53" }} ]
+
+[ports]
+smtp = [587, 25, 2587]
+https = 443
+
+[[clusters]]
+id = "a1b2c3d4"
+rate_limit = "500/hr"
+domains = ["yourdomain.com"]
+
+  [[clusters.credentials]]
+  username = "your-credential"
+  password = "{hash}"
+
+  [[clusters.mtas]]
+  name = "mta-1"
+  ipv4 = "{m1}"
+
+  [[clusters.mtas]]
+  name = "mta-2"
+  ipv4 = "{m2}"
+
+[[clusters]]
+id = "c9d0e1f2"
+domains = ["acme-two.example"]
+
+  [[clusters.mtas]]
+  name = "mta-3"
+  ipv4 = "{m3}"
+  drain = true
+
+[[clusters]]
+id = "e5f6a7b8"
+rate_limit = "1000/day"
+domains = ["globex.example"]
+
+  [[clusters.mtas]]
+  name = "mta-4"
+  ipv4 = "{m4}"
+
+[[accounts]]
+name = "acme"
+token_sha256 = "{acme}"
+clusters = ["a1b2c3d4", "c9d0e1f2"]
+
+[[accounts]]
+name = "globex"
+token_sha256 = "{globex}"
+clusters = ["e5f6a7b8"]
+"#,
+        m1 = ip(test, 11),
+        m2 = ip(test, 12),
+        m3 = ip(test, 13),
+        m4 = ip(test, 21),
+        acme = common::sha256(ACME),
+        globex = common::sha256(GLOBEX),
+    )
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    healthd: Healthd,
+    fakes: Vec<(&'static str, Fake)>,
+}
+
+impl Setup {
+    /// healthd on 127.7.`test`.1 and fakes for mta-1, mta-2 and mta-4
+    /// (`with_fakes`); mta-3 never answers (it is drained).
+    async fn start(test: u8, with_fakes: bool) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let mut fakes = Vec::new();
+        if with_fakes {
+            let tls = pki.server(&[
+                "c-a1b2c3d4.unmta.net",
+                "c-c9d0e1f2.unmta.net",
+                "c-e5f6a7b8.unmta.net",
+            ]);
+            for (name, host) in [("mta-1", 11), ("mta-2", 12), ("mta-4", 21)] {
+                let fake = Fake::start(IpAddr::V4(ip(test, host)), 587, 443, tls.clone()).await;
+                fakes.push((name, fake));
+            }
+        }
+        let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet(test), "");
+        let healthd = Healthd::start(&config).await;
+        Setup {
+            _dir: dir,
+            healthd,
+            fakes,
+        }
+    }
+
+    fn fake(&mut self, name: &str) -> &mut Fake {
+        &mut self.fakes.iter_mut().find(|(n, _)| *n == name).unwrap().1
+    }
+}
+
+/// Polls the page until MTA `name` shows `state` in the table.
+async fn wait_row(browser: &Browser, name: &str, state: &str, bound: Duration) -> Duration {
+    browser
+        .wait_until(
+            bound,
+            &format!("{name} shown {state}"),
+            &format!(
+                "var r = document.querySelector('#mta-rows tr[data-mta=\"{name}\"]'); \
+                 return !!r && r.getAttribute('data-state') === '{state}';"
+            ),
+        )
+        .await
+}
+
+async fn sidebar(browser: &Browser) -> Vec<String> {
+    let ids = browser
+        .js(
+            "return Array.from(document.querySelectorAll('#cluster-list a')).map(a => a.dataset.cluster);",
+            vec![],
+        )
+        .await;
+    serde_json::from_value(ids).unwrap()
+}
+
+/// Every request the page made went to `origin`.
+async fn assert_same_origin(browser: &Browser, origin: &str) {
+    // Chromium's own pages (the first new tab) load chrome:// and data:
+    // resources from inside the browser; every other request counts.
+    let urls: Vec<String> = browser
+        .requested_urls()
+        .await
+        .into_iter()
+        .filter(|u| !u.starts_with("chrome://") && !u.starts_with("data:"))
+        .collect();
+    for own in [
+        "/dashboard/assets/dashboard.css",
+        "/dashboard/assets/dashboard.js",
+        "/dashboard/clusters/",
+    ] {
+        assert!(
+            urls.iter()
+                .any(|u| u.starts_with(&format!("{origin}{own}"))),
+            "the performance log misses the page's own {own}: {urls:?}"
+        );
+    }
+    let foreign: Vec<_> = urls
+        .iter()
+        .filter(|u| !u.starts_with(&format!("{origin}/")))
+        .collect();
+    assert!(foreign.is_empty(), "requests to another host: {foreign:?}");
+    let entries = browser
+        .js(
+            "return performance.getEntries().map(e => e.name).filter(n => n.indexOf('://') > 0);",
+            vec![],
+        )
+        .await;
+    for name in entries.as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(
+            name.starts_with(&format!("{origin}/")),
+            "resource {name} is not from {origin}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_card_shows_the_clusters_values_and_an_account_sees_only_its_clusters() {
+    let setup = Setup::start(1, true).await;
+    let base = setup.healthd.url.clone();
+    let browser = Browser::start().await;
+
+    // Nobody signed in: the form, and no cluster data at all.
+    browser.goto(&format!("{base}/clusters/a1b2c3d4")).await;
+    assert!(browser
+        .text("form[action='/login'] label[for=token]")
+        .await
+        .is_some());
+    let text = browser.body_text().await;
+    assert!(
+        !text.contains("unmta.net") && !text.contains("mta-1"),
+        "{text}"
+    );
+    browser.screenshot("login.png").await;
+
+    // The line local-cluster prints: /?token=… signs in and drops the token.
+    browser.goto(&format!("{base}/?token={ACME}")).await;
+    assert_eq!(browser.url().await, format!("{base}/"));
+    assert_eq!(
+        browser.js("return document.cookie;", vec![]).await,
+        json!(""),
+        "the cookie is HttpOnly"
+    );
+    assert_eq!(
+        browser.text("#cluster-title").await.as_deref(),
+        Some("a1b2c3d4")
+    );
+    assert_eq!(sidebar(&browser).await, ["a1b2c3d4", "c9d0e1f2"]);
+    let text = browser.body_text().await;
+    assert!(
+        !text.contains("e5f6a7b8") && !text.contains("globex"),
+        "{text}"
+    );
+
+    // The card: the API's values for this cluster, every one with a copy button.
+    let (status, api) = setup
+        .healthd
+        .get("/api/v1/clusters/a1b2c3d4", Some(ACME))
+        .await;
+    assert_eq!(status, 200);
+    let connection = &api["data"]["connection"];
+    assert_eq!(
+        connection["http_endpoint"],
+        "https://c-a1b2c3d4.unmta.net/api/inject/v1"
+    );
+    assert_eq!(
+        browser.text("#http-endpoint").await.as_deref(),
+        Some("https://c-a1b2c3d4.unmta.net/api/inject/v1")
+    );
+    assert_eq!(
+        browser.text("#smtp-host").await.as_deref(),
+        Some("c-a1b2c3d4.unmta.net")
+    );
+    let ports = browser
+        .js(
+            "return Array.from(document.querySelectorAll('#smtp-ports tbody tr')).map(r => ({ \
+               port: Number(r.dataset.port), \
+               use_case: r.querySelector('.use-case').textContent, \
+               starttls_required: !!r.querySelector('.tls') && r.querySelector('.tls').textContent === 'STARTTLS required', \
+               copy: !!r.querySelector('button.copy') }));",
+            vec![],
+        )
+        .await;
+    let expected: Vec<Value> = connection["smtp_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p["copy"] = json!(true);
+            p
+        })
+        .collect();
+    assert_eq!(ports, Value::Array(expected));
+    assert_eq!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [587, 25, 2587]
+    );
+    for id in ["http-endpoint", "smtp-host"] {
+        assert!(
+            browser
+                .text(&format!("button.copy[data-copy-target='{id}']"))
+                .await
+                .is_some(),
+            "no copy button for {id}"
+        );
+    }
+    assert_eq!(
+        browser.text("#rate-limit").await.as_deref(),
+        Some("500/hr per MTA")
+    );
+    let swaks = browser.text("#swaks-example").await.unwrap();
+    assert!(
+        swaks.contains("--server c-a1b2c3d4.unmta.net:587"),
+        "{swaks}"
+    );
+    assert!(
+        swaks.contains("--auth-user your-credential") && swaks.contains("sender@yourdomain.com"),
+        "{swaks}"
+    );
+    let curl = browser.text("#curl-example").await.unwrap();
+    assert!(
+        curl.starts_with("curl -X POST https://c-a1b2c3d4.unmta.net/api/inject/v1 \\"),
+        "{curl}"
+    );
+
+    // A copy button puts the value on the clipboard.
+    browser.grant("clipboard-read").await;
+    browser.grant("clipboard-write").await;
+    browser
+        .click("button.copy[data-copy-target='http-endpoint']")
+        .await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "the copy button saying Copied",
+            "return document.querySelector(\"button.copy[data-copy-target='http-endpoint']\").textContent === 'Copied';",
+        )
+        .await;
+    let clipboard = browser
+        .js_async(
+            "var done = arguments[arguments.length - 1]; \
+             navigator.clipboard.readText().then(done, e => done('error: ' + e));",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        clipboard,
+        json!("https://c-a1b2c3d4.unmta.net/api/inject/v1")
+    );
+
+    // Live: both MTAs come up on the open page; mta-3 is drained.
+    wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
+    wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "Live",
+            "return document.getElementById('live-status').dataset.live === 'live';",
+        )
+        .await;
+    let latency = browser
+        .text("#mta-rows tr[data-mta='mta-1'] td.num")
+        .await
+        .unwrap();
+    assert!(latency.ends_with(" ms"), "{latency}");
+    browser.screenshot("cluster-a1b2c3d4.png").await;
+
+    // Everything the page loaded came from healthd itself.
+    let origin = base.trim_end_matches('/');
+    assert_same_origin(&browser, origin).await;
+    let console = browser.console().await;
+    assert!(
+        console.iter().all(|m| !m.contains("SEVERE")),
+        "errors in the page: {console:?}"
+    );
+
+    // The other cluster, through the sidebar: unlimited, a draining MTA.
+    browser
+        .click("#cluster-list a[data-cluster='c9d0e1f2']")
+        .await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "on c9d0e1f2",
+            "return !!document.getElementById('cluster-title') && document.getElementById('cluster-title').textContent === 'c9d0e1f2';",
+        )
+        .await;
+    assert_eq!(
+        browser.text("#rate-limit").await.as_deref(),
+        Some("Unlimited")
+    );
+    assert_eq!(
+        browser
+            .text("#mta-rows tr[data-mta='mta-3'] .state")
+            .await
+            .as_deref(),
+        Some("draining")
+    );
+    assert_eq!(
+        browser
+            .text("#cluster-list a[aria-current=page]")
+            .await
+            .map(|t| t.starts_with("c9d0e1f2")),
+        Some(true)
+    );
+
+    // Someone else's cluster by its address: not found, nothing of it shown.
+    browser.goto(&format!("{base}/clusters/e5f6a7b8")).await;
+    assert_eq!(browser.text("h1").await.as_deref(), Some("Not found"));
+    let text = browser.body_text().await;
+    assert!(
+        !text.contains("c-e5f6a7b8") && !text.contains("mta-4"),
+        "{text}"
+    );
+
+    // A phone-sized window: one column, nothing wider than the screen.
+    browser.goto(&format!("{base}/")).await;
+    wait_row(&browser, "mta-1", "up", Duration::from_secs(5)).await;
+    browser.set_window(390, 1400).await;
+    let overflow = browser
+        .js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is wider than a phone: {overflow}px"
+    );
+    browser.screenshot("cluster-a1b2c3d4-narrow.png").await;
+    browser.set_window(1280, 1100).await;
+
+    // Sign out, then sign in with the form, typing as a person would.
+    browser.click("form[action='/logout'] button").await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "the sign-in form",
+            "return !!document.getElementById('token');",
+        )
+        .await;
+    browser.type_into("#token", GLOBEX).await;
+    browser
+        .click("form[action='/login'] button[type=submit]")
+        .await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "signed in as globex",
+            "return !!document.getElementById('viewer') && document.getElementById('viewer').textContent === 'globex';",
+        )
+        .await;
+    assert_eq!(sidebar(&browser).await, ["e5f6a7b8"]);
+    assert_eq!(
+        browser.text("#rate-limit").await.as_deref(),
+        Some("1000/day per MTA")
+    );
+    let text = browser.body_text().await;
+    assert!(
+        !text.contains("a1b2c3d4") && !text.contains("mta-1"),
+        "{text}"
+    );
+    assert_same_origin(&browser, origin).await;
+
+    drop(browser);
+    setup.healthd.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_mta_turns_down_on_the_open_page_within_5s_without_a_reload() {
+    let mut setup = Setup::start(2, true).await;
+    let base = setup.healthd.url.clone();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{base}/?token={ACME}")).await;
+    wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "Live",
+            "return document.getElementById('live-status').dataset.live === 'live';",
+        )
+        .await;
+    // A mark on this very document: a reload would wipe it.
+    browser
+        .js("window.__samePage = 'yes'; return true;", vec![])
+        .await;
+
+    setup.fake("mta-2").kill();
+    let killed = Instant::now();
+    wait_row(&browser, "mta-2", "down", Duration::from_secs(5)).await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_secs(5), "shown down after {took:?}");
+    assert_eq!(
+        browser
+            .js("return window.__samePage || null;", vec![])
+            .await,
+        json!("yes"),
+        "the page reloaded"
+    );
+    let reason = browser
+        .text("#mta-rows tr[data-mta='mta-2'] td.reason")
+        .await
+        .unwrap();
+    assert!(
+        reason.starts_with("smtp:") || reason.starts_with("https:"),
+        "{reason}"
+    );
+    assert_eq!(
+        browser
+            .text("#mta-rows tr[data-mta='mta-1'] .state")
+            .await
+            .as_deref(),
+        Some("up")
+    );
+    browser
+        .wait_until(
+            Duration::from_secs(2),
+            "the transition listed and announced",
+            "return !!document.querySelector('#transitions li[data-mta=\"mta-2\"][data-to=\"down\"]') && \
+             document.getElementById('announcer').textContent.indexOf('mta-2 is now down') === 0;",
+        )
+        .await;
+    assert_eq!(
+        browser.text("#mta-summary").await.as_deref(),
+        Some("1 of 2 MTAs up, 1 down")
+    );
+    assert_eq!(
+        browser.text("[data-count='a1b2c3d4']").await.as_deref(),
+        Some("1/2 up")
+    );
+    // The feed agrees with the page.
+    let feed = setup.healthd.mta("mta-2").await.unwrap();
+    assert_eq!(feed.state, MtaState::Down);
+    browser.screenshot("mta-down.png").await;
+
+    // Back again, still on the same page.
+    setup.fake("mta-2").resume().await;
+    wait_row(&browser, "mta-2", "up", Duration::from_secs(10)).await;
+    assert_eq!(
+        browser
+            .js("return window.__samePage || null;", vec![])
+            .await,
+        json!("yes")
+    );
+
+    drop(browser);
+    setup.healthd.stop().await;
+}
+
+/// The same rules over plain HTTP, no browser: what an unauthenticated or
+/// foreign request gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_valid_token_there_is_the_form_and_never_data() {
+    let setup = Setup::start(3, false).await;
+    let base = setup.healthd.url.clone();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut request = client.get(format!("{base}{path}"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+
+    let page = get("/", None).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let body = page.text().await.unwrap();
+    assert!(
+        body.contains("action=\"/login\"") && !body.contains("unmta.net"),
+        "{body}"
+    );
+
+    let page = get("/clusters/a1b2c3d4", None).await.unwrap();
+    let body = page.text().await.unwrap();
+    assert!(
+        body.contains("action=\"/login\"") && !body.contains("mta-1"),
+        "{body}"
+    );
+    assert_eq!(
+        get("/dashboard/clusters/a1b2c3d4/live", None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let wrong = get("/?token=wrong", None).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let body = wrong.text().await.unwrap();
+    assert!(
+        body.contains("not valid") && !body.contains("unmta.net"),
+        "{body}"
+    );
+    let forged = get("/", Some("healthd_session=776f6e67")).await.unwrap();
+    assert_eq!(forged.status(), 401);
+    assert!(!forged.text().await.unwrap().contains("unmta.net"));
+
+    // Signing in: a redirect to / and a cookie scripts cannot read.
+    let signed = get(&format!("/?token={ACME}"), None).await.unwrap();
+    assert_eq!(signed.status(), 303);
+    assert_eq!(signed.headers()["location"], "/");
+    let set_cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert!(!set_cookie.contains(ACME), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    let body = get("/", Some(&cookie)).await.unwrap().text().await.unwrap();
+    assert!(
+        body.contains("c-a1b2c3d4.unmta.net") && !body.contains("e5f6a7b8"),
+        "{body}"
+    );
+    let foreign = get("/clusters/e5f6a7b8", Some(&cookie)).await.unwrap();
+    assert_eq!(foreign.status(), 404);
+    assert!(!foreign.text().await.unwrap().contains("c-e5f6a7b8"));
+    assert_eq!(
+        get("/dashboard/clusters/e5f6a7b8/live", Some(&cookie))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let live: Value = get("/dashboard/clusters/a1b2c3d4/live", Some(&cookie))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["data"]["id"], "a1b2c3d4");
+    assert_eq!(live["data"]["rate_limit"], "500/hr per MTA");
+
+    // The admin token sees every cluster; the form works as the query does.
+    let admin = client
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 303);
+    let cookie = admin.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = get("/", Some(&cookie)).await.unwrap().text().await.unwrap();
+    for id in ["a1b2c3d4", "c9d0e1f2", "e5f6a7b8"] {
+        assert!(
+            body.contains(&format!("data-cluster=\"{id}\"")),
+            "{id} missing for admin"
+        );
+    }
+
+    // Signing out clears the cookie.
+    let out = client.post(format!("{base}/logout")).send().await.unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(out.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+
+    setup.healthd.stop().await;
+}
