@@ -1,0 +1,159 @@
+//! A bounded fuzz loop (fixed seed): random bytes and mutated valid queries
+//! over UDP and TCP. The server must survive, keep answering correctly, and
+//! every answer it sends must be a well-formed DNS message.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fleet::feed::MtaState;
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+const ROUNDS: usize = 4000;
+
+fn corpus() -> Vec<Vec<u8>> {
+    let mut corpus = Vec::new();
+    for name in [
+        cluster("a1b2c3d4"),
+        cluster("e5f6"),
+        format!("{ORIGIN}."),
+        format!("nope.{ORIGIN}."),
+        "example.com.".to_string(),
+    ] {
+        for qtype in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::SOA,
+            RecordType::NS,
+            RecordType::ANY,
+            RecordType::MX,
+        ] {
+            corpus.push(query(&name, qtype).to_vec().unwrap());
+            corpus.push(with_edns(query(&name, qtype), 4096, 0).to_vec().unwrap());
+        }
+    }
+    corpus
+}
+
+fn mutate(rng: &mut StdRng, corpus: &[Vec<u8>]) -> Vec<u8> {
+    if rng.random_bool(0.3) {
+        let len = rng.random_range(0..600);
+        return (0..len).map(|_| rng.random()).collect();
+    }
+    let mut bytes = corpus[rng.random_range(0..corpus.len())].clone();
+    for _ in 0..rng.random_range(1..=6) {
+        if bytes.is_empty() {
+            bytes.push(rng.random());
+        }
+        let at = rng.random_range(0..bytes.len());
+        match rng.random_range(0..7) {
+            0 => bytes[at] ^= 1 << rng.random_range(0..8),
+            1 => bytes[at] = rng.random(),
+            2 => bytes.truncate(at),
+            3 => {
+                let extra: Vec<u8> = (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
+                bytes.splice(at..at, extra);
+            }
+            4 if bytes.len() >= 12 => {
+                // Section counts: absurd values.
+                let field = 4 + 2 * rng.random_range(0..4);
+                let value: u16 = rng.random();
+                bytes[field..field + 2].copy_from_slice(&value.to_be_bytes());
+            }
+            5 if bytes.len() >= 4 => {
+                // Flags and opcode.
+                bytes[2] = rng.random();
+                bytes[3] = rng.random();
+            }
+            _ => {
+                // A compression pointer somewhere.
+                bytes[at] = 0xc0 | rng.random_range(0..0x40);
+            }
+        }
+    }
+    bytes
+}
+
+async fn check_answers(lb: &LbDns) {
+    let answer = udp(lb.dns, &query(&cluster("a1b2c3d4"), RecordType::A)).await;
+    assert_eq!(answer.answers.len(), 3, "UDP still answers correctly");
+}
+
+fn drain_replies(socket: &UdpSocket, replies: &mut usize) {
+    let mut buf = vec![0u8; 65535];
+    while let Ok(n) = socket.try_recv(&mut buf) {
+        *replies += 1;
+        if let Err(e) = Message::from_vec(&buf[..n]) {
+            panic!(
+                "the server sent a malformed message ({e}): {:02x?}",
+                &buf[..n]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packets_never_take_the_server_down() {
+    let spec = FleetSpec::standard();
+    let feed = FakeHealthd::start("127.4.30.2", spec.feed(MtaState::Up)).await;
+    let lb = LbDns::start("127.4.30.1", &spec, std::slice::from_ref(&feed.url)).await;
+    eventually("feed applied", Duration::from_secs(5), || async {
+        lb.status().await["service"]["health"]["stale"] == false
+    })
+    .await;
+    let corpus = corpus();
+    let mut rng = StdRng::seed_from_u64(0x1b_d5_f0_22);
+    let socket = UdpSocket::bind("127.4.30.3:0").await.unwrap();
+    socket.connect(lb.dns).await.unwrap();
+    let mut replies = 0;
+    let mut tcp_sent = 0;
+    for round in 0..ROUNDS {
+        let bytes = mutate(&mut rng, &corpus);
+        if round % 10 == 0 {
+            // Over TCP: a length prefix that is right, or not.
+            let mut stream = TcpStream::connect(lb.dns).await.unwrap();
+            let len = if rng.random_bool(0.8) {
+                bytes.len() as u16
+            } else {
+                rng.random()
+            };
+            let mut framed = len.to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = stream.write_all(&framed).await;
+            let _ = stream.shutdown().await;
+            tcp_sent += 1;
+        } else if !bytes.is_empty() {
+            socket.send(&bytes).await.unwrap();
+        }
+        if round % 50 == 0 {
+            // Let the answers come back, then check them.
+            tokio::task::yield_now().await;
+            drain_replies(&socket, &mut replies);
+        }
+        if round % 250 == 0 {
+            check_answers(&lb).await;
+        }
+    }
+    // A round trip after the last packet: its replies are in by then.
+    check_answers(&lb).await;
+    drain_replies(&socket, &mut replies);
+    eprintln!("{ROUNDS} packets ({tcp_sent} over TCP), {replies} replies");
+    assert!(
+        replies > 100,
+        "the server answered mutated queries ({replies})"
+    );
+
+    // Still serving: UDP, TCP, admin.
+    check_answers(&lb).await;
+    let answer = tcp(lb.dns, &query(&cluster("a1b2c3d4"), RecordType::A)).await;
+    assert_eq!(answer.answers.len(), 3);
+    let (code, _) = lb.http("/live").await;
+    assert_eq!(code, 200);
+    lb.stop().await;
+}
