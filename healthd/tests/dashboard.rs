@@ -349,7 +349,10 @@ async fn the_card_shows_the_clusters_values_and_an_account_sees_only_its_cluster
         .await
         .unwrap();
     assert!(latency.ends_with(" ms"), "{latency}");
+    // The whole page in one picture.
+    browser.set_window(1280, 1900).await;
     browser.screenshot("cluster-a1b2c3d4.png").await;
+    browser.set_window(1280, 1100).await;
 
     // Everything the page loaded came from healthd itself.
     let origin = base.trim_end_matches('/');
@@ -651,6 +654,20 @@ async fn without_a_valid_token_there_is_the_form_and_never_data() {
             body.contains(&format!("data-cluster=\"{id}\"")),
             "{id} missing for admin"
         );
+    }
+
+    // Another site's page cannot sign anyone in or out.
+    for path in ["/login", "/logout"] {
+        let refused = client
+            .post(format!("{base}{path}"))
+            .header("origin", "http://evil.example")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={ACME}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{path}");
+        assert!(refused.headers().get("set-cookie").is_none(), "{path}");
     }
 
     // Signing out clears the cookie.

@@ -152,7 +152,7 @@ fn secure(headers: &mut HeaderMap) {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
@@ -216,11 +216,38 @@ fn log_in(state: &DashboardState, token: &str) -> Response {
     response
 }
 
-async fn login(State(state): State<DashboardState>, Form(form): Form<LoginForm>) -> Response {
+/// A form posted from another site (its `Origin` is not this host) is
+/// refused: nobody else's page signs a viewer in or out.
+fn cross_site(headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let from = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    if from.is_some_and(|from| !host.is_empty() && from.eq_ignore_ascii_case(host)) {
+        return None;
+    }
+    Some(auth::forbidden())
+}
+
+async fn login(
+    State(state): State<DashboardState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
     log_in(&state, &form.token)
 }
 
-async fn logout() -> Response {
+async fn logout(headers: HeaderMap) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
     let mut response = see_other("/");
     let headers = response.headers_mut();
     headers.insert(

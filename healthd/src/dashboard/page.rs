@@ -105,7 +105,7 @@ fn head(title: &str) -> Markup {
         head {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
-            meta name="referrer" content="no-referrer";
+            meta name="referrer" content="same-origin";
             title { (title) " · unMTA" }
             link rel="icon" type="image/svg+xml" href="/dashboard/assets/favicon.svg";
             link rel="stylesheet" href="/dashboard/assets/dashboard.css";
