@@ -122,3 +122,73 @@ impl Journal {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use super::*;
+
+    const FLEET: &str = r#"
+[zone]
+origin = "unmta.net"
+primary_ns = "ns1.unmta.net"
+hostmaster = "hostmaster.unmta.net"
+nameservers = [ { name = "ns1.unmta.net", ipv4 = "192.0.2.53" } ]
+
+[ports]
+smtp = [587]
+https = 443
+
+[[clusters]]
+id = "a1"
+domains = ["a.example"]
+  [[clusters.mtas]]
+  name = "mta-1"
+  ipv4 = "192.0.2.1"
+
+[[clusters]]
+id = "b2"
+domains = ["b.example"]
+  [[clusters.mtas]]
+  name = "mta-2"
+  ipv4 = "192.0.2.2"
+"#;
+
+    fn id(board: &Board, name: &str) -> u64 {
+        board
+            .targets()
+            .into_iter()
+            .find(|(_, n, _)| n == name)
+            .unwrap()
+            .0
+    }
+
+    #[tokio::test]
+    async fn writes_down_each_change_of_a_shown_state_per_cluster() {
+        let fleet = fleet::parse_fleet(FLEET, "fleet.toml").unwrap();
+        let board = Board::new(fleet, BTreeSet::new());
+        let shutdown = CancellationToken::new();
+        let journal = Journal::start(board.clone(), shutdown.clone());
+        assert!(journal.recent("a1", 10).is_empty());
+        let mut taken = journal.subscribe();
+
+        let one = id(&board, "mta-1");
+        board.observe("mta-1", one, Ok(Duration::from_millis(3)), 1, 1);
+        board.observe("mta-1", one, Err("smtp: connection refused"), 1, 1);
+        let generation = board.generation();
+        tokio::time::timeout(Duration::from_secs(5), taken.wait_for(|g| *g >= generation))
+            .await
+            .expect("the journal takes in the board's generation")
+            .unwrap();
+        let recent = journal.recent("a1", 10);
+        // Changes may coalesce; the last one is always there, newest first.
+        let last = &recent[0];
+        assert_eq!((last.mta.as_str(), last.to), ("mta-1", MtaState::Down));
+        assert_eq!(last.reason.as_deref(), Some("smtp: connection refused"));
+        assert!(journal.recent("b2", 10).is_empty());
+        assert_eq!(journal.recent("a1", 1).len(), 1);
+        shutdown.cancel();
+    }
+}

@@ -428,3 +428,52 @@ async fn live(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_cookie_holds_the_token_hex_encoded() {
+        let h = headers(&[(
+            header::COOKIE,
+            "a=b; healthd_session=61636d652d746f6b656e; c=d",
+        )]);
+        assert_eq!(cookie_token(&h).as_deref(), Some("acme-token"));
+        for bad in ["healthd_session=zz", "healthd_session=", "other=61"] {
+            assert_eq!(
+                cookie_token(&headers(&[(header::COOKIE, bad)])),
+                None,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_forms_from_this_host_pass() {
+        let host = (header::HOST, "127.0.0.1:8080");
+        assert!(
+            cross_site(&headers(&[host.clone()])).is_none(),
+            "no Origin: not a browser form"
+        );
+        assert!(cross_site(&headers(&[
+            host.clone(),
+            (header::ORIGIN, "http://127.0.0.1:8080")
+        ]))
+        .is_none());
+        for origin in ["http://evil.example", "null", "http://127.0.0.1:9090"] {
+            assert!(
+                cross_site(&headers(&[host.clone(), (header::ORIGIN, origin)])).is_some(),
+                "{origin}"
+            );
+        }
+    }
+}

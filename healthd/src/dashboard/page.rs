@@ -497,3 +497,74 @@ pub fn no_clusters(viewer: &str) -> Markup {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(states: &[&str]) -> ClusterView {
+        ClusterView {
+            id: "a1".into(),
+            hostname: "c-a1.unmta.net".into(),
+            connection: Connection {
+                http_endpoint: "https://c-a1.unmta.net/api/inject/v1".into(),
+                smtp_host: "c-a1.unmta.net".into(),
+                smtp_ports: [25, 587]
+                    .iter()
+                    .map(|p| SmtpPort {
+                        port: *p,
+                        use_case: "x".into(),
+                        starttls_required: true,
+                    })
+                    .collect(),
+                https_port: 443,
+            },
+            rate_limit: "unlimited".into(),
+            mtas: states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| MtaView {
+                    name: format!("mta-<{i}>"),
+                    state: s.to_string(),
+                    since: None,
+                    latency_ms: None,
+                    reason: Some("<b>x</b>".into()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn summary_counts_each_state_in_words() {
+        assert_eq!(summary(&view(&["up"])), "1 of 1 MTA up");
+        assert_eq!(
+            summary(&view(&["up", "down", "drain", "unknown"])),
+            "1 of 4 MTAs up, 1 down, 1 draining, 1 unknown"
+        );
+    }
+
+    #[test]
+    fn rows_escape_what_they_show() {
+        let html = mta_rows(&view(&["drain"])).into_string();
+        assert!(
+            html.contains("mta-&lt;0&gt;") && html.contains("&lt;b&gt;x&lt;/b&gt;"),
+            "{html}"
+        );
+        assert!(html.contains(">draining<"), "{html}");
+    }
+
+    #[test]
+    fn examples_use_587_and_the_clusters_host() {
+        let selected = Selected {
+            view: view(&[]),
+            domain: "a.example".into(),
+            username: "cred".into(),
+        };
+        assert!(swaks(&selected).contains("--server c-a1.unmta.net:587 \\"));
+        assert!(curl(&selected).starts_with("curl -X POST https://c-a1.unmta.net/api/inject/v1 \\"));
+        assert_eq!(
+            breakable_url("https://c-a1.unmta.net/api/inject/v1").into_string(),
+            "https://c-a1.unmta.net<wbr>/api/inject/v1"
+        );
+    }
+}
