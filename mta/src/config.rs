@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fleet::config::{load_toml, resolve};
 use fleet::load::Problem;
@@ -28,6 +29,56 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
     pub shutdown_grace: std::time::Duration,
+    /// Limits of the SMTP and HTTP ingress.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+}
+
+/// `[smtp]`: limits of SMTP submission (most apply to HTTP injection too).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Longest line accepted, CRLF included, in commands and in DATA
+    /// (RFC 5321 4.5.3.1.6: 1000).
+    pub max_line_length: usize,
+    /// Largest message, announced in EHLO SIZE (10 MB).
+    pub max_message_size: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// How long the server waits for a command (RFC 5321 4.5.3.2.7: 5 min).
+    #[serde(with = "fleet::config::duration")]
+    pub command_timeout: Duration,
+    /// How long the server waits for each chunk of DATA (3 min).
+    #[serde(with = "fleet::config::duration")]
+    pub data_timeout: Duration,
+    /// Open SMTP and HTTPS connections in all; past it, `421 4.7.0`.
+    pub max_connections: usize,
+    /// Open connections from one client address; past it, `421 4.7.0`.
+    pub max_connections_per_ip: usize,
+    /// Failed AUTH attempts on one connection before it is closed.
+    pub max_auth_failures: u32,
+    /// Wait before answering a failed AUTH (and a failed HTTP Basic auth).
+    #[serde(with = "fleet::config::duration")]
+    pub auth_failure_delay: Duration,
+    /// Unknown or out-of-order commands on one connection before it is closed.
+    pub max_command_errors: u32,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            max_line_length: 1000,
+            max_message_size: 10 * 1024 * 1024,
+            max_recipients: 100,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_connections: 2000,
+            max_connections_per_ip: 100,
+            max_auth_failures: 3,
+            auth_failure_delay: Duration::from_secs(1),
+            max_command_errors: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +100,13 @@ pub struct Settings {
     pub config_file: PathBuf,
     pub node: NodeConfig,
     pub fleet: Fleet,
+    /// The TLS server configurations built from `node.tls`, so a bad
+    /// certificate fails `--check` and a reload like any other error.
+    pub tls: crate::tls::TlsConfigs,
+    /// This node's cluster and its hostname (`c-<id>.<origin>`), derived at
+    /// load so the per-message paths do not search the fleet.
+    pub cluster_id: String,
+    pub hostname: String,
 }
 
 impl Settings {
@@ -59,7 +117,7 @@ impl Settings {
         node.tls.certificate = resolve(config_file, &node.tls.certificate);
         node.tls.key = resolve(config_file, &node.tls.key);
         let fleet = load_fleet(&node.fleet_file)?;
-        if fleet.mta(&node.node).is_none() {
+        let Some((cluster, _)) = fleet.mta(&node.node) else {
             return Err(ConfigError {
                 file: config_file.display().to_string(),
                 problems: vec![Problem {
@@ -72,11 +130,35 @@ impl Settings {
                     ),
                 }],
             });
+        };
+        let cluster_id = cluster.id.clone();
+        let hostname = fleet.hostname(cluster);
+        let tls = crate::tls::TlsConfigs::load(&node.tls).map_err(|message| ConfigError {
+            file: config_file.display().to_string(),
+            problems: vec![Problem {
+                line: None,
+                key: "tls".into(),
+                message,
+            }],
+        })?;
+        if node.smtp.max_line_length < 80 {
+            return Err(ConfigError::single(
+                &config_file.display().to_string(),
+                "smtp.max_line_length must be at least 80",
+            ));
         }
         Ok(Settings {
             config_file: config_file.to_path_buf(),
             node,
             fleet,
+            tls,
+            cluster_id,
+            hostname,
         })
+    }
+
+    /// This node's cluster in the fleet.
+    pub fn cluster(&self) -> Option<&fleet::Cluster> {
+        self.fleet.cluster(&self.cluster_id)
     }
 }

@@ -1,11 +1,17 @@
 //! mta: SMTP submission and HTTP injection into a durable spool, then delivery.
 
+pub mod auth;
 pub mod config;
 pub mod events;
+pub mod ingress;
+pub mod inject;
 pub mod message;
+pub mod policy;
 pub mod queue;
+pub mod smtp;
 pub mod spool;
 pub mod throttle;
+pub mod tls;
 
 use std::path::Path;
 
@@ -20,6 +26,10 @@ pub use config::Settings;
 /// The sockets the MTA serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
     pub admin: TcpListener,
+    /// One per `[ports].smtp` port, on the node's address.
+    pub smtp: Vec<TcpListener>,
+    /// `[ports].https`, on the node's address.
+    pub https: TcpListener,
 }
 
 impl Listeners {
@@ -28,7 +38,31 @@ impl Listeners {
         let admin = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
-        Ok(Listeners { admin })
+        let ip = Self::public_ip(settings)?;
+        let bind = |port: u16, what: &'static str| async move {
+            let addr = std::net::SocketAddr::new(ip, port);
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+        };
+        let mut smtp = Vec::new();
+        for &port in &settings.fleet.ports.smtp {
+            smtp.push(bind(port, "SMTP").await?);
+        }
+        let https = bind(settings.fleet.ports.https, "HTTPS").await?;
+        Ok(Listeners { admin, smtp, https })
+    }
+
+    /// `node.bind_address`, else this node's IPv4 address in the fleet.
+    pub fn public_ip(settings: &Settings) -> anyhow::Result<std::net::IpAddr> {
+        if let Some(ip) = settings.node.bind_address {
+            return Ok(ip);
+        }
+        settings
+            .fleet
+            .mta(&settings.node.node)
+            .map(|(_, mta)| std::net::IpAddr::V4(mta.ipv4))
+            .ok_or_else(|| anyhow::anyhow!("no MTA named `{}` in the fleet", settings.node.node))
     }
 }
 
@@ -36,7 +70,9 @@ impl Listeners {
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
-    let service = Service::new(control, settings);
+    let spool = spool::Spool::open(&settings.node.spool_dir).await?;
+    let mut service = Service::new(control, settings);
+    let ingress_metrics = ingress::IngressMetrics::register(&mut service.registry);
     let started = service.start(
         listeners.admin,
         axum::Router::new(),
@@ -49,6 +85,19 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
             })
         },
     );
+    let ingress = ingress::Ingress::new(
+        started.live.clone(),
+        spool.clone(),
+        started.readiness.clone(),
+        ingress_metrics,
+        started.control.clone(),
+    );
+    let tasks = &started.control.tasks;
+    tasks.spawn(ingress.clone().watch_spool_health());
+    for listener in listeners.smtp {
+        tasks.spawn(smtp::serve(listener, ingress.clone()));
+    }
+    tasks.spawn(inject::server::serve(listeners.https, ingress.clone()));
     started.until_shutdown(grace).await;
     Ok(())
 }

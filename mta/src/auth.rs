@@ -1,0 +1,141 @@
+//! Credentials: who may submit through this node.
+//!
+//! A credential is looked up in this node's own cluster of the fleet in
+//! service (so a credential of another cluster is simply unknown here), its
+//! argon2 hash verified on the blocking pool, a bounded number at a time.
+//! Verified (username, hash, password) triples are remembered under a keyed
+//! digest: a busy client does not pay argon2 per message, and a password
+//! changed on reload has another hash, so the old entry no longer matches.
+//! An unknown user costs the same argon2 work as a wrong password, and both
+//! get the same answer.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use fleet::Live;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::config::Settings;
+
+/// The identity a message is submitted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub username: String,
+    pub cluster: String,
+    /// The domains this credential may send as, lower case.
+    pub domains: Arc<[String]>,
+}
+
+impl Principal {
+    /// True when `domain` (any case, trailing dot ignored) is one of ours.
+    pub fn may_send_as(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// "No such user" and "wrong password" are one and the same failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("authentication credentials invalid")]
+pub struct AuthFailed;
+
+/// Verifies credentials against the live fleet.
+pub struct Authenticator {
+    live: Arc<Live<Settings>>,
+    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Per-process key of the cache digests: no plain hash of a password is
+    /// kept in memory.
+    secret: [u8; 32],
+    /// argon2 uses ~19 MiB and tens of ms per verification: bound how many
+    /// run at once so a flood of AUTH cannot exhaust memory or the pool.
+    argon2_slots: Semaphore,
+}
+
+/// Verified entries kept before the cache starts afresh.
+const CACHE_LIMIT: usize = 10_000;
+
+/// Hash of a random string, verified in place of a missing user's hash.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$zrhvWrUeOfCwG471RK+nww$ipDpZFmXY3/T8bF6T1bUUo55COeBfA8Fg3UKLZZJBEo";
+
+impl Authenticator {
+    pub fn new(live: Arc<Live<Settings>>) -> Arc<Authenticator> {
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Arc::new(Authenticator {
+            live,
+            verified: Mutex::new(HashSet::new()),
+            secret: rand::random(),
+            argon2_slots: Semaphore::new(parallel * 2),
+        })
+    }
+
+    /// The principal for `username` / `password` in this node's cluster.
+    pub async fn verify(&self, username: &str, password: &str) -> Result<Principal, AuthFailed> {
+        let settings = self.live.get();
+        let found = settings.cluster().and_then(|cluster| {
+            cluster
+                .credentials
+                .iter()
+                .find(|c| c.username == username)
+                .map(|credential| (cluster, credential))
+        });
+        let Some((cluster, credential)) = found else {
+            // Same work as a real check, so timing tells nothing.
+            self.argon2(DUMMY_HASH, password).await;
+            return Err(AuthFailed);
+        };
+        let phc = credential.password.as_str();
+        let key = self.cache_key(username, phc, password);
+        let cached = self.lock().contains(&key);
+        if !cached {
+            if !self.argon2(phc, password).await {
+                return Err(AuthFailed);
+            }
+            let mut verified = self.lock();
+            if verified.len() >= CACHE_LIMIT {
+                verified.clear();
+            }
+            verified.insert(key);
+        }
+        Ok(Principal {
+            username: username.to_string(),
+            cluster: cluster.id.clone(),
+            domains: cluster
+                .allowed_domains(credential)
+                .iter()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    async fn argon2(&self, phc: &str, password: &str) -> bool {
+        let Ok(_slot) = self.argon2_slots.acquire().await else {
+            return false;
+        };
+        let (phc, password) = (phc.to_string(), password.to_string());
+        tokio::task::spawn_blocking(move || fleet::password::verify_password(&phc, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    fn cache_key(&self, username: &str, phc: &str, password: &str) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(self.secret);
+        for part in [username, phc, password] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+        digest.finalize().into()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many verified credentials are cached (for tests and /status).
+    pub fn cached(&self) -> usize {
+        self.lock().len()
+    }
+}

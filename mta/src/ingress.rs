@@ -1,0 +1,447 @@
+//! What SMTP submission and HTTP injection share: the live settings, the
+//! spool, the authenticator, the connection caps, the metrics, and the last
+//! step of both paths (trace headers, then the spool).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet::admin::Readiness;
+use fleet::{Control, Live};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::Settings;
+use crate::message::{MessageId, NewMessage};
+use crate::spool::{Spool, SpoolError};
+
+/// Everything an ingress connection needs, shared by all of them.
+pub struct Ingress {
+    pub live: Arc<Live<Settings>>,
+    pub spool: Arc<Spool>,
+    pub auth: Arc<Authenticator>,
+    pub limiter: Arc<ConnectionLimiter>,
+    pub metrics: IngressMetrics,
+    pub readiness: Arc<Readiness>,
+    pub control: Control,
+    /// Why the spool cannot take mail, as its last health check said.
+    spool_problem: Mutex<Option<String>>,
+}
+
+impl Ingress {
+    pub fn new(
+        live: Arc<Live<Settings>>,
+        spool: Arc<Spool>,
+        readiness: Arc<Readiness>,
+        metrics: IngressMetrics,
+        control: Control,
+    ) -> Arc<Ingress> {
+        Arc::new(Ingress {
+            auth: Authenticator::new(live.clone()),
+            live,
+            spool,
+            limiter: Arc::default(),
+            metrics,
+            readiness,
+            control,
+            spool_problem: Mutex::new(None),
+        })
+    }
+
+    /// `Err` with the reason while the spool cannot take mail (checked in
+    /// the background, so this costs nothing per message).
+    pub fn spool_health(&self) -> Result<(), String> {
+        match &*self.spool_problem.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds the trace headers and hands the message to the spool; returns
+    /// only once it is durable.
+    pub async fn submit(&self, submission: Submission<'_>) -> Result<MessageId, SpoolError> {
+        let settings = self.live.get();
+        let data = submission.with_trace_headers(&settings);
+        let size = data.len() as u64;
+        let result = self
+            .spool
+            .accept(NewMessage {
+                sender: submission.sender.to_string(),
+                recipients: submission.recipients.to_vec(),
+                data: data.into(),
+                cluster: submission.principal.cluster.clone(),
+                credential: submission.principal.username.clone(),
+                via: submission.via.protocol(),
+                peer: submission.peer,
+            })
+            .await;
+        let listener = submission.via.listener();
+        match &result {
+            Ok(id) => {
+                self.metrics.accepted(&listener, size);
+                tracing::info!(
+                    event = "Reception",
+                    id = %id,
+                    via = submission.via.protocol(),
+                    peer = %submission.peer,
+                    credential = %submission.principal.username,
+                    sender = %submission.sender,
+                    recipients = submission.recipients.len(),
+                    size,
+                    "message received"
+                );
+            }
+            Err(error) => {
+                self.metrics.rejected(&listener, "spool");
+                tracing::error!(peer = %submission.peer, "spool refused a message: {error}");
+            }
+        }
+        result
+    }
+
+    /// Keeps [`Ingress::spool_health`] and the `spool` readiness concern
+    /// in step with `spool.health()` until shutdown.
+    pub async fn watch_spool_health(self: Arc<Self>) {
+        let shutdown = self.control.shutdown.clone();
+        loop {
+            let spool = self.spool.clone();
+            let health = tokio::task::spawn_blocking(move || spool.health())
+                .await
+                .unwrap_or_else(|e| Err(format!("the health check failed: {e}")));
+            match &health {
+                Ok(()) => self.readiness.ready("spool"),
+                Err(reason) => self
+                    .readiness
+                    .not_ready("spool", format!("spool: {reason}")),
+            }
+            *self.spool_problem.lock().unwrap_or_else(|e| e.into_inner()) = health.err();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+/// How a message came in.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// SMTP on this port; `helo` is what the client said in EHLO/HELO.
+    Smtp {
+        port: u16,
+        helo: &'a str,
+    },
+    Http {
+        port: u16,
+    },
+}
+
+impl Via<'_> {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Via::Smtp { .. } => "smtp",
+            Via::Http { .. } => "http",
+        }
+    }
+
+    pub fn listener(&self) -> String {
+        match self {
+            Via::Smtp { port, .. } => format!("smtp:{port}"),
+            Via::Http { port } => format!("https:{port}"),
+        }
+    }
+}
+
+/// One message ready for the spool, as the client sent it.
+pub struct Submission<'a> {
+    pub principal: &'a Principal,
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub data: &'a [u8],
+    /// Whether the message already has these headers.
+    pub has_message_id: bool,
+    pub has_date: bool,
+    pub via: Via<'a>,
+    pub peer: SocketAddr,
+}
+
+impl Submission<'_> {
+    /// Received: first, then Message-ID: and Date: where missing, then the
+    /// message as it came.
+    fn with_trace_headers(&self, settings: &Settings) -> Vec<u8> {
+        use std::fmt::Write;
+        let now = mail_builder::headers::date::Date::now().to_rfc822();
+        let mut head = String::with_capacity(256);
+        let ip = self.peer.ip();
+        let _ = match self.via {
+            Via::Smtp { helo, .. } => write!(
+                head,
+                "Received: from {} ([{ip}])\r\n\tby {} ({}) with ESMTPSA id {}",
+                clean_helo(helo),
+                settings.hostname,
+                settings.node.node,
+                trace_id(),
+            ),
+            Via::Http { .. } => write!(
+                head,
+                "Received: from [{ip}]\r\n\tby {} ({}) with HTTPS id {}",
+                settings.hostname,
+                settings.node.node,
+                trace_id(),
+            ),
+        };
+        if let [only] = self.recipients {
+            if only.is_ascii() && !only.contains(['\r', '\n', '<', '>']) {
+                let _ = write!(head, "\r\n\tfor <{only}>");
+            }
+        }
+        let _ = write!(head, "; {now}\r\n");
+        if !self.has_message_id {
+            let _ = write!(
+                head,
+                "Message-ID: <{}@{}>\r\n",
+                trace_id(),
+                settings.hostname
+            );
+        }
+        if !self.has_date {
+            let _ = write!(head, "Date: {now}\r\n");
+        }
+        let mut data = Vec::with_capacity(head.len() + self.data.len());
+        data.extend_from_slice(head.as_bytes());
+        data.extend_from_slice(self.data);
+        data
+    }
+}
+
+/// A unique id for trace headers: time and randomness, hex.
+pub fn trace_id() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default();
+    format!("{micros:x}.{:016x}", rand::random::<u64>())
+}
+
+/// The EHLO name as it may appear in a header: printable, no spaces, short.
+fn clean_helo(helo: &str) -> String {
+    let cleaned: String = helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';'))
+        .take(255)
+        .collect();
+    if cleaned.is_empty() {
+        "unknown".to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// Open connections in all and per client address.
+#[derive(Default)]
+pub struct ConnectionLimiter {
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Which cap a refused connection hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapHit {
+    Total,
+    PerIp,
+}
+
+impl CapHit {
+    pub fn label(self) -> &'static str {
+        match self {
+            CapHit::Total => "max_connections",
+            CapHit::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+impl ConnectionLimiter {
+    /// A slot for a connection from `ip`, held until the permit drops.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnectionPermit, CapHit> {
+        let mut open = self.lock();
+        if open.total >= max_total {
+            return Err(CapHit::Total);
+        }
+        let count = open.per_ip.entry(ip).or_insert(0);
+        if *count >= max_per_ip {
+            return Err(CapHit::PerIp);
+        }
+        *count += 1;
+        open.total += 1;
+        Ok(ConnectionPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.lock().total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct ConnectionPermit {
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Ingress metrics, by listener (`smtp:587`, `https:443`).
+#[derive(Clone, Default)]
+pub struct IngressMetrics {
+    connections: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    tls_handshakes: Family<Labels, Counter>,
+    auth_failures: Family<Labels, Counter>,
+    messages: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    rejected: Family<Labels, Counter>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl IngressMetrics {
+    pub fn register(registry: &mut Registry) -> IngressMetrics {
+        let metrics = IngressMetrics::default();
+        let registry = registry.sub_registry_with_prefix("ingress");
+        registry.register(
+            "connections",
+            "Connections accepted, by listener",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused at a connection cap, by listener and cap",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes, by listener and result",
+            metrics.tls_handshakes.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications, by listener",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "messages",
+            "Messages accepted into the spool, by listener",
+            metrics.messages.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes of messages accepted into the spool, by listener",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "Messages refused, by listener and reason",
+            metrics.rejected.clone(),
+        );
+        metrics
+    }
+
+    pub fn connection(&self, listener: &str) {
+        self.connections
+            .get_or_create(&labels(&[("listener", listener)]))
+            .inc();
+    }
+
+    pub fn refused(&self, listener: &str, cap: CapHit) {
+        self.refused
+            .get_or_create(&labels(&[("listener", listener), ("cap", cap.label())]))
+            .inc();
+    }
+
+    pub fn tls_handshake(&self, listener: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_handshakes
+            .get_or_create(&labels(&[("listener", listener), ("result", result)]))
+            .inc();
+    }
+
+    pub fn auth_failure(&self, listener: &str) {
+        self.auth_failures
+            .get_or_create(&labels(&[("listener", listener)]))
+            .inc();
+    }
+
+    pub fn accepted(&self, listener: &str, bytes: u64) {
+        let key = labels(&[("listener", listener)]);
+        self.messages.get_or_create(&key).inc();
+        self.bytes.get_or_create(&key).inc_by(bytes);
+    }
+
+    pub fn rejected(&self, listener: &str, reason: &str) {
+        self.rejected
+            .get_or_create(&labels(&[("listener", listener), ("reason", reason)]))
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_and_release() {
+        let limiter = Arc::new(ConnectionLimiter::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = limiter.try_acquire(a, 3, 2).unwrap();
+        let _p2 = limiter.try_acquire(a, 3, 2).unwrap();
+        assert_eq!(limiter.try_acquire(a, 3, 2).err(), Some(CapHit::PerIp));
+        let _p3 = limiter.try_acquire(b, 3, 2).unwrap();
+        assert_eq!(limiter.try_acquire(b, 3, 2).err(), Some(CapHit::Total));
+        drop(p1);
+        let _p4 = limiter.try_acquire(a, 3, 2).unwrap();
+        assert_eq!(limiter.open(), 3);
+    }
+
+    #[test]
+    fn helo_cannot_break_the_header() {
+        assert_eq!(clean_helo("a b\r\nX-Evil: 1"), "abX-Evil:1");
+        assert_eq!(clean_helo(""), "unknown");
+    }
+}

@@ -1,0 +1,296 @@
+//! HTTP injection: `POST /api/inject/v1` with Basic auth, and `/live`,
+//! `/ready`, on the HTTPS listener.
+//!
+//! Answers: 200 with counts (per-recipient failures inside), 400 naming the
+//! bad field, 401 with `WWW-Authenticate`, 413 for a body or message over
+//! the limits, 422 for the domain rules, 503 while the spool cannot take mail.
+
+pub mod build;
+pub mod model;
+pub mod server;
+pub mod subst;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use http_body_util::BodyExt;
+
+use crate::auth::Principal;
+use crate::ingress::{Ingress, Submission, Via};
+use build::{Group, Refusal, Rendered};
+use model::InjectResponse;
+
+/// The client's address and the port it reached, set per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub port: u16,
+}
+
+/// The routes of the HTTPS listener.
+pub fn router(ingress: Arc<Ingress>) -> Router {
+    Router::new()
+        .route("/api/inject/v1", post(inject))
+        .with_state(ingress.clone())
+        .merge(fleet::admin::health_routes(ingress.readiness.clone()))
+}
+
+/// The largest request body: a message of the size limit, base64-encoded
+/// as an attachment, and room for the rest of the JSON.
+pub fn body_limit(max_message_size: usize) -> usize {
+    max_message_size / 3 * 4 + 1024 * 1024
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"unMTA\", charset=\"UTF-8\""),
+    );
+    response
+}
+
+async fn inject(
+    State(ingress): State<Arc<Ingress>>,
+    Extension(peer): Extension<Peer>,
+    request: Request,
+) -> Response {
+    let settings = ingress.live.get();
+    let limits = &settings.node.smtp;
+    let via = Via::Http { port: peer.port };
+    let listener = via.listener();
+
+    let Some((username, password)) = basic_credentials(request.headers()) else {
+        return unauthorized("Basic authentication is required");
+    };
+    let principal = match ingress.auth.verify(&username, &password).await {
+        Ok(principal) => principal,
+        Err(_) => {
+            ingress.metrics.auth_failure(&listener);
+            tracing::info!(peer = %peer.addr, "HTTP authentication failed");
+            tokio::time::sleep(limits.auth_failure_delay).await;
+            return unauthorized("authentication credentials invalid");
+        }
+    };
+    if let Err(reason) = ingress.spool_health() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the spool cannot take mail: {reason}"),
+        );
+    }
+    let limit = body_limit(limits.max_message_size);
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit.saturating_mul(4)) {
+        ingress.metrics.rejected(&listener, "size");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        );
+    }
+    let body = match read_body(request.into_body(), limit, limits.data_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            ingress.metrics.rejected(&listener, "size");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {limit} bytes"),
+            );
+        }
+        Err(BodyError::Broken(reason)) => {
+            return error(StatusCode::BAD_REQUEST, format!("request body: {reason}"))
+        }
+    };
+    let request = match model::parse(&body) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    drop(body);
+    match deliver(&ingress, &request, &principal, peer, via).await {
+        Ok((status, response)) => (status, Json(response)).into_response(),
+        Err(Refusal::Invalid(message)) => error(StatusCode::BAD_REQUEST, message),
+        Err(Refusal::Policy(policy)) => {
+            ingress.metrics.rejected(&listener, "policy");
+            error(StatusCode::UNPROCESSABLE_ENTITY, policy.to_string())
+        }
+        Err(Refusal::TooLarge(message)) => {
+            ingress.metrics.rejected(&listener, "size");
+            error(StatusCode::PAYLOAD_TOO_LARGE, message)
+        }
+    }
+}
+
+/// Builds every message, then spools them; answers with the counts.
+async fn deliver(
+    ingress: &Ingress,
+    request: &model::InjectRequest,
+    principal: &Principal,
+    peer: Peer,
+    via: Via<'static>,
+) -> Result<(StatusCode, InjectResponse), Refusal> {
+    let settings = ingress.live.get();
+    let limits = &settings.node.smtp;
+    let prepared = build::prepare(request, principal, limits.max_line_length)?;
+    let (groups, bad) = build::plan(&request.recipients, limits.max_recipients);
+    let mut response = InjectResponse::default();
+    for recipient in bad {
+        response.fail_count += 1;
+        response.failed_recipients.push(recipient.email.clone());
+        response
+            .errors
+            .push(format!("{}: not a valid email address", recipient.email));
+    }
+    // Build all first: a policy or size refusal refuses the whole request
+    // before anything is stored.
+    let mut built: Vec<(&Group<'_>, Rendered)> = Vec::with_capacity(groups.len());
+    for group in &groups {
+        match prepared.render(group, principal, &settings.hostname) {
+            Ok(rendered) if rendered.data.len() > limits.max_message_size => {
+                return Err(Refusal::TooLarge(format!(
+                    "the message is {} bytes, more than the {} allowed",
+                    rendered.data.len(),
+                    limits.max_message_size
+                )));
+            }
+            Ok(rendered) => built.push((group, rendered)),
+            Err(build::RenderError::Policy(policy)) => return Err(Refusal::Policy(policy)),
+            Err(other) => fail(&mut response, group, &other.to_string()),
+        }
+    }
+    let recipients: Vec<Vec<String>> = built
+        .iter()
+        .map(|(group, _)| group.recipients.iter().map(|r| r.email.clone()).collect())
+        .collect();
+    let stored = futures_util::future::join_all(built.iter().zip(&recipients).map(
+        |((_, rendered), recipients)| {
+            ingress.submit(Submission {
+                principal,
+                sender: &request.envelope_sender,
+                recipients,
+                data: &rendered.data,
+                has_message_id: rendered.has_message_id,
+                has_date: rendered.has_date,
+                via,
+                peer: peer.addr,
+            })
+        },
+    ))
+    .await;
+    let mut spool_failed = false;
+    for ((group, _), result) in built.iter().zip(stored) {
+        match result {
+            Ok(_) => response.success_count += group.recipients.len(),
+            Err(e) => {
+                spool_failed = true;
+                fail(&mut response, group, &format!("not stored: {e}"));
+            }
+        }
+    }
+    let status = if spool_failed && response.success_count == 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, response))
+}
+
+fn fail(response: &mut InjectResponse, group: &Group<'_>, why: &str) {
+    for recipient in &group.recipients {
+        response.fail_count += 1;
+        response.failed_recipients.push(recipient.email.clone());
+        response.errors.push(format!("{}: {why}", recipient.email));
+    }
+}
+
+/// `Authorization: Basic base64(user:password)`.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// Reads up to `limit` bytes. A larger body is read to its end (so the
+/// client hears the 413) unless it goes far past the limit.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+    let hard_cap = limit.saturating_mul(4);
+    let read = async {
+        let mut body = body;
+        let mut data = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            total += chunk.len();
+            if total <= limit {
+                data.extend_from_slice(&chunk);
+            } else if total > hard_cap {
+                return Err(BodyError::TooLarge);
+            }
+        }
+        if total > limit {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(data)
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| BodyError::Broken(format!("not received within {timeout:?}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            "Basic dXNlcjpwYTpzcw==".parse().unwrap(),
+        );
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("user".into(), "pa:ss".into()))
+        );
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(basic_credentials(&headers), None);
+    }
+
+    #[test]
+    fn body_limit_fits_a_base64_message() {
+        let limit = body_limit(10 * 1024 * 1024);
+        assert!(limit > 10 * 1024 * 1024 * 4 / 3);
+        assert!(limit < 20 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,639 @@
+//! One SMTP connection: the command rules of DESIGN.md on any stream.
+//!
+//! The plaintext phase and the TLS phase are two [`Session`]s on two stream
+//! types: STARTTLS ends the first, takes the bare stream out of its buffer
+//! (whatever the client pipelined behind STARTTLS is dropped with it) and
+//! starts the second on the TLS stream, with nothing remembered but the
+//! connection itself (RFC 3207 4.2).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_SMTPUTF8};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::conn::{Conn, Line, ReadError};
+use super::data::{self, Data, DataLimits};
+use crate::auth::Principal;
+use crate::config::Settings;
+use crate::ingress::{Ingress, Submission, Via};
+use crate::policy;
+
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// What a connection knows of where it is.
+pub struct Context {
+    pub ingress: Arc<Ingress>,
+    /// The settings in service when the connection was accepted.
+    pub settings: Arc<Settings>,
+    pub peer: SocketAddr,
+    pub port: u16,
+}
+
+impl Context {
+    fn listener(&self) -> String {
+        format!("smtp:{}", self.port)
+    }
+}
+
+/// Serves one connection from the banner to the close.
+pub async fn serve<S>(stream: S, ctx: Context)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let shutdown = ctx.ingress.control.shutdown.clone();
+    let mut conn = Conn::new(stream, shutdown.clone());
+    conn.reply(&format!("220 {} ESMTP unMTA", ctx.settings.hostname));
+    let mut plain = Session::new(&ctx, false);
+    let next = plain.commands(&mut conn).await;
+    if conn.flush().await.is_err() || next != Next::StartTls {
+        let _ = conn.into_stream().shutdown().await;
+        return;
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(ctx.settings.tls.smtp.clone());
+    let timeout = ctx.settings.node.smtp.command_timeout;
+    let stream = conn.into_stream();
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            ctx.ingress.metrics.tls_handshake(&ctx.listener(), false);
+            tracing::debug!(peer = %ctx.peer, "TLS handshake failed: {error}");
+            return;
+        }
+        Err(_) => {
+            ctx.ingress.metrics.tls_handshake(&ctx.listener(), false);
+            tracing::debug!(peer = %ctx.peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    ctx.ingress.metrics.tls_handshake(&ctx.listener(), true);
+    let mut conn = Conn::new(tls, shutdown);
+    let mut secure = Session::new(&ctx, true);
+    secure.commands(&mut conn).await;
+    if conn.flush().await.is_ok() {
+        let _ = conn.into_stream().shutdown().await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    StartTls,
+    Close,
+}
+
+struct Transaction {
+    sender: String,
+    recipients: Vec<String>,
+    smtputf8: bool,
+}
+
+struct Session<'a> {
+    ctx: &'a Context,
+    tls: bool,
+    helo: Option<String>,
+    principal: Option<Principal>,
+    transaction: Option<Transaction>,
+    auth_failures: u32,
+    errors: u32,
+}
+
+impl<'a> Session<'a> {
+    fn new(ctx: &'a Context, tls: bool) -> Self {
+        Session {
+            ctx,
+            tls,
+            helo: None,
+            principal: None,
+            transaction: None,
+            auth_failures: 0,
+            errors: 0,
+        }
+    }
+
+    fn limits(&self) -> &crate::config::SmtpConfig {
+        &self.ctx.settings.node.smtp
+    }
+
+    fn hostname(&self) -> &str {
+        &self.ctx.settings.hostname
+    }
+
+    /// Reads and answers commands until the client leaves, STARTTLS, or a
+    /// limit closes the connection.
+    async fn commands<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Next {
+        loop {
+            let limits = self.limits();
+            let line = match conn
+                .read_line(limits.max_line_length, limits.command_timeout)
+                .await
+            {
+                Ok(line) => line,
+                Err(error) => {
+                    self.farewell(conn, &error);
+                    return Next::Close;
+                }
+            };
+            let next = match line {
+                Line::Ok(line) => self.command(conn, line).await,
+                Line::BareLf => self.error(
+                    conn,
+                    "500 5.5.2 Syntax error: a command line must end with CRLF, not a bare LF",
+                ),
+                Line::TooLong => {
+                    let max = self.limits().max_line_length;
+                    self.error(
+                        conn,
+                        &format!("500 5.5.2 Line too long: at most {max} octets with CRLF"),
+                    )
+                }
+            };
+            if next != Next::Continue {
+                return next;
+            }
+        }
+    }
+
+    /// The last word when reading ended: 421 where the client may still hear it.
+    fn farewell<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: &mut Conn<S>, error: &ReadError) {
+        match error {
+            ReadError::Timeout(_) => conn.reply(&format!(
+                "421 4.4.2 {} Timeout waiting for a command, closing connection",
+                self.hostname()
+            )),
+            ReadError::Shutdown => conn.reply(&format!(
+                "421 4.3.2 {} Service shutting down, closing connection",
+                self.hostname()
+            )),
+            ReadError::Closed | ReadError::Io(_) => {}
+        }
+    }
+
+    /// A 5xx for a bad or misplaced command; too many of them close.
+    fn error<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        reply: &str,
+    ) -> Next {
+        self.errors += 1;
+        conn.reply(reply);
+        if self.errors >= self.limits().max_command_errors {
+            conn.reply(&format!(
+                "421 4.7.0 {} Too many errors, closing connection",
+                self.hostname()
+            ));
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        mut line: Vec<u8>,
+    ) -> Next {
+        line.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request,
+            Err(error) => return self.error(conn, &syntax_reply(error)),
+        };
+        if !self.tls
+            && !matches!(
+                request,
+                Request::Ehlo { .. }
+                    | Request::Helo { .. }
+                    | Request::StartTls
+                    | Request::Noop { .. }
+                    | Request::Rset
+                    | Request::Quit
+            )
+        {
+            return self.error(conn, "530 5.7.0 Must issue a STARTTLS command first");
+        }
+        match request {
+            Request::Ehlo { host } => {
+                self.ehlo(conn, &host);
+                Next::Continue
+            }
+            Request::Helo { host } => {
+                self.helo = Some(host.into_owned());
+                self.transaction = None;
+                conn.reply(&format!("250 {}", self.hostname()));
+                Next::Continue
+            }
+            Request::StartTls if self.tls => self.error(conn, "503 5.5.1 TLS is already active"),
+            Request::StartTls => {
+                conn.reply("220 2.0.0 Ready to start TLS");
+                Next::StartTls
+            }
+            Request::Noop { .. } => {
+                conn.reply("250 2.0.0 OK");
+                Next::Continue
+            }
+            Request::Rset => {
+                self.transaction = None;
+                conn.reply("250 2.0.0 OK");
+                Next::Continue
+            }
+            Request::Quit => {
+                conn.reply(&format!("221 2.0.0 {} closing connection", self.hostname()));
+                Next::Close
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                let initial = initial_response.into_owned();
+                self.auth(conn, mechanism, initial).await
+            }
+            Request::Mail { from } => {
+                let (address, size, flags) = (from.address.into_owned(), from.size, from.flags);
+                self.mail(conn, address, size, flags)
+            }
+            Request::Rcpt { to } => {
+                let address = to.address.into_owned();
+                self.rcpt(conn, address)
+            }
+            Request::Data => self.data(conn).await,
+            Request::Vrfy { .. } => {
+                conn.reply("252 2.5.0 Cannot VRFY user, but will accept the message");
+                Next::Continue
+            }
+            Request::Help { .. } => {
+                conn.reply("214 2.0.0 See RFC 5321");
+                Next::Continue
+            }
+            _ => self.error(conn, "502 5.5.1 Command not implemented"),
+        }
+    }
+
+    fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, host: &str) {
+        self.helo = Some(host.to_string());
+        self.transaction = None;
+        let ip = self.ctx.peer.ip();
+        conn.reply(&format!("250-{} Hello {host} [{ip}]", self.hostname()));
+        conn.reply(&format!("250-SIZE {}", self.limits().max_message_size));
+        conn.reply("250-PIPELINING");
+        conn.reply("250-8BITMIME");
+        conn.reply("250-SMTPUTF8");
+        if self.tls {
+            conn.reply("250-AUTH PLAIN LOGIN");
+        } else {
+            conn.reply("250-STARTTLS");
+        }
+        conn.reply("250 ENHANCEDSTATUSCODES");
+    }
+
+    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        mechanism: u64,
+        initial: String,
+    ) -> Next {
+        if self.helo.is_none() {
+            return self.error(conn, "503 5.5.1 Send EHLO first");
+        }
+        if self.principal.is_some() {
+            return self.error(conn, "503 5.5.1 Already authenticated");
+        }
+        if self.transaction.is_some() {
+            return self.error(
+                conn,
+                "503 5.5.1 AUTH is not allowed during a mail transaction",
+            );
+        }
+        let initial = if initial == "=" {
+            String::new()
+        } else {
+            initial
+        };
+        let credentials = match mechanism {
+            AUTH_PLAIN => {
+                let response = match initial.is_empty() {
+                    true => self.challenge(conn, "334 ").await,
+                    false => Ok(initial),
+                };
+                response.map(|r| decode_plain(&r))
+            }
+            AUTH_LOGIN => self.login(conn, initial).await,
+            _ => {
+                return self.error(
+                    conn,
+                    "504 5.5.4 Unrecognized authentication type: PLAIN and LOGIN are offered",
+                )
+            }
+        };
+        let credentials = match credentials {
+            Ok(Some(credentials)) => credentials,
+            Ok(None) => {
+                return self.error(conn, "501 5.5.2 Cannot decode the authentication response")
+            }
+            Err(Challenge::Cancelled) => {
+                return self.error(conn, "501 5.7.0 Authentication cancelled")
+            }
+            Err(Challenge::Gone(error)) => {
+                self.farewell(conn, &error);
+                return Next::Close;
+            }
+        };
+        let (username, password) = credentials;
+        match self.ctx.ingress.auth.verify(&username, &password).await {
+            Ok(principal) => {
+                tracing::debug!(peer = %self.ctx.peer, credential = %principal.username, "authenticated");
+                self.principal = Some(principal);
+                conn.reply("235 2.7.0 Authentication successful");
+                Next::Continue
+            }
+            Err(_) => {
+                self.ctx.ingress.metrics.auth_failure(&self.ctx.listener());
+                self.auth_failures += 1;
+                tracing::info!(peer = %self.ctx.peer, failures = self.auth_failures, "authentication failed");
+                tokio::time::sleep(self.limits().auth_failure_delay).await;
+                if self.auth_failures >= self.limits().max_auth_failures {
+                    conn.reply("535 5.7.8 Authentication credentials invalid");
+                    conn.reply(&format!(
+                        "421 4.7.0 {} Too many authentication failures, closing connection",
+                        self.hostname()
+                    ));
+                    return Next::Close;
+                }
+                conn.reply("535 5.7.8 Authentication credentials invalid");
+                Next::Continue
+            }
+        }
+    }
+
+    async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        initial: String,
+    ) -> Result<Option<(String, String)>, Challenge> {
+        let username = match initial.is_empty() {
+            true => self.challenge(conn, "334 VXNlcm5hbWU6").await?,
+            false => initial,
+        };
+        let Some(username) = decode_text(&username) else {
+            return Ok(None);
+        };
+        let password = self.challenge(conn, "334 UGFzc3dvcmQ6").await?;
+        Ok(decode_text(&password).map(|password| (username, password)))
+    }
+
+    /// Sends a 334 and reads the client's answer line.
+    async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        prompt: &str,
+    ) -> Result<String, Challenge> {
+        conn.reply(prompt);
+        let limits = self.limits();
+        match conn
+            .read_line(limits.max_line_length, limits.command_timeout)
+            .await
+        {
+            Ok(Line::Ok(line)) if line == b"*" => Err(Challenge::Cancelled),
+            Ok(Line::Ok(line)) => Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => Err(Challenge::Cancelled),
+            Err(error) => Err(Challenge::Gone(error)),
+        }
+    }
+
+    fn mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        sender: String,
+        size: usize,
+        flags: u64,
+    ) -> Next {
+        if self.helo.is_none() {
+            return self.error(conn, "503 5.5.1 Send EHLO first");
+        }
+        let Some(principal) = &self.principal else {
+            return self.error(conn, "530 5.7.0 Authentication required");
+        };
+        if self.transaction.is_some() {
+            return self.error(conn, "503 5.5.1 Nested MAIL command");
+        }
+        let max = self.limits().max_message_size;
+        if size > max {
+            conn.reply(&format!(
+                "552 5.3.4 Message size exceeds fixed maximum message size ({max} octets)"
+            ));
+            return Next::Continue;
+        }
+        let smtputf8 = flags & MAIL_SMTPUTF8 != 0;
+        if !sender.is_ascii() && !smtputf8 {
+            return self.error(conn, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        if let Err(error) = policy::check_sender(principal, &sender) {
+            self.ctx
+                .ingress
+                .metrics
+                .rejected(&self.ctx.listener(), "policy");
+            conn.reply(&format!("550 5.7.1 {error}"));
+            return Next::Continue;
+        }
+        self.transaction = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+            smtputf8,
+        });
+        conn.reply("250 2.1.0 Sender OK");
+        Next::Continue
+    }
+
+    fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        recipient: String,
+    ) -> Next {
+        let max = self.limits().max_recipients;
+        let Some(transaction) = &mut self.transaction else {
+            return self.error(conn, "503 5.5.1 Need MAIL command first");
+        };
+        if policy::domain_of(&recipient).is_none() {
+            return self.error(conn, "501 5.1.3 Bad recipient address syntax");
+        }
+        if !recipient.is_ascii() && !transaction.smtputf8 {
+            return self.error(conn, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        if transaction.recipients.len() >= max {
+            conn.reply(&format!("452 4.5.3 Too many recipients: at most {max}"));
+            return Next::Continue;
+        }
+        transaction.recipients.push(recipient);
+        conn.reply("250 2.1.5 Recipient OK");
+        Next::Continue
+    }
+
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Next {
+        let Some(transaction) = &self.transaction else {
+            return self.error(conn, "503 5.5.1 Need MAIL command first");
+        };
+        if transaction.recipients.is_empty() {
+            return self.error(conn, "554 5.5.1 No valid recipients");
+        }
+        if let Err(reason) = self.ctx.ingress.spool_health() {
+            tracing::warn!(peer = %self.ctx.peer, "DATA refused, the spool cannot take mail: {reason}");
+            self.transaction = None;
+            conn.reply("451 4.3.0 Temporary failure: the spool cannot take mail, try again later");
+            return Next::Continue;
+        }
+        conn.reply("354 Start mail input; end with <CRLF>.<CRLF>");
+        let limits = self.limits();
+        let max_size = limits.max_message_size;
+        let received = data::receive(
+            conn,
+            DataLimits {
+                max_size,
+                max_line: limits.max_line_length,
+                timeout: limits.data_timeout,
+            },
+        )
+        .await;
+        // Whatever happens, the transaction is over.
+        let Some(transaction) = self.transaction.take() else {
+            return Next::Close;
+        };
+        let listener = self.ctx.listener();
+        let metrics = &self.ctx.ingress.metrics;
+        let message = match received {
+            Ok(Data::Message(message)) => message,
+            Ok(Data::TooBig) => {
+                metrics.rejected(&listener, "size");
+                conn.reply(&format!(
+                    "552 5.3.4 Message size exceeds fixed maximum message size ({max_size} octets)"
+                ));
+                return Next::Continue;
+            }
+            Ok(Data::Abandoned) => {
+                metrics.rejected(&listener, "size");
+                conn.reply(&format!(
+                    "552 5.3.4 Message size exceeds fixed maximum message size ({max_size} octets)"
+                ));
+                conn.reply(&format!("421 4.7.0 {} closing connection", self.hostname()));
+                return Next::Close;
+            }
+            Ok(Data::LineTooLong) => {
+                metrics.rejected(&listener, "syntax");
+                conn.reply(&format!(
+                    "550 5.6.0 Message has a line longer than {} octets (RFC 5321 4.5.3.1.6)",
+                    self.limits().max_line_length
+                ));
+                return Next::Continue;
+            }
+            Ok(Data::BareNewline) => {
+                metrics.rejected(&listener, "syntax");
+                conn.reply(
+                    "550 5.6.0 Message has a bare CR or LF: lines must end with CRLF (RFC 5321 2.3.8)",
+                );
+                return Next::Continue;
+            }
+            Err(error) => {
+                self.farewell(conn, &error);
+                return Next::Close;
+            }
+        };
+        let Some(principal) = &self.principal else {
+            return Next::Close;
+        };
+        let facts = policy::inspect(&message);
+        if let Err(error) = policy::check_from(principal, &facts) {
+            metrics.rejected(&listener, "policy");
+            conn.reply(&format!("550 5.7.1 {error}"));
+            return Next::Continue;
+        }
+        let helo = self.helo.as_deref().unwrap_or_default();
+        let submitted = self
+            .ctx
+            .ingress
+            .submit(Submission {
+                principal,
+                sender: &transaction.sender,
+                recipients: &transaction.recipients,
+                data: &message,
+                has_message_id: facts.has_message_id,
+                has_date: facts.has_date,
+                via: Via::Smtp {
+                    port: self.ctx.port,
+                    helo,
+                },
+                peer: self.ctx.peer,
+            })
+            .await;
+        match submitted {
+            Ok(id) => conn.reply(&format!("250 2.0.0 OK queued as {id}")),
+            Err(_) => conn.reply(
+                "451 4.3.0 Temporary failure: the message could not be stored, try again later",
+            ),
+        }
+        Next::Continue
+    }
+}
+
+enum Challenge {
+    Cancelled,
+    Gone(ReadError),
+}
+
+/// SASL PLAIN (RFC 4616): `authzid NUL authcid NUL passwd`; an authzid, if
+/// given, must be the authcid.
+fn decode_plain(response: &str) -> Option<(String, String)> {
+    let decoded = BASE64.decode(response.trim()).ok()?;
+    let mut parts = decoded.split(|&b| b == 0);
+    let (authzid, authcid, password) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || authcid.is_empty() {
+        return None;
+    }
+    if !authzid.is_empty() && authzid != authcid {
+        return None;
+    }
+    Some((
+        String::from_utf8(authcid.to_vec()).ok()?,
+        String::from_utf8(password.to_vec()).ok()?,
+    ))
+}
+
+fn decode_text(response: &str) -> Option<String> {
+    String::from_utf8(BASE64.decode(response.trim()).ok()?).ok()
+}
+
+fn syntax_reply(error: smtp_proto::Error) -> String {
+    use smtp_proto::Error;
+    match error {
+        Error::UnknownCommand => "500 5.5.1 Unrecognized command".to_string(),
+        Error::InvalidSenderAddress => "501 5.1.7 Bad sender address syntax".to_string(),
+        Error::InvalidRecipientAddress => "501 5.1.3 Bad recipient address syntax".to_string(),
+        Error::SyntaxError { syntax } => format!("501 5.5.4 Syntax: {syntax}"),
+        Error::InvalidParameter { param } => format!("501 5.5.4 Invalid parameter {param}"),
+        Error::UnsupportedParameter { param } => {
+            format!("555 5.5.4 Unsupported parameter {param}")
+        }
+        Error::ResponseTooLong => "500 5.5.2 Line too long".to_string(),
+        Error::NeedsMoreData { .. } | Error::InvalidResponse { .. } => {
+            "500 5.5.2 Syntax error".to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_plain() {
+        let enc = |s: &[u8]| BASE64.encode(s);
+        assert_eq!(
+            decode_plain(&enc(b"\0user\0pass")),
+            Some(("user".into(), "pass".into()))
+        );
+        assert_eq!(
+            decode_plain(&enc(b"user\0user\0pass")),
+            Some(("user".into(), "pass".into()))
+        );
+        assert_eq!(decode_plain(&enc(b"other\0user\0pass")), None);
+        assert_eq!(decode_plain(&enc(b"\0user")), None);
+        assert_eq!(decode_plain("not base64!"), None);
+    }
+}

@@ -1,0 +1,72 @@
+//! The TLS server side of SMTP STARTTLS and the HTTPS listener: rustls with
+//! TLS 1.2 and 1.3, the certificate chain and key named by the node config.
+//!
+//! Built as part of [`Settings::load`](crate::Settings::load), so a reload
+//! (SIGHUP) re-reads the files and a broken certificate is refused like any
+//! other config error while the old one keeps serving. Each new connection
+//! takes the configuration in service at its start.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsConfig;
+
+/// One rustls configuration per protocol: HTTPS announces ALPN `http/1.1`,
+/// SMTP announces none.
+#[derive(Debug, Clone)]
+pub struct TlsConfigs {
+    pub smtp: Arc<ServerConfig>,
+    pub https: Arc<ServerConfig>,
+}
+
+impl TlsConfigs {
+    /// Reads and checks the certificate chain and key; the error is a
+    /// sentence naming the file.
+    pub fn load(config: &TlsConfig) -> Result<TlsConfigs, String> {
+        let certs = read_chain(&config.certificate)?;
+        let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
+            format!(
+                "cannot read a PEM private key from {}: {e}",
+                config.key.display()
+            )
+        })?;
+        let smtp = server_config(certs, key).map_err(|e| {
+            format!(
+                "certificate {} and key {}: {e}",
+                config.certificate.display(),
+                config.key.display()
+            )
+        })?;
+        let mut https = smtp.clone();
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsConfigs {
+            smtp: Arc::new(smtp),
+            https: Arc::new(https),
+        })
+    }
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read PEM certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+}
