@@ -461,7 +461,7 @@ mod tests {
     fn only_forms_from_this_host_pass() {
         let host = (header::HOST, "127.0.0.1:8080");
         assert!(
-            cross_site(&headers(&[host.clone()])).is_none(),
+            cross_site(&headers(std::slice::from_ref(&host))).is_none(),
             "no Origin: not a browser form"
         );
         assert!(cross_site(&headers(&[
