@@ -11,6 +11,8 @@ use fleet::testkit::dns::{Record, StaticDns};
 use fleet::testkit::sink::{Behaviour, Sink, SinkConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::plan::SINK_HOST;
+
 /// Resolves on SIGTERM or SIGINT.
 async fn terminated() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
@@ -23,11 +25,15 @@ async fn terminated() -> anyhow::Result<()> {
 }
 
 pub async fn sink(listen: SocketAddr, maildir: PathBuf) -> anyhow::Result<()> {
+    // STARTTLS as a real MX offers it; the MTAs' opportunistic TLS does not
+    // verify it (as MTAs do without MTA-STS or DANE), so a throwaway CA will do.
+    let ca = fleet::testkit::pki::LocalCa::new("local-cluster sink CA")?;
+    let issued = ca.issue(&[SINK_HOST])?;
     let sink = Sink::start(SinkConfig {
         listen,
         maildir: Some(maildir.clone()),
         behaviour: Behaviour::Accept,
-        tls: None,
+        tls: Some((issued.cert_pem, issued.key_pem)),
     })
     .await?;
     println!(

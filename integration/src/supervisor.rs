@@ -105,12 +105,17 @@ impl Supervisor {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(false);
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
-        // between fork and exec.
+        // SAFETY: prctl and setpgid are async-signal-safe; nothing else runs
+        // in the child between fork and exec.
         unsafe {
             command.pre_exec(|| {
                 // The child stops when local-cluster is gone, however it went.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Its own process group: Ctrl-C in the terminal reaches only
+                // local-cluster, which stops the children in order.
+                if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -121,3 +121,64 @@ async fn tour_resolve_send_every_way_deliver_stop_and_reuse() -> anyhow::Result<
         .await?;
     Ok(())
 }
+
+/// The dig, swaks and curl lines local-cluster prints work when pasted into
+/// a shell (the tools are what CI installs: dnsutils, swaks, curl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printed_commands_work_when_pasted() -> anyhow::Result<()> {
+    for tool in ["dig", "swaks", "curl", "bash"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .status
+            .success();
+        anyhow::ensure!(
+            found,
+            "`{tool}` is not installed (apt-get install dnsutils swaks curl)"
+        );
+    }
+    let cluster = Cluster::start(7, &[])?;
+    let output = cluster.output();
+    let line = |prefix: &str| -> anyhow::Result<String> {
+        output
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no `{prefix}` line printed:\n{output}"))
+    };
+    let run = |command: &str| -> anyhow::Result<String> {
+        let out = std::process::Command::new("bash")
+            .args(["-c", command])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(out.status.success(), "`{command}` failed:\n{text}");
+        Ok(text)
+    };
+
+    let dig = run(&line("dig @")?)?;
+    let mut answered: Vec<&str> = dig.split_whitespace().collect();
+    answered.sort();
+    let mut expected: Vec<String> = cluster
+        .mta_addresses()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(answered, expected);
+
+    let swaks = run(&line("swaks ")?)?;
+    assert!(swaks.contains("<~  250 2.0.0"), "{swaks}");
+    let curl = run(&line("curl --cacert")?)?;
+    assert!(curl.contains("\"success_count\":1"), "{curl}");
+
+    let subjects = [
+        "hello from swaks".to_string(),
+        "hello from curl".to_string(),
+    ];
+    cluster
+        .wait_delivered(&subjects, Duration::from_secs(60))
+        .await?;
+    Ok(())
+}
