@@ -49,8 +49,14 @@ fn every_example_config_loads() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("fleet.toml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(doc["fleet_file"].as_str(), Some("fleet.toml"), "{}", path.display());
+            let doc: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                doc["fleet_file"].as_str(),
+                Some("fleet.toml"),
+                "{}",
+                path.display()
+            );
         }
     }
 }
@@ -60,8 +66,14 @@ fn one_run_names_every_problem_with_its_line() {
     let err = fleet::parse_fleet(BAD_FLEET, "bad.toml").unwrap_err();
     let text = err.to_string();
     assert_eq!(err.problems.len(), 3, "{text}");
-    assert!(text.contains("bad.toml:9: clusters[0].rate_limit: invalid rate limit `500/fortnight`"), "{text}");
-    assert!(text.contains("bad.toml:15: clusters[0].mtas[0].wieght: unknown field `wieght`"), "{text}");
+    assert!(
+        text.contains("bad.toml:9: clusters[0].rate_limit: invalid rate limit `500/fortnight`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.toml:15: clusters[0].mtas[0].wieght: unknown field `wieght`"),
+        "{text}"
+    );
     assert!(text.contains("bad.toml:18: clusters[0].mtas[1].name: duplicate MTA name `mta-1` (first used at line 13)"), "{text}");
 }
 
@@ -79,8 +91,13 @@ fn cross_field_rules_are_enforced() {
         (example.replace("[[clusters.mtas]]\n  name = \"beta-1\"\n  ipv4 = \"127.0.0.21\"\n", ""), "cluster e5f6a7b8 has no MTA"),
     ];
     for (text, expected) in cases {
-        assert_ne!(text, example, "the case for {expected:?} did not change the file");
-        let err = fleet::parse_fleet(&text, "fleet.toml").unwrap_err().to_string();
+        assert_ne!(
+            text, example,
+            "the case for {expected:?} did not change the file"
+        );
+        let err = fleet::parse_fleet(&text, "fleet.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
         assert!(err.contains("fleet.toml:"), "{err}");
     }
@@ -88,7 +105,11 @@ fn cross_field_rules_are_enforced() {
 
 #[test]
 fn fleet_check_exit_codes_and_output() {
-    let ok = fleet_cli().arg("check").arg(repo_configs().join("fleet.toml")).output().unwrap();
+    let ok = fleet_cli()
+        .arg("check")
+        .arg(repo_configs().join("fleet.toml"))
+        .output()
+        .unwrap();
     assert!(ok.status.success());
     let summary = String::from_utf8_lossy(&ok.stdout);
     assert!(summary.contains("2 clusters, 4 MTAs"), "{summary}");
@@ -99,11 +120,19 @@ fn fleet_check_exit_codes_and_output() {
     let out = fleet_cli().arg("check").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stderr);
-    for line in [":9: clusters[0].rate_limit", ":15: clusters[0].mtas[0].wieght", ":18: clusters[0].mtas[1].name"] {
+    for line in [
+        ":9: clusters[0].rate_limit",
+        ":15: clusters[0].mtas[0].wieght",
+        ":18: clusters[0].mtas[1].name",
+    ] {
         assert!(report.contains(line), "missing {line:?} in:\n{report}");
     }
 
-    let missing = fleet_cli().arg("check").arg(Path::new("/nonexistent/fleet.toml")).output().unwrap();
+    let missing = fleet_cli()
+        .arg("check")
+        .arg(Path::new("/nonexistent/fleet.toml"))
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot be read"));
 }
@@ -116,7 +145,12 @@ fn hash_password_prints_a_verifiable_argon2id_hash() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let phc = String::from_utf8(out.stdout).unwrap();
