@@ -130,3 +130,20 @@ pub fn answer(path: &Path, result: &anyhow::Result<String>) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::write(path.with_extension("done"), text);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Request;
+
+    #[test]
+    fn request_names_round_trip() {
+        for request in [
+            Request::Start("mta-4".into()),
+            Request::Restart("healthd".into()),
+            Request::Reload,
+        ] {
+            assert_eq!(Request::parse(&request.file_name()), Some(request));
+        }
+        assert_eq!(Request::parse("something-else"), None);
+    }
+}

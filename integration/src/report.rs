@@ -162,3 +162,16 @@ pub fn details(info: &ClusterInfo) -> String {
     let _ = writeln!(out, "\nCtrl-C stops every process.");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(shell_quote("/tmp/x/ca.pem"), "/tmp/x/ca.pem");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

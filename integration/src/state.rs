@@ -54,6 +54,11 @@ pub fn prepare(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Result
     for mta in &mtas {
         write_mta_config(layout, plan, mta)?;
     }
+    // The daemons' own loaders judge what was written, before any starts.
+    lb_dns::config::Settings::load(&layout.config("lb-dns"))
+        .map_err(|e| anyhow::anyhow!("lb-dns refuses the config local-cluster wrote: {e}"))?;
+    healthd::config::Settings::load(&layout.config("healthd"))
+        .map_err(|e| anyhow::anyhow!("healthd refuses the config local-cluster wrote: {e}"))?;
     Ok(mtas)
 }
 
@@ -333,4 +338,85 @@ algorithm = "ed25519-sha256"
         ));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::StartArgs;
+
+    fn plan(args: &StartArgs) -> Plan {
+        let mut plan = Plan::fresh(args);
+        plan.address = "127.5.200.1".parse().unwrap();
+        plan.mta_base = "127.5.200.11".parse().unwrap();
+        plan
+    }
+
+    #[test]
+    fn a_fresh_state_dir_gets_files_every_daemon_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let plan = plan(&StartArgs::default());
+        let mtas = prepare(&layout, &plan, false).unwrap();
+        let names: Vec<_> = mtas
+            .iter()
+            .map(|m| (m.name.as_str(), m.ipv4.to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("mta-1", "127.5.200.11".to_string()),
+                ("mta-2", "127.5.200.12".to_string()),
+                ("mta-3", "127.5.200.13".to_string())
+            ]
+        );
+        for mta in &mtas {
+            let settings = mta::config::Settings::load(&layout.config(&mta.name)).unwrap();
+            assert_eq!(settings.node.node, mta.name);
+        }
+        let fleet = fleet::load_fleet(&layout.fleet_file()).unwrap();
+        let cluster = &fleet.clusters[0];
+        assert_eq!(fleet.hostname(cluster), plan.hostname());
+        assert_eq!(fleet.ports.smtp, vec![10587, 10025, 12587]);
+        assert_eq!(cluster.rate_limit.to_string(), "unlimited");
+        let credential = &cluster.credentials[0];
+        assert!(fleet::password::verify_password(
+            credential.password.as_str(),
+            &plan.password
+        ));
+        assert_eq!(fleet.accounts[0].token_sha256, sha256_hex(&plan.api_token));
+        assert!(dkim_txt(&layout)
+            .unwrap()
+            .starts_with("v=DKIM1; k=ed25519; p="));
+    }
+
+    #[test]
+    fn a_reused_state_dir_keeps_its_ca_and_mtas_and_takes_a_new_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let mut plan = plan(&StartArgs::default());
+        prepare(&layout, &plan, false).unwrap();
+        let ca = std::fs::read(layout.ca_file()).unwrap();
+        let added = add_mta(&layout, &plan).unwrap();
+        assert_eq!(added.name, "mta-4");
+        assert_eq!(added.ipv4.to_string(), "127.5.200.14");
+
+        plan.apply(&StartArgs {
+            rate_limit: Some("60/min,max_burst=1".into()),
+            https_port: Some(11443),
+            ..StartArgs::default()
+        });
+        let mtas = prepare(&layout, &plan, true).unwrap();
+        assert_eq!(mtas.len(), 4);
+        assert_eq!(std::fs::read(layout.ca_file()).unwrap(), ca);
+        let fleet = fleet::load_fleet(&layout.fleet_file()).unwrap();
+        assert_eq!(
+            fleet.clusters[0].rate_limit.to_string(),
+            "60/min,max_burst=1"
+        );
+        assert_eq!(fleet.ports.https, 11443);
+        assert!(std::fs::read_to_string(layout.fleet_file())
+            .unwrap()
+            .contains("# The fleet file of this local cluster"));
+    }
 }
