@@ -1,6 +1,7 @@
 //! SIGKILL an MTA while a client sends continuously, resolving before each
 //! connection: the dead MTA leaves the answers within 3 s + TTL, and every
-//! message the client saw acknowledged arrives once it is restarted.
+//! message the client saw acknowledged arrives once it is restarted. A rate
+//! limit keeps mail queued on the victim, so its spool has to deliver it.
 
 mod common;
 
@@ -15,7 +16,7 @@ const TTL: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_kill9_leaves_answers_and_loses_no_acknowledged_mail() -> anyhow::Result<()> {
-    let cluster = Arc::new(Cluster::start(2, &[])?);
+    let cluster = Arc::new(Cluster::start(2, &["--rate-limit", "2/s,max_burst=1"])?);
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -46,8 +47,24 @@ async fn failover_kill9_leaves_answers_and_loses_no_acknowledged_mail() -> anyho
 
     let victim = "mta-2";
     let address = cluster.info.process(victim).unwrap().address;
+    let via = format!(" via {address}");
+    let queued_on_victim = || {
+        acknowledged
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.ends_with(&via) && cluster.sink_message(t).is_none())
+            .count()
+    };
+    eventually(Duration::from_secs(30), "mail queued on mta-2", || async {
+        queued_on_victim() >= 2
+    })
+    .await?;
     cluster.kill9(victim);
     let killed = Instant::now();
+    let in_spool = queued_on_victim();
+    println!("{in_spool} acknowledged messages in mta-2's spool at SIGKILL");
+    assert!(in_spool > 0);
     eventually(
         TTL + Duration::from_secs(3),
         "the dead MTA gone from the answers",
