@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::answers::Answers;
 use crate::config::Settings;
 use crate::follow::Followers;
-use crate::health::Health;
+use crate::health::{Health, Source};
 use crate::metrics::{AllDownLabels, ClusterLabel, FeedLabel, Metrics};
 use crate::state_file;
 
@@ -30,7 +30,7 @@ pub struct Engine {
     live: Arc<Live<Settings>>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    all_down: HashMap<String, bool>,
+    all_down: HashMap<String, (bool, bool)>,
     last_persist: Option<Instant>,
     /// Subscribed before the first build, so no change is missed.
     settings_changed: watch::Receiver<u64>,
@@ -100,6 +100,8 @@ impl Engine {
             }
         };
         if answers.content_hash == previous.content_hash {
+            // Same answers; the source may have changed (quiet start-up).
+            self.observe();
             return;
         }
         let serial = next_serial(previous.serial);
@@ -119,6 +121,10 @@ impl Engine {
             WhenAllDown::Empty => "empty",
         };
         self.metrics.serial.set(i64::from(answers.serial));
+        // Before any health state, every cluster is all down: one line, not
+        // one warning per cluster.
+        let quiet = self.health.source() == Source::Nothing;
+        let mut quiet_clusters = 0;
         let mut seen = HashMap::new();
         for cluster in &answers.clusters {
             let label = ClusterLabel {
@@ -132,8 +138,27 @@ impl Engine {
                 .cluster_all_down
                 .get_or_create(&label)
                 .set(i64::from(cluster.all_down));
-            let was = self.all_down.get(&cluster.id).copied().unwrap_or(false);
+            // (all down, logged as such)
+            let (was, logged) = self
+                .all_down
+                .get(&cluster.id)
+                .copied()
+                .unwrap_or((false, false));
             if cluster.all_down && !was {
+                self.metrics
+                    .all_down
+                    .get_or_create(&AllDownLabels {
+                        cluster: cluster.id.clone(),
+                        action: action.to_string(),
+                    })
+                    .inc();
+                if quiet {
+                    quiet_clusters += 1;
+                }
+            }
+            let mut now_logged = logged && cluster.all_down;
+            if cluster.all_down && !logged && !quiet {
+                now_logged = true;
                 match when_all_down {
                     WhenAllDown::ServeAll => tracing::warn!(
                         cluster = %cluster.id,
@@ -145,17 +170,17 @@ impl Engine {
                         "no MTA up: answering NODATA (when_all_down = \"empty\")"
                     ),
                 }
-                self.metrics
-                    .all_down
-                    .get_or_create(&AllDownLabels {
-                        cluster: cluster.id.clone(),
-                        action: action.to_string(),
-                    })
-                    .inc();
-            } else if !cluster.all_down && was {
+            } else if !cluster.all_down && was && logged {
                 tracing::info!(cluster = %cluster.id, up = cluster.up, "MTAs up again");
             }
-            seen.insert(cluster.id.clone(), cluster.all_down);
+            seen.insert(cluster.id.clone(), (cluster.all_down, now_logged));
+        }
+        if quiet_clusters > 0 {
+            tracing::info!(
+                clusters = quiet_clusters,
+                "no health state yet (no feed has answered, no state file): \
+                 answering when_all_down until a feed answers"
+            );
         }
         for gone in self.all_down.keys().filter(|id| !seen.contains_key(*id)) {
             let label = ClusterLabel {

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 /// 2020: avoids IP fragmentation).
 pub const EDNS_PAYLOAD: u16 = 1232;
 
+#[derive(Clone)]
 pub struct Handler {
     answers: Arc<ArcSwap<Answers>>,
     metrics: Arc<Metrics>,
@@ -29,6 +30,11 @@ pub struct Handler {
 impl Handler {
     pub fn new(answers: Arc<ArcSwap<Answers>>, metrics: Arc<Metrics>) -> Handler {
         Handler { answers, metrics }
+    }
+
+    /// Counts a FORMERR answered before the handler saw the message.
+    pub fn count_formerr(&self) {
+        self.metrics.query(None, ResponseCode::FormErr);
     }
 
     async fn error<R: ResponseHandler>(

@@ -218,6 +218,10 @@ impl Health {
         Some(PersistedState::new(confirmed_at, inner.effective.clone()))
     }
 
+    pub fn source(&self) -> Source {
+        self.lock().source
+    }
+
     pub fn is_fresh(&self) -> bool {
         self.lock().feeds.values().any(|f| f.fresh)
     }

@@ -1,6 +1,7 @@
 //! lb-dns: the authoritative DNS load balancer for `c-<id>.<origin>`.
 //!
-//! hickory-server carries UDP and TCP; `handler` answers from `answers`,
+//! hickory-server carries TCP, `udp` the UDP fast path (hickory's request
+//! and response types, our own receive loop); `handler` answers from `answers`,
 //! precomputed by `engine` from the fleet file and the health that `follow`
 //! reads from the healthd feeds and `health` merges (kept across restarts in
 //! `state_file`).
@@ -13,6 +14,7 @@ pub mod handler;
 pub mod health;
 pub mod metrics;
 pub mod state_file;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -190,10 +192,14 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     followers.sync(&started.live.get().node.healthd);
     control.tasks.spawn(engine.run(control.clone(), followers));
 
-    let mut server = hickory_server::Server::new(Handler::new(answers, metrics));
+    let handler = Handler::new(answers, metrics);
+    let shared = Arc::new(handler.clone());
     for socket in listeners.udp {
-        server.register_socket(socket);
+        control
+            .tasks
+            .spawn(udp::serve(socket, shared.clone(), control.shutdown.clone()));
     }
+    let mut server = hickory_server::Server::new(handler);
     for listener in listeners.tcp {
         server.register_listener(listener, tcp_idle, TCP_RESPONSE_BUFFER);
     }

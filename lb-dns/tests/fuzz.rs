@@ -157,3 +157,52 @@ async fn malformed_packets_never_take_the_server_down() {
     assert_eq!(code, 200);
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_get_formerr_and_responses_get_nothing() {
+    let spec = FleetSpec::standard();
+    let lb = LbDns::start("127.4.31.1", &spec, &[]).await;
+    let valid = query(&cluster("a1b2c3d4"), RecordType::A).to_vec().unwrap();
+
+    // A header that promises a question, then garbage: FORMERR, same id.
+    let mut broken = valid[..12].to_vec();
+    broken.extend_from_slice(&[0x05, b'a', b'b']);
+    let raw = udp_raw(lb.dns, &broken).await.expect("FORMERR answer");
+    let answer = Message::from_vec(&raw).unwrap();
+    assert_eq!(answer.metadata.id, u16::from_be_bytes([valid[0], valid[1]]));
+    assert_eq!(
+        answer.metadata.response_code,
+        hickory_proto::op::ResponseCode::FormErr
+    );
+    // Two questions: FORMERR from the handler.
+    let mut two = query(&cluster("a1b2c3d4"), RecordType::A);
+    two.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii(format!("{ORIGIN}.")).unwrap(),
+        RecordType::SOA,
+    ));
+    let answer = udp(lb.dns, &two).await;
+    assert_eq!(
+        answer.metadata.response_code,
+        hickory_proto::op::ResponseCode::FormErr
+    );
+    // A response sent to us (reflection) and a runt get no answer at all.
+    let mut reflected = valid.clone();
+    reflected[2] |= 0x80;
+    assert_eq!(udp_raw(lb.dns, &reflected).await, None);
+    assert_eq!(udp_raw(lb.dns, &valid[..7]).await, None);
+    // Another opcode: NOTIMP.
+    let mut notify = valid.clone();
+    notify[2] = (notify[2] & 0x87) | (4 << 3);
+    let answer = Message::from_vec(&udp_raw(lb.dns, &notify).await.unwrap()).unwrap();
+    assert_eq!(
+        answer.metadata.response_code,
+        hickory_proto::op::ResponseCode::NotImp
+    );
+    assert!(
+        lb.metric("lb_dns_queries_total{qtype=\"none\",rcode=\"FORMERR\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    lb.stop().await;
+}
