@@ -405,17 +405,22 @@ async fn the_card_shows_the_clusters_values_and_an_account_sees_only_its_cluster
     // A phone-sized window: one column, nothing wider than the screen.
     browser.goto(&format!("{base}/")).await;
     wait_row(&browser, "mta-1", "up", Duration::from_secs(5)).await;
-    browser.set_window(390, 1400).await;
-    let overflow = browser
-        .js(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
-            vec![],
-        )
-        .await;
-    assert!(
-        overflow.as_i64().unwrap() <= 0,
-        "the page is wider than a phone: {overflow}px"
-    );
+    for width in [1000, 900, 800, 700, 390] {
+        browser.set_window(width, 1400).await;
+        let overflow = browser
+            .js(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await;
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "at {width}px the page is {overflow}px too wide"
+        );
+        if width == 900 {
+            browser.screenshot("cluster-a1b2c3d4-medium.png").await;
+        }
+    }
     browser.screenshot("cluster-a1b2c3d4-narrow.png").await;
     browser.set_window(1280, 1100).await;
 
