@@ -32,6 +32,9 @@ pub struct NodeConfig {
     /// Limits of the SMTP and HTTP ingress.
     #[serde(default)]
     pub smtp: SmtpConfig,
+    /// How this node delivers: DNS, retries, smart-host routes, DKIM keys.
+    #[serde(default)]
+    pub delivery: crate::delivery::DeliveryConfig,
 }
 
 /// `[smtp]`: limits of SMTP submission (most apply to HTTP injection too).
@@ -116,6 +119,16 @@ impl Settings {
         node.spool_dir = resolve(config_file, &node.spool_dir);
         node.tls.certificate = resolve(config_file, &node.tls.certificate);
         node.tls.key = resolve(config_file, &node.tls.key);
+        node.delivery
+            .prepare(config_file)
+            .map_err(|(key, message)| ConfigError {
+                file: config_file.display().to_string(),
+                problems: vec![Problem {
+                    line: None,
+                    key,
+                    message,
+                }],
+            })?;
         let fleet = load_fleet(&node.fleet_file)?;
         let Some((cluster, _)) = fleet.mta(&node.node) else {
             return Err(ConfigError {

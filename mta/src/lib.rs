@@ -2,6 +2,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
+pub mod dkim;
 pub mod events;
 pub mod ingress;
 pub mod inject;
@@ -71,8 +73,13 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
     let spool = spool::Spool::open(&settings.node.spool_dir).await?;
+    let delivery_config = settings.node.delivery.clone();
+    let hello_name = settings.hostname.clone();
     let mut service = Service::new(control, settings);
     let ingress_metrics = ingress::IngressMetrics::register(&mut service.registry);
+    let egress_metrics = queue::EgressMetrics::default();
+    egress_metrics.register(&mut service.registry);
+    spool.register_metrics(&mut service.registry);
     let started = service.start(
         listeners.admin,
         axum::Router::new(),
@@ -98,7 +105,22 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         tasks.spawn(smtp::serve(listener, ingress.clone()));
     }
     tasks.spawn(inject::server::serve(listeners.https, ingress.clone()));
+    let egress = delivery::start_for_node(
+        spool.clone(),
+        delivery_config,
+        hello_name,
+        egress_metrics,
+        started.live.clone(),
+    )?;
+    let shutdown = started.control.shutdown.clone();
+    let egress_stopped = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        egress.stop(grace).await
+    });
     started.until_shutdown(grace).await;
+    let _ = egress_stopped.await;
+    let closing = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     Ok(())
 }
 

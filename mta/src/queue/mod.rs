@@ -20,10 +20,10 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::spool::{now_ms, Job, Spool};
+use crate::throttle::Throttle;
+pub use metrics::EgressMetrics;
 
 pub mod metrics;
-use crate::throttle::Throttle;
-use metrics::EgressMetrics;
 
 /// Where recipients come back after a transient failure.
 #[derive(Clone, Default)]
@@ -206,9 +206,8 @@ impl Scheduler {
                 }
             };
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
-                _ = self.spool.arrived().notified() => {}
-                _ = self.requeue.inner.1.notified() => {}
                 changed = limits.changed.changed(), if limits_open => {
                     if changed.is_ok() {
                         let limit = (limits.current)();
@@ -222,6 +221,8 @@ impl Scheduler {
                         limits_open = false;
                     }
                 }
+                _ = self.spool.arrived().notified() => {}
+                _ = self.requeue.inner.1.notified() => {}
                 _ = sleep => {}
                 _ = slot => {}
             }

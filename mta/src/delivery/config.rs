@@ -1,0 +1,212 @@
+//! `[delivery]` in the node config: how this node delivers.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StartTls {
+    /// STARTTLS when the server offers it, certificate not verified (as MTAs
+    /// do without MTA-STS or DANE); plaintext otherwise.
+    #[default]
+    Opportunistic,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Keep every message in the spool and attempt none (maintenance, or
+    /// tests of the ingress alone).
+    pub hold: bool,
+    /// DNS servers for MX, A and AAAA lookups (`"192.0.2.53"` or
+    /// `"127.2.0.53:5353"`); empty: the system's resolv.conf.
+    pub nameservers: Vec<String>,
+    /// The port of recipient MX hosts.
+    pub port: u16,
+    /// EHLO name; default: the cluster hostname.
+    pub hello_name: Option<String>,
+    pub starttls: StartTls,
+    /// Delivery attempts under way at once, all destinations together.
+    pub max_in_flight: usize,
+    /// Attempts (and so connections) at once to one destination address.
+    pub connections_per_destination: usize,
+    /// Limit on each SMTP command and on connecting.
+    #[serde(with = "fleet::config::duration")]
+    pub timeout: Duration,
+    /// First retry after a transient failure; each next one doubles.
+    #[serde(with = "fleet::config::duration")]
+    pub retry_initial: Duration,
+    /// The longest wait between two attempts.
+    #[serde(with = "fleet::config::duration")]
+    pub retry_max: Duration,
+    /// A message not delivered this long after reception expires.
+    #[serde(with = "fleet::config::duration")]
+    pub max_age: Duration,
+    /// Send a delivery status notification to the envelope sender on a
+    /// bounce or an expiry.
+    pub dsn: bool,
+    /// Event lines (JSON) go here; default: the log, target `mta::events`.
+    pub events_file: Option<PathBuf>,
+    /// Recipient domain -> `host:port` smart host, instead of its MX.
+    pub routes: BTreeMap<String, String>,
+    /// DKIM keys by signing domain.
+    pub dkim: Vec<DkimKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// Messages whose From: domain is this are signed (d=).
+    pub domain: String,
+    /// s=, the key's name under `_domainkey.<domain>`.
+    pub selector: String,
+    /// PEM private key (PKCS#8, or PKCS#1 for RSA), relative to the config.
+    pub key: PathBuf,
+    /// `rsa-sha256` or `ed25519-sha256`.
+    pub algorithm: DkimAlgorithm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            hold: false,
+            nameservers: Vec::new(),
+            port: 25,
+            hello_name: None,
+            starttls: StartTls::Opportunistic,
+            max_in_flight: 1024,
+            connections_per_destination: 32,
+            timeout: Duration::from_secs(60),
+            retry_initial: Duration::from_secs(20 * 60),
+            retry_max: Duration::from_secs(8 * 3600),
+            max_age: Duration::from_secs(7 * 86_400),
+            dsn: false,
+            events_file: None,
+            routes: BTreeMap::new(),
+            dkim: Vec::new(),
+        }
+    }
+}
+
+/// A route's target, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{text}` should be host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("`{port}` in `{text}` is not a port"))?;
+    if host.is_empty() || host.contains(':') {
+        return Err(format!("`{text}` should be host:port"));
+    }
+    Ok(HostPort {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("nameserver `{text}` should be an address, optionally with :port"))
+}
+
+impl DeliveryConfig {
+    /// Resolves paths against the config file and checks what serde cannot.
+    /// Returns (key, message) for the first problem.
+    pub fn prepare(&mut self, config_file: &Path) -> Result<(), (String, String)> {
+        for ns in &self.nameservers {
+            parse_nameserver(ns).map_err(|m| ("delivery.nameservers".into(), m))?;
+        }
+        let mut routes = BTreeMap::new();
+        for (domain, target) in &self.routes {
+            parse_host_port(target).map_err(|m| (format!("delivery.routes.{domain}"), m))?;
+            routes.insert(domain.to_ascii_lowercase(), target.clone());
+        }
+        self.routes = routes;
+        if self.max_in_flight == 0 || self.connections_per_destination == 0 {
+            return Err((
+                "delivery".into(),
+                "max_in_flight and connections_per_destination must be at least 1".into(),
+            ));
+        }
+        if self.retry_initial.is_zero() || self.retry_max < self.retry_initial {
+            return Err((
+                "delivery.retry_initial".into(),
+                "retry_initial must be above zero and not above retry_max".into(),
+            ));
+        }
+        if let Some(file) = &self.events_file {
+            self.events_file = Some(fleet::config::resolve(config_file, file));
+        }
+        for key in &mut self.dkim {
+            key.key = fleet::config::resolve(config_file, &key.key);
+            key.domain = key.domain.to_ascii_lowercase();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_and_nameservers_parse() {
+        assert_eq!(
+            parse_host_port("Smart.Example:2525").unwrap(),
+            HostPort {
+                host: "smart.example".into(),
+                port: 2525
+            }
+        );
+        assert_eq!(parse_host_port("[::1]:25").unwrap().host, "::1");
+        assert!(parse_host_port("nohost").is_err());
+        assert!(parse_host_port("h:x").is_err());
+        assert_eq!(
+            parse_nameserver("127.2.0.53").unwrap(),
+            "127.2.0.53:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_nameserver("127.2.0.53:5353").unwrap(),
+            "127.2.0.53:5353".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn defaults_are_kumomta_like() {
+        let d = DeliveryConfig::default();
+        assert_eq!(d.retry_initial, Duration::from_secs(1200));
+        assert_eq!(d.max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(d.port, 25);
+    }
+}

@@ -1,0 +1,452 @@
+//! Delivery: from a due recipient to delivered, retried, bounced or expired.
+//!
+//! The queue hands each permitted recipient to [`Engine`], which reads the
+//! message from the spool, signs it (DKIM) when its From: domain has a key,
+//! finds where the recipient domain's mail goes ([`route::Router`]) and
+//! tries those hosts in order over SMTP ([`smtp::Connector`]). 2xx: done.
+//! 4xx, timeouts and unreachable hosts: retried with exponential backoff and
+//! jitter until the maximum age. 5xx, null MX, no such domain: bounced.
+
+pub mod config;
+pub mod dsn;
+
+pub mod route;
+pub mod smtp;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet::RateLimit;
+use lettre::address::{Address, Envelope};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dkim::Dkim;
+use crate::events::{Event, EventKind, Events};
+use crate::queue::metrics::EgressMetrics;
+use crate::queue::{Dispatch, LimitSource, Requeue, Scheduler};
+use crate::spool::{now_ms, Job, Spool, StoredMessage};
+pub use config::DeliveryConfig;
+use route::{NoRoute, Router};
+use smtp::{Connector, Reply};
+
+/// Where an attempt went and what it got.
+#[derive(Debug, Clone, Default)]
+struct Reached {
+    host: Option<String>,
+    peer: Option<String>,
+    /// The SMTP reply code; 0 when decided here.
+    code: u16,
+    text: String,
+}
+
+impl Reached {
+    fn here(text: String) -> Reached {
+        Reached {
+            text,
+            ..Reached::default()
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Delivered(Reached),
+    Transient(Reached),
+    Permanent(Reached),
+}
+
+pub struct Engine {
+    spool: Arc<Spool>,
+    requeue: Requeue,
+    events: Arc<Events>,
+    metrics: EgressMetrics,
+    router: Router,
+    connector: Connector,
+    dkim: Dkim,
+    config: DeliveryConfig,
+    tasks: TaskTracker,
+}
+
+/// The running queue and delivery engine.
+pub struct EngineHandle {
+    pub engine: Arc<Engine>,
+    scheduler: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+/// Backoff before attempt `attempts + 1`: `initial * 2^(attempts-1)`, at most
+/// `max`, then ±10 % jitter.
+pub fn backoff(initial: Duration, max: Duration, attempts: u16) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(30) as u32;
+    let base = initial.saturating_mul(1u32 << doublings).min(max);
+    let jitter: f64 = rand::random_range(0.9..1.1);
+    base.mul_f64(jitter)
+}
+
+fn domain_of(address: &str) -> Option<&str> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+}
+
+impl Engine {
+    pub fn new(
+        spool: Arc<Spool>,
+        config: DeliveryConfig,
+        hello_name: String,
+        events: Arc<Events>,
+        metrics: EgressMetrics,
+    ) -> Result<Arc<Engine>, String> {
+        let router = Router::new(
+            &config.nameservers,
+            &config.routes,
+            config.port,
+            config.timeout,
+        )?;
+        let hello = config.hello_name.clone().unwrap_or(hello_name);
+        let connector = Connector::new(
+            hello,
+            config.starttls,
+            config.connections_per_destination,
+            config.timeout,
+        );
+        let dkim = Dkim::load(&config.dkim)?;
+        spool.attach_events(events.clone());
+        Ok(Arc::new(Engine {
+            spool,
+            requeue: Requeue::default(),
+            events,
+            metrics,
+            router,
+            connector,
+            dkim,
+            config,
+            tasks: TaskTracker::new(),
+        }))
+    }
+
+    /// Starts the scheduled queue feeding this engine.
+    pub fn start(self: &Arc<Self>, initial: RateLimit, limits: LimitSource) -> EngineHandle {
+        let stop = CancellationToken::new();
+        let scheduler = Scheduler::new(
+            self.spool.clone(),
+            self.requeue.clone(),
+            initial,
+            self.config.max_in_flight,
+            self.metrics.clone(),
+        );
+        let handle = if self.config.hold {
+            tracing::warn!("delivery is on hold: messages stay in the spool");
+            tokio::spawn(async {})
+        } else {
+            tokio::spawn(scheduler.run(self.clone(), limits, stop.clone()))
+        };
+        EngineHandle {
+            engine: self.clone(),
+            scheduler: handle,
+            stop,
+        }
+    }
+
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    pub fn metrics(&self) -> &EgressMetrics {
+        &self.metrics
+    }
+
+    fn event(&self, kind: EventKind, message: &StoredMessage, job: &Job, reached: Reached) {
+        let now = now_ms();
+        self.events.emit(Event {
+            kind,
+            id: job.id().0,
+            sender: message.sender.clone(),
+            recipient: message
+                .recipients
+                .get(job.rcpt as usize)
+                .cloned()
+                .unwrap_or_default(),
+            cluster: message.cluster.clone(),
+            mx_host: reached.host,
+            peer_address: reached.peer,
+            code: reached.code,
+            response: reached.text,
+            queue_time_ms: now.saturating_sub(message.received_ms),
+            attempts: job.attempts,
+            size: message.data.len(),
+            timestamp: now,
+        });
+    }
+
+    async fn deliver(self: Arc<Self>, mut job: Job) {
+        self.metrics.in_flight.inc();
+        let message = match self.spool.load(&job).await {
+            Ok(message) => message,
+            Err(error) => {
+                // The record cannot be read back: retry a few times (an I/O
+                // error may pass), then give up loudly.
+                job.attempts += 1;
+                if job.attempts >= 5 {
+                    tracing::error!("giving up on a spooled recipient: {error}");
+                    self.metrics.permanent.inc();
+                    self.spool.done(&job);
+                } else {
+                    tracing::warn!("{error}; retrying");
+                    job.due_ms = now_ms() + 1000 * job.attempts as u64;
+                    self.requeue.push(job);
+                }
+                self.metrics.in_flight.dec();
+                return;
+            }
+        };
+        let started = Instant::now();
+        let outcome = self.attempt(&message, &job).await;
+        self.metrics
+            .attempt_seconds
+            .observe(started.elapsed().as_secs_f64());
+        job.attempts = job.attempts.saturating_add(1);
+        match outcome {
+            Outcome::Delivered(reached) => {
+                self.spool.done(&job);
+                self.metrics.delivered.inc();
+                self.metrics
+                    .delivery_seconds
+                    .observe(now_ms().saturating_sub(message.received_ms) as f64 / 1000.0);
+                self.event(EventKind::Delivery, &message, &job, reached);
+            }
+            Outcome::Permanent(reached) => {
+                self.spool.done(&job);
+                self.metrics.permanent.inc();
+                let why = reached.text.clone();
+                self.event(EventKind::Bounce, &message, &job, reached);
+                self.notify_sender(&message, &job, EventKind::Bounce, &why)
+                    .await;
+            }
+            Outcome::Transient(mut reached) => {
+                let now = now_ms();
+                let expires = message
+                    .received_ms
+                    .saturating_add(self.config.max_age.as_millis() as u64);
+                if now >= expires {
+                    self.spool.done(&job);
+                    self.metrics.expired.inc();
+                    reached.text = format!(
+                        "expired after {} attempts in {}; last: {}",
+                        job.attempts,
+                        humantime_ms(now.saturating_sub(message.received_ms)),
+                        reached.text
+                    );
+                    let why = reached.text.clone();
+                    self.event(EventKind::Expiration, &message, &job, reached);
+                    self.notify_sender(&message, &job, EventKind::Expiration, &why)
+                        .await;
+                } else {
+                    let wait = backoff(
+                        self.config.retry_initial,
+                        self.config.retry_max,
+                        job.attempts,
+                    );
+                    // The last attempt is at the maximum age, not beyond.
+                    job.due_ms = (now + wait.as_millis() as u64).min(expires);
+                    self.metrics.transient.inc();
+                    self.spool.reschedule(&job);
+                    self.event(EventKind::TransientFailure, &message, &job, reached);
+                    self.requeue.push(job);
+                }
+            }
+        }
+        self.metrics.in_flight.dec();
+    }
+
+    async fn attempt(&self, message: &StoredMessage, job: &Job) -> Outcome {
+        let permanent = |text: String| Outcome::Permanent(Reached::here(text));
+        let Some(recipient) = message.recipients.get(job.rcpt as usize) else {
+            return permanent("the spool record has no such recipient".into());
+        };
+        let Some(domain) = domain_of(recipient) else {
+            return permanent(format!("550 5.1.3 `{recipient}` has no domain"));
+        };
+        let Ok(to) = recipient.parse::<Address>() else {
+            return permanent(format!("550 5.1.3 `{recipient}` is not a valid address"));
+        };
+        let from = if message.sender.is_empty() {
+            None
+        } else {
+            match message.sender.parse::<Address>() {
+                Ok(from) => Some(from),
+                Err(_) => {
+                    return permanent(format!(
+                        "550 5.1.7 the envelope sender `{}` is not a valid address",
+                        message.sender
+                    ))
+                }
+            }
+        };
+        let envelope = match Envelope::new(from, vec![to]) {
+            Ok(envelope) => envelope,
+            Err(e) => return permanent(format!("550 5.1.3 {e}")),
+        };
+        let targets = match self.router.plan(domain).await {
+            Ok(targets) => targets,
+            Err(NoRoute::Permanent(text)) => return permanent(text),
+            Err(NoRoute::Transient(text)) => return Outcome::Transient(Reached::here(text)),
+        };
+        let signed;
+        let data: &[u8] = match self.dkim.sign(&message.data) {
+            None => &message.data,
+            Some(Ok(header)) => {
+                let mut with = Vec::with_capacity(header.len() + message.data.len());
+                with.extend_from_slice(header.as_bytes());
+                with.extend_from_slice(&message.data);
+                signed = with;
+                &signed
+            }
+            Some(Err(error)) => {
+                tracing::warn!(id = %job.id(), "DKIM signing failed, sending unsigned: {error}");
+                &message.data
+            }
+        };
+        let mut last = None;
+        for target in &targets {
+            for addr in &target.addrs {
+                let reply = self
+                    .connector
+                    .send(*addr, &target.host, &envelope, data)
+                    .await;
+                let host = Some(target.host.clone());
+                let peer = Some(addr.to_string());
+                let reached = |code, text| Reached {
+                    host: host.clone(),
+                    peer: peer.clone(),
+                    code,
+                    text,
+                };
+                match reply {
+                    Reply::Accepted { code, text } => {
+                        return Outcome::Delivered(reached(code, text))
+                    }
+                    Reply::Permanent { code, text } => {
+                        return Outcome::Permanent(reached(code, text))
+                    }
+                    Reply::Transient { code, text } => {
+                        return Outcome::Transient(reached(code, text))
+                    }
+                    Reply::Unreachable(text) => {
+                        tracing::debug!(host = %target.host, %addr, "unreachable: {text}");
+                        last = Some(reached(0, text));
+                    }
+                }
+            }
+        }
+        Outcome::Transient(
+            last.unwrap_or_else(|| Reached::here("no address to deliver to".to_string())),
+        )
+    }
+
+    /// A DSN to the envelope sender, when configured and there is one.
+    async fn notify_sender(&self, message: &StoredMessage, job: &Job, kind: EventKind, why: &str) {
+        if !self.config.dsn || message.sender.is_empty() {
+            return;
+        }
+        let report = dsn::build(message, job, kind, why, self.connector_hello());
+        if let Err(e) = self.spool.accept(report).await {
+            tracing::error!(id = %job.id(), "cannot queue the delivery status notification: {e}");
+        }
+    }
+
+    fn connector_hello(&self) -> &str {
+        self.connector.hello()
+    }
+
+    async fn report_delayed(self: Arc<Self>, job: Job, wait: Duration, limit: RateLimit) {
+        let Ok(message) = self.spool.load(&job).await else {
+            return;
+        };
+        let text = format!(
+            "held by the node's rate limit {limit}: next permit in {} ms",
+            wait.as_millis()
+        );
+        self.event(EventKind::Delayed, &message, &job, Reached::here(text));
+    }
+}
+
+fn humantime_ms(ms: u64) -> String {
+    humantime_duration(Duration::from_millis(ms))
+}
+
+fn humantime_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 86_400 {
+        format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600)
+    } else if secs >= 3600 {
+        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+impl Dispatch for Arc<Engine> {
+    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit) {
+        let engine = self.clone();
+        self.tasks.spawn(async move {
+            engine.deliver(job).await;
+            drop(slot);
+        });
+    }
+
+    fn delayed(&self, job: Job, wait: Duration, limit: RateLimit) {
+        self.tasks
+            .spawn(self.clone().report_delayed(job, wait, limit));
+    }
+}
+
+/// Starts delivery for this node: events as configured, the rate limit of
+/// the node's cluster, followed on every reload.
+pub fn start_for_node(
+    spool: Arc<Spool>,
+    config: DeliveryConfig,
+    hello_name: String,
+    metrics: EgressMetrics,
+    live: Arc<fleet::Live<crate::Settings>>,
+) -> anyhow::Result<EngineHandle> {
+    let events = Events::new(config.events_file.as_deref()).map_err(anyhow::Error::msg)?;
+    let engine =
+        Engine::new(spool, config, hello_name, events, metrics).map_err(anyhow::Error::msg)?;
+    let limit_of = move |settings: &crate::Settings| {
+        settings
+            .cluster()
+            .map(|cluster| cluster.rate_limit)
+            .unwrap_or_default()
+    };
+    let initial = limit_of(&live.get());
+    let changed = live.subscribe();
+    let current = Box::new(move || limit_of(&live.get()));
+    Ok(engine.start(initial, LimitSource { changed, current }))
+}
+
+impl EngineHandle {
+    /// Stops taking recipients from the queue and waits, at most `grace`,
+    /// for attempts under way; then makes the spool's state durable.
+    /// Returns false when attempts were still running at the end of the
+    /// grace (they stay in the spool and are attempted again after restart).
+    pub async fn stop(self, grace: Duration) -> bool {
+        self.stop.cancel();
+        let _ = self.scheduler.await;
+        self.engine.tasks.close();
+        let finished = tokio::time::timeout(grace, self.engine.tasks.wait())
+            .await
+            .is_ok();
+        self.engine.connector.shutdown().await;
+        if let Err(e) = self.engine.spool.sync().await {
+            tracing::error!("cannot sync the spool at shutdown: {e}");
+        }
+        finished
+    }
+}

@@ -1,0 +1,158 @@
+//! DKIM signing (RFC 6376, RFC 8463) with mail-auth: a message whose From:
+//! domain has a key in `[[delivery.dkim]]` gets a DKIM-Signature header,
+//! rsa-sha256 or ed25519-sha256, relaxed/relaxed.
+
+use std::collections::HashMap;
+
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+
+use crate::delivery::config::{DkimAlgorithm, DkimKey};
+
+/// The headers signed when present.
+const SIGNED_HEADERS: [&str; 12] = [
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
+
+enum Signer {
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+#[derive(Default)]
+pub struct Dkim {
+    by_domain: HashMap<String, Signer>,
+}
+
+fn load_key(key: &DkimKey) -> Result<Signer, String> {
+    let place = format!("DKIM key for {} ({})", key.domain, key.key.display());
+    let pem = std::fs::read(&key.key).map_err(|e| format!("{place}: cannot read it: {e}"))?;
+    let der = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{place}: not a PEM private key: {e}"))?;
+    let signer = match key.algorithm {
+        DkimAlgorithm::RsaSha256 => {
+            let rsa = RsaKey::<Sha256>::from_key_der(der)
+                .map_err(|e| format!("{place}: not an RSA key: {e}"))?;
+            Signer::Rsa(
+                DkimSigner::from_key(rsa)
+                    .domain(key.domain.clone())
+                    .selector(key.selector.clone())
+                    .headers(SIGNED_HEADERS)
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed),
+            )
+        }
+        DkimAlgorithm::Ed25519Sha256 => {
+            let PrivateKeyDer::Pkcs8(pkcs8) = der else {
+                return Err(format!("{place}: an Ed25519 key must be PKCS#8"));
+            };
+            let ed = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
+                .map_err(|e| format!("{place}: not an Ed25519 key: {e}"))?;
+            Signer::Ed25519(
+                DkimSigner::from_key(ed)
+                    .domain(key.domain.clone())
+                    .selector(key.selector.clone())
+                    .headers(SIGNED_HEADERS)
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed),
+            )
+        }
+    };
+    Ok(signer)
+}
+
+/// The domain of the first From: header's address, lower-cased.
+pub fn from_domain(message: &[u8]) -> Option<String> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len().min(256 * 1024));
+    let head = &message[..end];
+    let mut value: Option<String> = None;
+    for line in head.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match &mut value {
+            Some(v) if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') => {
+                v.push_str(&String::from_utf8_lossy(line));
+                continue;
+            }
+            Some(_) => break,
+            None => {}
+        }
+        if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"from:") {
+            value = Some(String::from_utf8_lossy(&line[5..]).into_owned());
+        }
+    }
+    let value = value?;
+    let address = match (value.rfind('<'), value.rfind('>')) {
+        (Some(open), Some(close)) if open < close => &value[open + 1..close],
+        _ => value.trim(),
+    };
+    let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.');
+    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+}
+
+impl Dkim {
+    pub fn load(keys: &[DkimKey]) -> Result<Dkim, String> {
+        let mut by_domain = HashMap::new();
+        for key in keys {
+            by_domain.insert(key.domain.to_ascii_lowercase(), load_key(key)?);
+        }
+        Ok(Dkim { by_domain })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+
+    /// The DKIM-Signature header (with its CRLF) to put before `message`,
+    /// or `None` when its From: domain has no key.
+    pub fn sign(&self, message: &[u8]) -> Option<Result<String, String>> {
+        if self.by_domain.is_empty() {
+            return None;
+        }
+        let domain = from_domain(message)?;
+        let signer = self.by_domain.get(&domain)?;
+        let signature = match signer {
+            Signer::Rsa(s) => s.sign(message),
+            Signer::Ed25519(s) => s.sign(message),
+        };
+        Some(
+            signature
+                .map(|s| s.to_header())
+                .map_err(|e| format!("DKIM signing for {domain} failed: {e}")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_from_domain() {
+        assert_eq!(
+            from_domain(b"Subject: x\r\nFrom: \"A, B\" <a@Example.COM>\r\n\r\nFrom: no@x.y\r\n"),
+            Some("example.com".into())
+        );
+        assert_eq!(
+            from_domain(b"from:\r\n  someone@news.example.org\r\nTo: t@x\r\n\r\n"),
+            Some("news.example.org".into())
+        );
+        assert_eq!(from_domain(b"To: t@x\r\n\r\nFrom: a@b\r\n"), None);
+    }
+}

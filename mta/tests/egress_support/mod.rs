@@ -1,0 +1,234 @@
+//! What the egress tests share: a node's settings from a relocated copy of
+//! `configs/`, a spool, the delivery engine in this process, a static DNS
+//! server and sink MX hosts on the test's own 127.2.N.0/24.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet::testkit::dns::{Record, StaticDns};
+use fleet::testkit::example_configs::ExampleConfigs;
+use fleet::testkit::sink::{Behaviour, Sink, SinkConfig};
+use fleet::Live;
+use mta::delivery::EngineHandle;
+use mta::events::{Event, EventKind};
+use mta::message::{MessageId, NewMessage};
+use mta::queue::EgressMetrics;
+use mta::spool::Spool;
+use mta::Settings;
+use tokio::sync::broadcast;
+
+/// The port every sink MX of these tests listens on.
+pub const MX_PORT: u16 = 2525;
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub fn ip(net: u8, last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 2, net, last)
+}
+
+pub async fn sink(net: u8, last: u8, behaviour: Behaviour) -> Sink {
+    let mut config = SinkConfig::accept(SocketAddr::new(ip(net, last).into(), MX_PORT));
+    config.behaviour = behaviour;
+    Sink::start(config).await.expect("the sink starts")
+}
+
+/// A sink that offers STARTTLS with a certificate from a throwaway CA.
+pub async fn tls_sink(net: u8, last: u8, name: &str) -> Sink {
+    let ca = fleet::testkit::pki::LocalCa::new("egress test CA").unwrap();
+    let issued = ca.issue(&[name]).unwrap();
+    let mut config = SinkConfig::accept(SocketAddr::new(ip(net, last).into(), MX_PORT));
+    config.tls = Some((issued.cert_pem, issued.key_pem));
+    Sink::start(config).await.expect("the sink starts")
+}
+
+pub async fn dns(net: u8, records: Vec<Record>) -> StaticDns {
+    StaticDns::start(SocketAddr::new(ip(net, 53).into(), 0), records)
+        .await
+        .expect("the static DNS starts")
+}
+
+/// A relocated `configs/` whose node delivers through `dns` to port
+/// [`MX_PORT`], with `delivery` appended to its `[delivery]` section.
+pub fn configs(
+    net: u8,
+    rate_limit: &str,
+    dns: Option<SocketAddr>,
+    delivery: &str,
+) -> ExampleConfigs {
+    let configs = ExampleConfigs::relocated([127, 2, net]).expect("configs copy");
+    let fleet = configs.path("fleet.toml");
+    let text = std::fs::read_to_string(&fleet).unwrap();
+    let text = text.replacen(
+        "rate_limit = \"500/hr\"",
+        &format!("rate_limit = \"{rate_limit}\""),
+        1,
+    );
+    std::fs::write(&fleet, text).unwrap();
+    // `configs/mta.toml` ends with its `[delivery]` table: keys appended at
+    // the end of the file belong to it.
+    let node = configs.path("mta.toml");
+    let text = std::fs::read_to_string(&node).unwrap();
+    let last_table = text
+        .lines()
+        .rfind(|line| line.starts_with('['))
+        .unwrap_or_default();
+    assert_eq!(
+        last_table, "[delivery]",
+        "configs/mta.toml should end with [delivery]"
+    );
+    let mut text: String = text
+        .lines()
+        .filter(|line| !line.starts_with("nameservers =") && !line.starts_with("port ="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    text.push_str(&format!("port = {MX_PORT}\n"));
+    // Without a DNS server of its own, a test still never asks the
+    // machine's resolver: nothing answers at .54.
+    let dns = dns.unwrap_or_else(|| SocketAddr::new(ip(net, 54).into(), 53));
+    text.push_str(&format!("nameservers = [\"{dns}\"]\n"));
+    text.push_str(delivery);
+    text.push('\n');
+    std::fs::write(&node, text).unwrap();
+    configs
+}
+
+/// Changes the cluster's rate limit in the copy's fleet file.
+pub fn set_rate_limit(configs: &ExampleConfigs, from: &str, to: &str) {
+    let fleet = configs.path("fleet.toml");
+    let text = std::fs::read_to_string(&fleet).unwrap();
+    let changed = text.replacen(
+        &format!("rate_limit = \"{from}\""),
+        &format!("rate_limit = \"{to}\""),
+        1,
+    );
+    assert_ne!(text, changed, "rate_limit {from} not found");
+    std::fs::write(&fleet, changed).unwrap();
+}
+
+/// The spool and the delivery engine of one node, in this process.
+pub struct Egress {
+    pub configs: ExampleConfigs,
+    pub live: Arc<Live<Settings>>,
+    pub spool: Arc<Spool>,
+    pub handle: Option<EngineHandle>,
+    pub events: broadcast::Receiver<Arc<Event>>,
+    /// Events received but not yet asked for.
+    pub backlog: Vec<Arc<Event>>,
+    pub metrics: EgressMetrics,
+}
+
+impl Egress {
+    pub async fn start(configs: ExampleConfigs) -> Egress {
+        let settings = Settings::load(&configs.path("mta.toml")).expect("settings load");
+        let spool = Spool::open(&settings.node.spool_dir).await.expect("spool");
+        let delivery = settings.node.delivery.clone();
+        let hello = settings.hostname.clone();
+        let live = Live::new(settings);
+        let metrics = EgressMetrics::default();
+        let handle = mta::delivery::start_for_node(
+            spool.clone(),
+            delivery,
+            hello,
+            metrics.clone(),
+            live.clone(),
+        )
+        .expect("delivery starts");
+        let events = handle.engine.events().subscribe();
+        Egress {
+            configs,
+            live,
+            spool,
+            handle: Some(handle),
+            events,
+            backlog: Vec::new(),
+            metrics,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.configs.path("mta.toml")
+    }
+
+    /// Re-reads the config files and swaps them in, as SIGHUP does.
+    pub fn reload(&self) {
+        let settings = Settings::load(&self.config_path()).expect("settings reload");
+        self.live.replace(settings);
+    }
+
+    pub async fn inject(&self, to: &str, marker: &str) -> MessageId {
+        self.spool
+            .accept(message(&[to], marker))
+            .await
+            .expect("the spool accepts")
+    }
+
+    /// The next event of `kind` about `id`, at most `LIMIT` away.
+    pub async fn event(&mut self, id: &MessageId, kind: EventKind) -> Arc<Event> {
+        let matches = |e: &Event| e.id == id.0 && e.kind == kind;
+        if let Some(at) = self.backlog.iter().position(|e| matches(e)) {
+            return self.backlog.remove(at);
+        }
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind:?} event for {id} within {LIMIT:?}"));
+            match next {
+                Ok(event) if matches(&event) => return event,
+                Ok(event) => self.backlog.push(event),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("the test fell {n} events behind")
+                }
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.stop(Duration::from_secs(5)).await;
+        }
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.close())
+            .await
+            .unwrap();
+    }
+}
+
+/// A small message from the example cluster's sending domain.
+pub fn message(to: &[&str], marker: &str) -> NewMessage {
+    let data = format!(
+        "From: App <app@yourdomain.com>\r\n\
+         To: {}\r\n\
+         Subject: egress test {marker}\r\n\
+         Message-ID: <{marker}@yourdomain.com>\r\n\
+         Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         Hello from the egress tests, {marker}.\r\n",
+        to.join(", ")
+    );
+    NewMessage {
+        sender: "app@yourdomain.com".into(),
+        recipients: to.iter().map(|s| s.to_string()).collect(),
+        data: data.into(),
+        cluster: "a1b2c3d4".into(),
+        credential: "your-credential".into(),
+        via: "smtp",
+        peer: "127.2.0.1:40000".parse().unwrap(),
+    }
+}
+
+/// The message with `marker` in its subject among `messages`.
+pub fn with_marker<'a>(
+    messages: &'a [fleet::testkit::sink::Received],
+    marker: &str,
+) -> Option<&'a fleet::testkit::sink::Received> {
+    let subject = format!("egress test {marker}");
+    messages
+        .iter()
+        .find(|m| m.header("Subject").as_deref() == Some(subject.as_str()))
+}
