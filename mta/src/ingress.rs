@@ -82,14 +82,11 @@ impl Ingress {
         match &result {
             Ok(id) => {
                 self.metrics.accepted(&listener, size);
-                tracing::info!(
-                    event = "Reception",
+                // The spool writes the Reception event.
+                tracing::debug!(
                     id = %id,
-                    via = submission.via.protocol(),
                     peer = %submission.peer,
                     credential = %submission.principal.username,
-                    sender = %submission.sender,
-                    recipients = submission.recipients.len(),
                     size,
                     "message received"
                 );

@@ -1,0 +1,436 @@
+//! What the ingress tests share: a node written into a temporary folder on
+//! its own loopback address (127.1.<n>.11, fixed ports), started in-process
+//! or as the real binary, and the clients that talk to it: a scripted raw
+//! SMTP client, lettre, reqwest.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use fleet::testkit::LocalCa;
+use fleet::Control;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub const HOSTNAME: &str = "c-a1b2c3d4.unmta.net";
+pub const USER: &str = "sender";
+pub const PASSWORD: &str = "secret";
+/// A credential of the other cluster.
+pub const OTHER_USER: &str = "beta";
+pub const OTHER_PASSWORD: &str = "beta-secret";
+pub const SMTP_PORTS: [u16; 3] = [10587, 10025, 12587];
+pub const HTTPS_PORT: u16 = 10443;
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+fn hashes() -> &'static (String, String) {
+    static HASHES: OnceLock<(String, String)> = OnceLock::new();
+    HASHES.get_or_init(|| {
+        (
+            fleet::password::hash_password(PASSWORD).unwrap(),
+            fleet::password::hash_password(OTHER_PASSWORD).unwrap(),
+        )
+    })
+}
+
+/// A node's files: fleet, node config, certificates, spool folder.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub ip: Ipv4Addr,
+    pub ca_pem: String,
+}
+
+impl Fixture {
+    /// Node `mta-1` on 127.1.`n`.11; `smtp` is extra `[smtp]` lines.
+    pub fn new(n: u8, smtp: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = Ipv4Addr::new(127, 1, n, 11);
+        let other = Ipv4Addr::new(127, 1, n, 12);
+        let (hash, other_hash) = hashes();
+        let ca = LocalCa::new("ingress test CA").unwrap();
+        let issued = ca.issue(&[HOSTNAME, &ip.to_string()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), &issued.cert_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &issued.key_pem).unwrap();
+        std::fs::write(
+            dir.path().join("fleet.toml"),
+            format!(
+                r#"
+[zone]
+origin = "unmta.net"
+primary_ns = "ns1.unmta.net"
+hostmaster = "hostmaster.unmta.net"
+nameservers = [{{ name = "ns1.unmta.net", ipv4 = "127.1.{n}.53" }}]
+
+[ports]
+smtp = [{}, {}, {}]
+https = {HTTPS_PORT}
+
+[[clusters]]
+id = "a1b2c3d4"
+domains = ["yourdomain.com", "news.yourdomain.com"]
+
+  [[clusters.credentials]]
+  username = "{USER}"
+  password = "{hash}"
+  domains = ["yourdomain.com"]
+
+  [[clusters.mtas]]
+  name = "mta-1"
+  ipv4 = "{ip}"
+
+[[clusters]]
+id = "e5f6a7b8"
+domains = ["beta.example.org"]
+
+  [[clusters.credentials]]
+  username = "{OTHER_USER}"
+  password = "{other_hash}"
+
+  [[clusters.mtas]]
+  name = "beta-1"
+  ipv4 = "{other}"
+"#,
+                SMTP_PORTS[0], SMTP_PORTS[1], SMTP_PORTS[2]
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("mta.toml"),
+            format!(
+                r#"
+fleet_file = "fleet.toml"
+node = "mta-1"
+spool_dir = "spool"
+admin_listen = "127.1.{n}.1:0"
+shutdown_grace = "5s"
+
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+
+[smtp]
+auth_failure_delay = "10ms"
+{smtp}
+
+# Nothing is delivered, nothing leaves loopback: recipients stay queued.
+[delivery]
+hold = true
+nameservers = ["127.1.{n}.53:53"]
+routes = {{ "example.com" = "127.1.{n}.25:25" }}
+dsn = false
+retry_initial = "1h"
+"#
+            ),
+        )
+        .unwrap();
+        Fixture {
+            dir,
+            ip,
+            ca_pem: ca.cert_pem(),
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("mta.toml")
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn smtp_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), SMTP_PORTS[0])
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{HOSTNAME}:{HTTPS_PORT}{path}")
+    }
+
+    /// Starts the node in this process.
+    pub async fn start(&self) -> Running {
+        let settings = mta::Settings::load(&self.config()).unwrap();
+        let listeners = mta::Listeners::bind(&settings).await.unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let control = Control::new();
+        let task = tokio::spawn(mta::run(settings, listeners, control.clone()));
+        // The listeners are bound: clients may connect at once.
+        Running {
+            control,
+            task,
+            admin,
+        }
+    }
+
+    /// lettre over STARTTLS with the test CA and the cluster hostname.
+    pub fn lettre(&self, credentials: Option<(&str, &str)>) -> AsyncSmtpTransport<Tokio1Executor> {
+        let tls = TlsParameters::builder(HOSTNAME.to_string())
+            .add_root_certificate(Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .build_rustls()
+            .unwrap();
+        self.lettre_with(credentials, Tls::Required(tls))
+    }
+
+    pub fn lettre_with(
+        &self,
+        credentials: Option<(&str, &str)>,
+        tls: Tls,
+    ) -> AsyncSmtpTransport<Tokio1Executor> {
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.ip.to_string())
+                .port(SMTP_PORTS[0])
+                .tls(tls)
+                .timeout(Some(LIMIT));
+        if let Some((user, password)) = credentials {
+            builder = builder
+                .credentials(Credentials::new(user.to_string(), password.to_string()))
+                .authentication(vec![Mechanism::Plain]);
+        }
+        builder.build()
+    }
+
+    /// reqwest trusting the test CA, with the cluster hostname resolving
+    /// to this node.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .resolve(HOSTNAME, SocketAddr::new(IpAddr::V4(self.ip), HTTPS_PORT))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
+    /// Every message in the spool, read back through the spool's own
+    /// recovery (the node must be stopped).
+    pub async fn spooled(&self) -> Vec<mta::spool::StoredMessage> {
+        spooled(&self.spool_dir()).await
+    }
+}
+
+/// Every message in the spool at `dir`, by recovery.
+pub async fn spooled(dir: &Path) -> Vec<mta::spool::StoredMessage> {
+    let spool = mta::spool::Spool::open(dir).await.unwrap();
+    let mut seen = BTreeMap::new();
+    for job in spool.take_arrivals() {
+        if let std::collections::btree_map::Entry::Vacant(entry) = seen.entry(job.seq) {
+            entry.insert(spool.load(&job).await.unwrap());
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// A node running in this process.
+pub struct Running {
+    control: Control,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub admin: SocketAddr,
+}
+
+impl Running {
+    /// Starts the shutdown a SIGTERM starts.
+    pub fn shutdown(&self) {
+        self.control.shutdown.cancel();
+    }
+
+    /// What SIGHUP does.
+    pub fn reload(&self) {
+        self.control.request_reload();
+    }
+
+    pub async fn stop(self) {
+        self.control.shutdown.cancel();
+        tokio::time::timeout(LIMIT, self.task)
+            .await
+            .expect("the node stops within the limit")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// One SMTP reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+
+    /// The first line's text after the code (e.g. `5.7.0 Must ...`).
+    pub fn first(&self) -> &str {
+        self.lines
+            .first()
+            .map(|l| l.get(4..).unwrap_or(""))
+            .unwrap_or("")
+    }
+}
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A scripted SMTP client that sends exactly the bytes it is told to.
+pub struct Raw {
+    stream: BufReader<Box<dyn Io>>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = tokio::time::timeout(LIMIT, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        Raw {
+            stream: BufReader::new(Box::new(stream)),
+        }
+    }
+
+    /// Connects, reads the banner, EHLO, STARTTLS, TLS, EHLO again.
+    pub async fn secure(fixture: &Fixture) -> Raw {
+        let mut raw = Raw::connect(fixture.smtp_addr()).await;
+        assert_eq!(raw.reply().await.code, 220);
+        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
+        assert_eq!(raw.cmd("STARTTLS").await.code, 220);
+        let mut raw = raw.tls(&fixture.ca_pem).await;
+        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
+        raw
+    }
+
+    /// [`Raw::secure`], then AUTH PLAIN as the test credential.
+    pub async fn authenticated(fixture: &Fixture) -> Raw {
+        let mut raw = Raw::secure(fixture).await;
+        let reply = raw
+            .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
+            .await;
+        assert_eq!(reply.code, 235, "{reply:?}");
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let stream = self.stream.get_mut();
+        tokio::time::timeout(LIMIT, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
+        .expect("write within the limit")
+        .unwrap();
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    pub async fn reply(&mut self) -> Reply {
+        self.try_reply()
+            .await
+            .unwrap_or_else(|| panic!("no reply: connection closed"))
+    }
+
+    /// The next reply, or `None` at the end of the stream.
+    pub async fn try_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(LIMIT, self.stream.read_line(&mut line))
+                .await
+                .expect("a reply within the limit")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let line = line.trim_end().to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .expect("a reply code");
+            lines.push(line);
+            if last {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    /// True when the server closes the connection (within the limit).
+    pub async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(LIMIT, self.stream.read_to_end(&mut rest)).await,
+            Ok(Ok(_)) | Ok(Err(_))
+        )
+    }
+
+    /// Nothing buffered from the server.
+    pub fn nothing_buffered(&self) -> bool {
+        self.stream.buffer().is_empty()
+    }
+
+    /// TLS over this connection (after a 220 to STARTTLS).
+    pub async fn tls(self, ca_pem: &str) -> Raw {
+        assert!(
+            self.nothing_buffered(),
+            "the server sent more after its 220 to STARTTLS"
+        );
+        let stream = self.stream.into_inner();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
+        let tls = tokio::time::timeout(LIMIT, connector.connect(name, stream))
+            .await
+            .expect("TLS within the limit")
+            .expect("TLS handshake");
+        Raw {
+            stream: BufReader::new(Box::new(tls)),
+        }
+    }
+}
+
+use rustls_pki_types::pem::PemObject;
+
+/// SASL PLAIN initial response.
+pub fn plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// A small valid message from an allowed domain, with `marker` in Subject.
+pub fn message(marker: &str) -> String {
+    format!(
+        "From: Sender <sender@yourdomain.com>\r\nTo: <rcpt@example.com>\r\nSubject: {marker}\r\n\r\nHello {marker}\r\n"
+    )
+}
+
+/// One whole transaction on an authenticated raw connection; returns the
+/// reply to the end of data.
+pub async fn transaction(raw: &mut Raw, data: &[u8]) -> Reply {
+    let reply = raw.cmd("MAIL FROM:<sender@yourdomain.com>").await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let reply = raw.cmd("RCPT TO:<rcpt@example.com>").await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let reply = raw.cmd("DATA").await;
+    assert_eq!(reply.code, 354, "{reply:?}");
+    raw.send(data).await;
+    raw.send(b".\r\n").await;
+    raw.reply().await
+}
