@@ -1,5 +1,6 @@
 //! The cluster at `60/min,max_burst=1`: 30 messages are accepted at once,
-//! none rejected, and they reach the sink paced by the limit.
+//! none rejected, and they reach the sink paced by the limit. A new limit in
+//! the fleet file takes effect on reload.
 
 mod common;
 
@@ -55,5 +56,42 @@ async fn rate_limit_accepts_at_once_and_paces_delivery() -> anyhow::Result<()> {
             window[5] - window[0]
         );
     }
+
+    // `unlimited` in the fleet file and a reload: no more pacing.
+    let fleet_file = &cluster.info.fleet_file;
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(fleet_file)?.parse()?;
+    doc["clusters"][0]["rate_limit"] = toml_edit::value("unlimited");
+    std::fs::write(fleet_file, doc.to_string())?;
+    cluster.ops(&["reload"])?;
+    let status = format!(
+        "{}/status",
+        cluster
+            .info
+            .process("mta-1")
+            .unwrap()
+            .admin_url
+            .clone()
+            .unwrap()
+    );
+    common::eventually(Duration::from_secs(10), "mta-1 reloaded", || async {
+        let Ok(response) = reqwest::get(&status).await else {
+            return false;
+        };
+        let status: serde_json::Value = response.json().await.unwrap_or_default();
+        status["config"]["version"].as_u64().unwrap_or(0) >= 1
+    })
+    .await?;
+    let tags: Vec<String> = (0..10).map(|n| format!("unpaced {n}")).collect();
+    let sending = Instant::now();
+    for tag in &tags {
+        smtp.send(cluster.message(tag)).await?;
+    }
+    cluster
+        .wait_delivered(&tags, Duration::from_secs(5))
+        .await?;
+    println!(
+        "10 unpaced messages delivered {:?} after the first was sent",
+        sending.elapsed()
+    );
     Ok(())
 }
