@@ -402,9 +402,48 @@ async fn the_card_shows_the_clusters_values_and_an_account_sees_only_its_cluster
         "{text}"
     );
 
-    // A phone-sized window: one column, nothing wider than the screen.
+    // Back on the first cluster.
     browser.goto(&format!("{base}/")).await;
     wait_row(&browser, "mta-1", "up", Duration::from_secs(5)).await;
+
+    // The keyboard alone: Tab reaches the skip link, Enter jumps to the
+    // content, the next Tab is the first copy button, Enter copies.
+    browser.keys(&["\u{E004}"]).await;
+    let focused = browser.focused().await;
+    assert!(focused.starts_with("a#.skip"), "first Tab: {focused}");
+    browser.keys(&["\u{E007}"]).await;
+    let focused = browser.focused().await;
+    assert!(
+        focused.starts_with("main#main"),
+        "after Enter on the skip link: {focused}"
+    );
+    browser.keys(&["\u{E004}"]).await;
+    let focused = browser.focused().await;
+    assert!(
+        focused.ends_with("Copy HTTP endpoint"),
+        "Tab after the skip link: {focused}"
+    );
+    browser.keys(&["\u{E007}"]).await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "the focused copy button saying Copied",
+            "return document.activeElement.textContent === 'Copied';",
+        )
+        .await;
+    // Every control has a name a screen reader can say.
+    let unnamed = browser
+        .js(
+            "return Array.from(document.querySelectorAll('button, a, input, [tabindex]')) \
+               .filter(e => !(e.getAttribute('aria-label') || e.getAttribute('aria-labelledby') || \
+                              (e.labels && e.labels.length) || e.textContent.trim() || e.tagName === 'MAIN')) \
+               .map(e => e.outerHTML.slice(0, 80));",
+            vec![],
+        )
+        .await;
+    assert_eq!(unnamed, json!([]), "controls without a name");
+
+    // Narrower windows down to a phone: nothing wider than the screen.
     for width in [1000, 900, 800, 700, 390] {
         browser.set_window(width, 1400).await;
         let overflow = browser

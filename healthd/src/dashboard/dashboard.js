@@ -10,6 +10,18 @@
     window.setTimeout(function () { announcer.textContent = text; }, 50);
   }
 
+  // The skip link moves the keyboard focus too, not only the scroll.
+  document.addEventListener('click', function (event) {
+    var skip = event.target.closest && event.target.closest('a.skip');
+    var target = document.getElementById('main');
+    if (skip && target) {
+      event.preventDefault();
+      if (!target.hasAttribute('tabindex')) { target.setAttribute('tabindex', '-1'); }
+      target.focus();
+      target.scrollIntoView();
+    }
+  });
+
   // Copy buttons: the text of the element named by data-copy-target.
   function copyText(text) {
     if (navigator.clipboard && window.isSecureContext) {

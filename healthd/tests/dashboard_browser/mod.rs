@@ -265,6 +265,37 @@ impl Browser {
         .await;
     }
 
+    /// Presses and releases each key in turn (WebDriver actions: a real
+    /// keyboard as far as the page can tell). `\u{E004}` is Tab,
+    /// `\u{E007}` Enter.
+    pub async fn keys(&self, keys: &[&str]) {
+        let mut actions = Vec::new();
+        for key in keys {
+            actions.push(json!({ "type": "keyDown", "value": key }));
+            actions.push(json!({ "type": "keyUp", "value": key }));
+        }
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": actions }] })),
+        )
+        .await;
+    }
+
+    /// `id`, class and text of the focused element.
+    pub async fn focused(&self) -> String {
+        self.js(
+            "var e = document.activeElement; \
+             return e.tagName.toLowerCase() + '#' + (e.id || '') + '.' + (e.className || '') + ' ' + \
+             (e.getAttribute('aria-label') || e.textContent.trim().slice(0, 40));",
+            vec![],
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
     pub async fn set_window(&self, width: u32, height: u32) {
         self.cmd(
             "POST",
