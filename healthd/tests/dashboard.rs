@@ -195,7 +195,7 @@ async fn assert_same_origin(browser: &Browser, origin: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_card_shows_the_clusters_values_and_an_account_sees_only_its_clusters() {
+async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_clusters() {
     let setup = Setup::start(1, true).await;
     let base = setup.healthd.url.clone();
     let browser = Browser::start().await;
@@ -500,7 +500,7 @@ async fn the_card_shows_the_clusters_values_and_an_account_sees_only_its_cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_mta_turns_down_on_the_open_page_within_5s_without_a_reload() {
+async fn dashboard_shows_a_killed_mta_down_within_5s_without_a_reload() {
     let mut setup = Setup::start(2, true).await;
     let base = setup.healthd.url.clone();
     let browser = Browser::start().await;
@@ -583,7 +583,7 @@ async fn a_killed_mta_turns_down_on_the_open_page_within_5s_without_a_reload() {
 /// The same rules over plain HTTP, no browser: what an unauthenticated or
 /// foreign request gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_valid_token_there_is_the_form_and_never_data() {
+async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
     let setup = Setup::start(3, false).await;
     let base = setup.healthd.url.clone();
     let client = reqwest::Client::builder()
