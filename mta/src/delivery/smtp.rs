@@ -1,18 +1,19 @@
-//! SMTP out, with lettre: one pooled transport per destination address
-//! (connections are reused for the next messages) and a bound on attempts at
-//! once to each.
+//! SMTP out with lettre's client connection: per destination address a
+//! small pool of open connections (reused for the next messages) and a
+//! bound on attempts at once. Sockets are `TCP_NODELAY`: lettre writes the
+//! end of DATA apart from the body, which Nagle's algorithm would hold back
+//! for a delayed ACK (40 ms a message).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::config::StartTls;
@@ -30,14 +31,22 @@ pub enum Reply {
     Unreachable(String),
 }
 
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
 struct Destination {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    idle: Mutex<Vec<Idle>>,
     slots: Arc<Semaphore>,
     last_used: AtomicU64,
+    /// STARTTLS failed here once: plaintext from then on.
+    tls_broken: AtomicBool,
 }
 
 pub struct Connector {
-    hello: String,
+    hello: ClientId,
+    hello_text: String,
     starttls: StartTls,
     per_destination: usize,
     timeout: Duration,
@@ -46,7 +55,9 @@ pub struct Connector {
 }
 
 /// Destinations unused this long are dropped (with their connections).
-const IDLE: Duration = Duration::from_secs(300);
+const FORGET: Duration = Duration::from_secs(300);
+/// A pooled connection idle this long is closed rather than reused.
+const IDLE: Duration = Duration::from_secs(30);
 
 fn reply_text(response: &lettre::transport::smtp::response::Response) -> String {
     let lines: Vec<&str> = response.message().collect();
@@ -61,7 +72,8 @@ impl Connector {
         timeout: Duration,
     ) -> Self {
         Connector {
-            hello,
+            hello: ClientId::Domain(hello.clone()),
+            hello_text: hello,
             starttls,
             per_destination,
             timeout,
@@ -71,51 +83,78 @@ impl Connector {
     }
 
     pub fn hello(&self) -> &str {
-        &self.hello
+        &self.hello_text
     }
 
-    fn destination(&self, addr: SocketAddr, host: &str) -> Result<Arc<Destination>, String> {
+    fn destination(&self, addr: SocketAddr, host: &str) -> Arc<Destination> {
         let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.epoch.elapsed().as_secs();
         if let Some(d) = map.get(&(addr, host.to_string())) {
             d.last_used.store(now, Ordering::Relaxed);
-            return Ok(d.clone());
+            return d.clone();
         }
         if map.len() >= 256 {
             map.retain(|_, d| {
-                now.saturating_sub(d.last_used.load(Ordering::Relaxed)) < IDLE.as_secs()
+                now.saturating_sub(d.last_used.load(Ordering::Relaxed)) < FORGET.as_secs()
                     || Arc::strong_count(d) > 1
             });
         }
-        let tls = match self.starttls {
-            StartTls::Disabled => Tls::None,
-            StartTls::Opportunistic => Tls::Opportunistic(
-                TlsParameters::builder(host.to_string())
+        let d = Arc::new(Destination {
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(self.per_destination)),
+            last_used: AtomicU64::new(now),
+            tls_broken: AtomicBool::new(false),
+        });
+        map.insert((addr, host.to_string()), d.clone());
+        d
+    }
+
+    /// A new connection: greeting, EHLO, and STARTTLS when offered.
+    async fn connect(
+        &self,
+        destination: &Destination,
+        addr: SocketAddr,
+        host: &str,
+    ) -> Result<AsyncSmtpConnection, String> {
+        let use_tls = self.starttls == StartTls::Opportunistic
+            && !destination.tls_broken.load(Ordering::Relaxed);
+        let open = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let mut conn =
+                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                    .await
+                    .map_err(|e| format!("{addr} did not greet: {e}"))?;
+            if use_tls && conn.can_starttls() {
+                let tls = TlsParameters::builder(host.to_string())
                     .dangerous_accept_invalid_certs(true)
                     .dangerous_accept_invalid_hostnames(true)
                     .build_rustls()
-                    .map_err(|e| format!("TLS settings for {host}: {e}"))?,
-            ),
+                    .map_err(|e| format!("TLS settings for {host}: {e}"))?;
+                if let Err(e) = conn.starttls(tls, &self.hello).await {
+                    destination.tls_broken.store(true, Ordering::Relaxed);
+                    return Err(format!("STARTTLS with {addr} failed: {e}; plaintext next"));
+                }
+            }
+            Ok(conn)
         };
-        let transport =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
-                .port(addr.port())
-                .tls(tls)
-                .hello_name(ClientId::Domain(self.hello.clone()))
-                .timeout(Some(self.timeout))
-                .pool_config(
-                    PoolConfig::new()
-                        .max_size(self.per_destination as u32)
-                        .idle_timeout(Duration::from_secs(60)),
-                )
-                .build();
-        let d = Arc::new(Destination {
-            transport,
-            slots: Arc::new(Semaphore::new(self.per_destination)),
-            last_used: AtomicU64::new(now),
-        });
-        map.insert((addr, host.to_string()), d.clone());
-        Ok(d)
+        match tokio::time::timeout(self.timeout, open).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no session with {addr} within {:?}", self.timeout)),
+        }
+    }
+
+    fn take_idle(&self, destination: &Destination) -> Option<AsyncSmtpConnection> {
+        let mut idle = destination.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < IDLE && !entry.conn.has_broken() {
+                return Some(entry.conn);
+            }
+        }
+        None
     }
 
     /// One SMTP transaction with the server at `addr` (named `host`).
@@ -126,27 +165,66 @@ impl Connector {
         envelope: &Envelope,
         data: &[u8],
     ) -> Reply {
-        let destination = match self.destination(addr, host) {
-            Ok(d) => d,
-            Err(e) => return Reply::Unreachable(e),
-        };
+        let destination = self.destination(addr, host);
         let Ok(_slot) = destination.slots.clone().acquire_owned().await else {
             return Reply::Unreachable("the destination was closed".into());
         };
-        match destination.transport.send_raw(envelope, data).await {
-            Ok(response) => Reply::Accepted {
-                code: response.code().into(),
-                text: reply_text(&response),
-            },
-            Err(e) => {
-                let code = e.status().map(u16::from).unwrap_or(0);
-                let text = e.to_string();
-                if e.is_permanent() {
-                    Reply::Permanent { code, text }
-                } else if e.is_transient() {
-                    Reply::Transient { code, text }
-                } else {
-                    Reply::Unreachable(text)
+        // A pooled connection may have been closed by the server meanwhile:
+        // then one more try on a new connection.
+        let mut pooled = self.take_idle(&destination);
+        let mut tls_retry = true;
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => match self.connect(&destination, addr, host).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        if tls_retry && destination.tls_broken.load(Ordering::Relaxed) {
+                            tls_retry = false;
+                            continue;
+                        }
+                        return Reply::Unreachable(e);
+                    }
+                },
+            };
+            let result = tokio::time::timeout(self.timeout * 2, conn.send(envelope, data)).await;
+            match result {
+                Ok(Ok(response)) => {
+                    if !conn.has_broken() {
+                        destination
+                            .idle
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Idle {
+                                conn,
+                                since: Instant::now(),
+                            });
+                    }
+                    return Reply::Accepted {
+                        code: response.code().into(),
+                        text: reply_text(&response),
+                    };
+                }
+                Ok(Err(e)) => {
+                    if reused && !e.is_response() {
+                        continue;
+                    }
+                    let code = e.status().map(u16::from).unwrap_or(0);
+                    let text = e.to_string();
+                    return if e.is_permanent() {
+                        Reply::Permanent { code, text }
+                    } else if e.is_transient() {
+                        Reply::Transient { code, text }
+                    } else {
+                        Reply::Unreachable(text)
+                    };
+                }
+                Err(_) => {
+                    return Reply::Unreachable(format!(
+                        "{addr} did not finish the transaction within {:?}",
+                        self.timeout * 2
+                    ))
                 }
             }
         }
@@ -162,7 +240,10 @@ impl Connector {
             .map(|(_, d)| d)
             .collect();
         for d in all {
-            d.transport.shutdown().await;
+            let idle = std::mem::take(&mut *d.idle.lock().unwrap_or_else(|e| e.into_inner()));
+            for mut entry in idle {
+                let _ = tokio::time::timeout(Duration::from_secs(1), entry.conn.quit()).await;
+            }
         }
     }
 }
