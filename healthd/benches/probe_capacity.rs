@@ -73,16 +73,16 @@ fn main() {
         .unwrap();
     println!("probe capacity: interval 1s, SMTP+STARTTLS+HTTPS per MTA, {window}s windows, 2 cores shared with the fakes");
     println!(
-        "{:>6} {:>10} {:>10} {:>9} {:>9} {:>8} {:>9}  verdict",
-        "MTAs", "rounds/s", "expected", "lag p50", "lag p99", "failed", "CPU"
+        "{:>6} {:>10} {:>10} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}  verdict",
+        "MTAs", "rounds/s", "expected", "lag p50", "lag p99", "failed", "CPU", "fakes", "idle"
     );
     let mut best: Option<(usize, f64)> = None;
     for n in counts {
-        let result = runtime.block_on(measure(dir.path(), n, window));
+        let result = runtime.block_on(measure(dir.path(), n, window, child.id().to_string()));
         let on_schedule =
             result.rate >= 0.97 * result.expected && result.lag_p99 <= 0.1 && result.failed == 0;
         println!(
-            "{:>6} {:>10.1} {:>10.1} {:>7.1}ms {:>7.1}ms {:>8} {:>8.1}%  {}",
+            "{:>6} {:>10.1} {:>10.1} {:>7.1}ms {:>7.1}ms {:>8} {:>8.1}% {:>8.1}% {:>8.1}%  {}",
             n,
             result.rate,
             result.expected,
@@ -90,6 +90,8 @@ fn main() {
             result.lag_p99 * 1e3,
             result.failed,
             result.cpu * 100.0,
+            result.fakes_cpu * 100.0,
+            result.idle * 100.0,
             if on_schedule { "on schedule" } else { "BEHIND" }
         );
         if on_schedule && best.is_none_or(|(b, _)| n > b) {
@@ -114,6 +116,9 @@ struct Measured {
     lag_p99: f64,
     failed: u64,
     cpu: f64,
+    fakes_cpu: f64,
+    /// Idle cores of the whole machine during the window.
+    idle: f64,
 }
 
 fn fleet_toml(n: usize) -> String {
@@ -136,7 +141,21 @@ fn fleet_toml(n: usize) -> String {
     text
 }
 
-async fn measure(dir: &Path, n: usize, window: u64) -> Measured {
+/// Idle CPU time of the whole machine (all cores), from /proc/stat.
+fn idle_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.get(3).copied().unwrap_or(0.0) / 100.0
+}
+
+async fn measure(dir: &Path, n: usize, window: u64, fakes_pid: String) -> Measured {
     let run_dir = dir.join(format!("run-{n}"));
     std::fs::create_dir_all(&run_dir).unwrap();
     std::fs::write(run_dir.join("fleet.toml"), fleet_toml(n)).unwrap();
@@ -179,7 +198,11 @@ async fn measure(dir: &Path, n: usize, window: u64) -> Measured {
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "only {up} of {n} MTAs up after 60 s"
+            "only {up} of {n} MTAs up after 60 s; for example {:?}",
+            feed.clusters
+                .iter()
+                .flat_map(|c| &c.mtas)
+                .find(|m| m.state != fleet::feed::MtaState::Up)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -187,10 +210,14 @@ async fn measure(dir: &Path, n: usize, window: u64) -> Measured {
 
     let before = scrape(&client, &url).await;
     let cpu_before = cpu_seconds();
+    let fakes_before = process_cpu_seconds(&fakes_pid);
+    let idle_before = idle_seconds();
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(window)).await;
     let after = scrape(&client, &url).await;
     let cpu = (cpu_seconds() - cpu_before) / t0.elapsed().as_secs_f64();
+    let fakes_cpu = (process_cpu_seconds(&fakes_pid) - fakes_before) / t0.elapsed().as_secs_f64();
+    let idle = (idle_seconds() - idle_before) / t0.elapsed().as_secs_f64();
     let elapsed = t0.elapsed().as_secs_f64();
     control.shutdown.cancel();
     let _ = task.await;
@@ -210,6 +237,8 @@ async fn measure(dir: &Path, n: usize, window: u64) -> Measured {
         lag_p99: quantile(&lag, 0.99),
         failed: (after.failed - before.failed) as u64,
         cpu,
+        fakes_cpu,
+        idle,
     }
 }
 
@@ -269,7 +298,14 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 
 /// This process's user + system CPU time, from /proc/self/stat.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    process_cpu_seconds("self")
+}
+
+/// A process's user + system CPU time, from /proc/<pid>/stat.
+fn process_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
@@ -303,6 +339,11 @@ fn serve_fakes(n: usize) {
         })
         .await
         .unwrap();
+        eprintln!(
+            "fake MTAs: {} full and {} resumed TLS handshakes",
+            fake::FULL_HANDSHAKES.load(std::sync::atomic::Ordering::Relaxed),
+            fake::RESUMED_HANDSHAKES.load(std::sync::atomic::Ordering::Relaxed)
+        );
         drop(fakes);
     });
 }

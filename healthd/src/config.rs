@@ -69,7 +69,7 @@ impl Default for ProbeConfig {
             rise: 2,
             fall: 2,
             jitter: 0.1,
-            max_in_flight: 1024,
+            max_in_flight: 256,
         }
     }
 }

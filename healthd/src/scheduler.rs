@@ -79,9 +79,16 @@ impl Scheduler {
             first_round: Some(HashSet::new()),
             known_gauges: HashSet::new(),
         };
+        // The first round spreads over up to one interval (1 ms per MTA),
+        // so a large fleet does not start with every handshake at once.
         let now = Instant::now();
-        for (id, name, target) in scheduler.board.targets() {
-            scheduler.add(id, name, target, now);
+        let mut targets = scheduler.board.targets();
+        targets.sort_by_key(|(id, _, _)| *id);
+        let spread =
+            (Duration::from_millis(1) * targets.len() as u32).min(scheduler.probe.interval);
+        let count = targets.len().max(1) as f64;
+        for (i, (id, name, target)) in targets.into_iter().enumerate() {
+            scheduler.add(id, name, target, now + spread.mul_f64(i as f64 / count));
         }
         scheduler.check_first_round();
         scheduler

@@ -17,6 +17,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+/// TLS handshakes the fakes of this process completed, full and resumed.
+pub static FULL_HANDSHAKES: AtomicU64 = AtomicU64::new(0);
+pub static RESUMED_HANDSHAKES: AtomicU64 = AtomicU64::new(0);
+
+fn count_handshake(kind: Option<rustls::HandshakeKind>) {
+    let counter = match kind {
+        Some(rustls::HandshakeKind::Resumed) => &RESUMED_HANDSHAKES,
+        _ => &FULL_HANDSHAKES,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// How the fake answers; change it with [`Fake::set`].
 #[derive(Debug, Clone)]
 pub struct Script {
@@ -53,7 +65,10 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig>
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .expect("server certificate");
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(65_536);
+    // Stateless tickets: resumption without a server-side session cache
+    // (whose lookups are linear), so the fakes stay cheap.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Arc::new(config)
 }
 
@@ -211,6 +226,7 @@ async fn smtp(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     }
     let acceptor = shared.tls.lock().unwrap().clone();
     let tls = acceptor.accept(plain.into_inner()).await?;
+    count_handshake(tls.get_ref().1.handshake_kind());
     let mut secure = BufReader::new(tls);
     loop {
         line.clear();
@@ -242,6 +258,7 @@ async fn https(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let acceptor = shared.tls.lock().unwrap().clone();
     let mut tls = acceptor.accept(stream).await?;
+    count_handshake(tls.get_ref().1.handshake_kind());
     read_head(&mut tls).await?;
     let script = shared.script.lock().unwrap().clone();
     if !script.delay.is_zero() {
