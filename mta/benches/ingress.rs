@@ -21,8 +21,8 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
-    let (connections, per_connection) = (arg(0, 100), arg(1, 50));
-    let (http_clients, per_client) = (arg(2, 32), arg(3, 100));
+    let (connections, per_connection) = (arg(0, 200), arg(1, 50));
+    let (http_clients, per_client) = (arg(2, 32), arg(3, 200));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
