@@ -655,3 +655,112 @@ async fn every_smtp_port_serves() {
     }
     node.stop().await;
 }
+
+#[tokio::test]
+async fn the_session_runs_on_an_in_memory_pipe() {
+    // No listener, no socket: the state machine on a duplex pipe, STARTTLS
+    // included, with the real spool behind it.
+    let fixture = Fixture::new(20, "");
+    let settings = std::sync::Arc::new(mta::Settings::load(&fixture.config()).unwrap());
+    let spool = mta::spool::Spool::open(&fixture.spool_dir()).await.unwrap();
+    let control = fleet::Control::new();
+    let ingress = mta::ingress::Ingress::new(
+        fleet::Live::new((*settings).clone()),
+        spool.clone(),
+        fleet::admin::Readiness::new(),
+        mta::ingress::IngressMetrics::default(),
+        control.clone(),
+    );
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let ctx = mta::smtp::session::Context {
+        ingress,
+        settings,
+        peer: "192.0.2.7:40000".parse().unwrap(),
+        port: 587,
+    };
+    let session = tokio::spawn(mta::smtp::session::serve(server, ctx));
+    let mut raw = Raw::over(client);
+    assert_eq!(raw.reply().await.code, 220);
+    assert_eq!(raw.cmd("EHLO pipe.example").await.code, 250);
+    assert_eq!(raw.cmd("MAIL FROM:<sender@yourdomain.com>").await.code, 530);
+    assert_eq!(raw.cmd("STARTTLS").await.code, 220);
+    let mut raw = raw.tls(&fixture.ca_pem).await;
+    assert_eq!(raw.cmd("EHLO pipe.example").await.code, 250);
+    let reply = raw
+        .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
+        .await;
+    assert_eq!(reply.code, 235);
+    let reply = transaction(&mut raw, message("piped").as_bytes()).await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    assert_eq!(raw.cmd("QUIT").await.code, 221);
+    tokio::time::timeout(LIMIT, session).await.unwrap().unwrap();
+    spool.close();
+    drop(spool);
+    let messages = fixture.spooled().await;
+    assert_eq!(spooled_subjects(&messages), ["piped"]);
+    let text = String::from_utf8_lossy(&messages[0].data);
+    assert!(
+        text.starts_with("Received: from pipe.example ([192.0.2.7])"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_served_after_a_reload() {
+    let fixture = Fixture::new(21, "");
+    let node = fixture.start().await;
+    let old_ca = fixture.ca_pem.clone();
+    // A new CA and certificate in place of the old files, then SIGHUP.
+    let ca = fleet::testkit::LocalCa::new("second test CA").unwrap();
+    let issued = ca.issue(&[HOSTNAME]).unwrap();
+    std::fs::write(fixture.dir.path().join("cert.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(fixture.dir.path().join("key.pem"), &issued.key_pem).unwrap();
+    node.reload();
+    let new_ca = ca.cert_pem();
+    let mut attempts = 0;
+    loop {
+        let mut raw = Raw::connect(fixture.smtp_addr()).await;
+        raw.reply().await;
+        raw.cmd("EHLO x").await;
+        assert_eq!(raw.cmd("STARTTLS").await.code, 220);
+        if raw.try_tls(&new_ca).await.is_some() {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts < 200, "the new certificate is never served");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The old CA no longer verifies it.
+    let mut raw = Raw::connect(fixture.smtp_addr()).await;
+    raw.reply().await;
+    raw.cmd("EHLO x").await;
+    raw.cmd("STARTTLS").await;
+    assert!(raw.try_tls(&old_ca).await.is_none());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn ingress_metrics_on_the_admin_listener() {
+    let fixture = Fixture::new(22, "");
+    let node = fixture.start().await;
+    let mut raw = Raw::authenticated(&fixture).await;
+    assert_eq!(
+        transaction(&mut raw, message("m").as_bytes()).await.code,
+        250
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", node.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "ingress_messages_total{listener=\"smtp:10587\"} 1",
+        "ingress_connections_total{listener=\"smtp:10587\"} 1",
+        "ingress_tls_handshakes_total{listener=\"smtp:10587\",result=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("ingress_bytes_total{listener=\"smtp:10587\"}"));
+    node.stop().await;
+}
