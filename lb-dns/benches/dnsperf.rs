@@ -8,7 +8,7 @@
 //! latency and the ratio, then runs lb-dns at 50 % of its peak (`-Q`) and
 //! checks that no query is lost.
 //!
-//! Knobs (environment): DNSPERF_SECONDS (default 8), DNSPERF_ROUNDS (2).
+//! Knobs (environment): DNSPERF_SECONDS (default 8), DNSPERF_ROUNDS (3).
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -231,7 +231,7 @@ fn dnsperf(server: &str, queries: &Path, seconds: u64, max_qps: Option<u64>) -> 
         .arg("-d")
         .arg(queries)
         .args(["-l", &seconds.to_string()])
-        .args(["-c", "4", "-T", "1", "-q", "256", "-t", "2"]);
+        .args(["-c", "8", "-T", "1", "-q", "256", "-t", "2"]);
     if let Some(qps) = max_qps {
         cmd.args(["-Q", &qps.to_string()]);
     }
@@ -295,7 +295,7 @@ fn main() {
     let rounds: usize = std::env::var("DNSPERF_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -356,7 +356,7 @@ fn main() {
 
     let queries = query_file(dir.path());
     println!(
-        "\ndnsperf -c 4 -T 1 -q 256 -l {seconds}, {CLUSTERS} clusters x {MTAS} MTAs, mix: 45% A, 20% AAAA, 10% SOA, 25% NXDOMAIN; {} CPUs",
+        "\ndnsperf -c 8 -T 1 -q 256 -l {seconds}, {CLUSTERS} clusters x {MTAS} MTAs, mix: 45% A, 20% AAAA, 10% SOA, 25% NXDOMAIN; {} CPUs",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     let mut best_lb = Run::default();

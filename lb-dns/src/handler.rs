@@ -111,7 +111,7 @@ impl RequestHandler for Handler {
                 .await;
         }
 
-        let answers = self.answers.load_full();
+        let answers = self.answers.load();
         let any_record: Record;
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;

@@ -194,10 +194,18 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
 
     let handler = Handler::new(answers, metrics);
     let shared = Arc::new(handler.clone());
-    for socket in listeners.udp {
-        control
-            .tasks
-            .spawn(udp::serve(socket, shared.clone(), control.shutdown.clone()));
+    // The UDP loops run on threads of their own; they stop on shutdown, or
+    // when this future is dropped without one (`alive` goes away).
+    let alive = Arc::new(());
+    for (i, socket) in listeners.udp.into_iter().enumerate() {
+        let socket = socket.into_std()?;
+        let handler = shared.clone();
+        let shutdown = control.shutdown.clone();
+        let alive = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name(format!("lb-dns-udp-{i}"))
+            .spawn(move || udp::serve(socket, handler, shutdown, alive))
+            .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
     }
     let mut server = hickory_server::Server::new(handler);
     for listener in listeners.tcp {
@@ -221,6 +229,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     });
     started.readiness.ready("dns");
     started.until_shutdown(grace).await;
+    drop(alive);
     Ok(())
 }
 

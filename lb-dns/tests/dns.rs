@@ -846,3 +846,28 @@ async fn metrics_count_queries_answers_and_feed_freshness() {
     let (code, body) = lb.http("/ready").await;
     assert_eq!(code, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_can_change_the_feeds_followed() {
+    let spec = FleetSpec::standard();
+    let dead = "http://127.4.22.3:9".to_string();
+    let lb = LbDns::start("127.4.22.1", &spec, std::slice::from_ref(&dead)).await;
+    assert_eq!(lb.status().await["service"]["health"]["stale"], true);
+    let mut feed_health = spec.feed(MtaState::Up);
+    feed_health.clusters[0].mtas[1].state = MtaState::Down;
+    let feed = FakeHealthd::start("127.4.22.2", feed_health).await;
+    write_config(
+        &lb.dir,
+        "127.4.22.1",
+        &spec,
+        std::slice::from_ref(&feed.url),
+    );
+    lb.control.request_reload();
+    wait_up(&lb, A1, 2).await;
+    let health = &lb.status().await["service"]["health"];
+    assert_eq!(health["stale"], false);
+    let feeds = health["feeds"].as_array().unwrap();
+    assert_eq!(feeds.len(), 1, "{feeds:?}");
+    assert_eq!(feeds[0]["url"], feed.url.as_str());
+    assert!(!lb.a(&cluster(A1)).await.contains(&ip("192.0.2.12")));
+}
