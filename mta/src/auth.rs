@@ -133,9 +133,4 @@ impl Authenticator {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// How many verified credentials are cached (for tests and /status).
-    pub fn cached(&self) -> usize {
-        self.lock().len()
-    }
 }

@@ -24,6 +24,7 @@ use base64::Engine;
 use http_body_util::BodyExt;
 
 use crate::auth::Principal;
+use crate::config::Settings;
 use crate::ingress::{Ingress, Submission, Via};
 use build::{Group, Refusal, Rendered};
 use model::InjectResponse;
@@ -121,7 +122,7 @@ async fn inject(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     drop(body);
-    match deliver(&ingress, &request, &principal, peer, via).await {
+    match deliver(&ingress, &settings, &request, &principal, peer, via).await {
         Ok((status, response)) => (status, Json(response)).into_response(),
         Err(Refusal::Invalid(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(Refusal::Policy(policy)) => {
@@ -138,12 +139,12 @@ async fn inject(
 /// Builds every message, then spools them; answers with the counts.
 async fn deliver(
     ingress: &Ingress,
+    settings: &Settings,
     request: &model::InjectRequest,
     principal: &Principal,
     peer: Peer,
     via: Via<'static>,
 ) -> Result<(StatusCode, InjectResponse), Refusal> {
-    let settings = ingress.live.get();
     let limits = &settings.node.smtp;
     let prepared = build::prepare(request, principal, limits.max_line_length)?;
     let (groups, bad) = build::plan(&request.recipients, limits.max_recipients);
