@@ -181,6 +181,10 @@ async fn drained_mtas_are_not_served() {
     assert_eq!(lb.a(&cluster(A1)).await, vec![ip("192.0.2.12")]);
     let out = dig(lb.dns, &["+short", &cluster(A1), "A"]).await;
     assert_eq!(out.trim(), "192.0.2.12");
+    assert_eq!(
+        resolve_a(lb.dns, &cluster(A1)).await,
+        vec![ip("192.0.2.12")]
+    );
     // Everything else down: fail-open still leaves drained MTAs out.
     feed.set("mta-2", MtaState::Down);
     wait_up(&lb, A1, 0).await;
@@ -206,6 +210,7 @@ async fn no_mta_up_fails_open_and_is_counted() {
     );
     let out = dig(lb.dns, &[&cluster(A1), "A"]).await;
     assert!(out.contains("ANSWER: 3"), "{out}");
+    assert_eq!(resolve_a(lb.dns, &cluster(A1)).await, ips);
     assert_eq!(lb.metric(series).await, Some(before + 1.0));
     assert_eq!(
         lb.metric("lb_dns_cluster_all_down{cluster=\"a1b2c3d4\"}")
@@ -434,6 +439,14 @@ async fn any_gets_the_rfc8482_answer() {
     assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
     let out = dig(lb.dns, &[&cluster(A1), "ANY"]).await;
     assert!(out.contains("HINFO\t\"RFC8482\" \"\""), "{out}");
+    let lookup = resolver(lb.dns, false)
+        .lookup(cluster(A1), RecordType::ANY)
+        .await
+        .unwrap();
+    assert!(
+        matches!(lookup.answers()[0].data, RData::HINFO(_)),
+        "{lookup:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,6 +610,8 @@ async fn edns_is_echoed_and_unknown_versions_get_badvers() {
     assert!(bad.answers.is_empty());
     assert_eq!(bad.edns.as_ref().unwrap().version(), 0);
 
+    // hickory-resolver speaks EDNS by default.
+    assert_eq!(resolve_a(lb.dns, &cluster(A1)).await.len(), 3);
     let out = dig(lb.dns, &["+edns=0", &cluster(A1), "A"]).await;
     assert!(out.contains("EDNS: version: 0"), "{out}");
     assert!(out.contains("udp: 1232"), "{out}");
@@ -673,6 +688,10 @@ async fn a_feed_outage_keeps_the_last_state() {
     }
     let out = dig(lb.dns, &["+short", &cluster(A1), "A"]).await;
     assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(
+        resolve_a(lb.dns, &cluster(A1)).await,
+        vec![ip("192.0.2.11"), ip("192.0.2.13")]
+    );
     // Ready means serving; metrics tell the staleness.
     let (code, _) = lb.http("/ready").await;
     assert_eq!(code, 200);
@@ -722,6 +741,7 @@ async fn a_restart_without_any_healthd_answers_from_the_state_file() {
     assert_eq!(ips, vec![ip("192.0.2.12"), ip("192.0.2.13")]);
     let out = dig(lb.dns, &["+short", &cluster(A1), "A"]).await;
     assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(resolve_a(lb.dns, &cluster(A1)).await, ips);
     let health = &lb.status().await["service"]["health"];
     assert_eq!(health["source"], "state_file");
     assert_eq!(health["stale"], true);

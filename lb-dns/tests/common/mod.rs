@@ -472,3 +472,18 @@ pub fn resolver(
     .build()
     .unwrap()
 }
+
+/// A-record lookup with hickory-resolver (UDP, no cache), sorted.
+pub async fn resolve_a(server: SocketAddr, name: &str) -> Vec<IpAddr> {
+    let lookup = resolver(server, false)
+        .lookup(name, RecordType::A)
+        .await
+        .unwrap_or_else(|e| panic!("hickory-resolver {name} A: {e}"));
+    let mut ips: Vec<IpAddr> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| r.data.ip_addr())
+        .collect();
+    ips.sort();
+    ips
+}
