@@ -143,7 +143,10 @@ impl Board {
                 admin_drains,
                 next_id: 1,
             }),
-            generation: watch::channel(1).0,
+            // Generations start at the start time in milliseconds, so a
+            // restarted healthd's generations pass its predecessor's and a
+            // consumer's long-poll `after=N` is answered at once.
+            generation: watch::channel(start_generation()).0,
         };
         board.apply_fleet(fleet);
         Arc::new(board)
@@ -329,6 +332,14 @@ impl Board {
     }
 }
 
+fn start_generation() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        .max(1)
+}
+
 fn view(inner: &Inner) -> Vec<View> {
     let mut view = Vec::with_capacity(inner.records.len());
     for cluster in &inner.fleet.clusters {
@@ -351,4 +362,59 @@ fn view(inner: &Inner) -> Vec<View> {
         }
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn fleet(weight: u32, drain: bool) -> Fleet {
+        let text = format!(
+            "[zone]\norigin = \"unmta.net\"\nprimary_ns = \"ns1.unmta.net\"\n\
+             hostmaster = \"hostmaster.unmta.net\"\n\
+             nameservers = [ {{ name = \"ns1.unmta.net\", ipv4 = \"192.0.2.53\" }} ]\n\
+             [[clusters]]\nid = \"a1\"\ndomains = [\"a.example\"]\n\
+             [[clusters.mtas]]\nname = \"m1\"\nipv4 = \"192.0.2.1\"\nweight = {weight}\ndrain = {drain}\n"
+        );
+        fleet::parse_fleet(&text, "fleet.toml").unwrap()
+    }
+
+    #[test]
+    fn generation_moves_only_for_what_consumers_need() {
+        let board = Board::new(fleet(1, false), BTreeSet::new());
+        let (id, name, _) = board.targets().remove(0);
+        let mut generation = board.generation();
+        let mut moved = |board: &Board| {
+            let now = board.generation();
+            let moved = now != generation;
+            generation = now;
+            moved
+        };
+        let ms = Duration::from_millis(3);
+        assert!(board.observe(&name, id, Ok(ms), 2, 2).is_some());
+        assert!(!moved(&board), "one pass is no transition");
+        board.observe(&name, id, Ok(ms * 2), 2, 2);
+        assert!(moved(&board), "unknown -> up");
+        board.observe(&name, id, Ok(ms * 3), 2, 2);
+        assert!(!moved(&board), "latency alone");
+        board.observe(&name, id, Err("smtp: connection refused"), 2, 2);
+        assert!(!moved(&board), "a failure short of fall");
+        assert!(
+            board.observe(&name, id + 1, Ok(ms), 2, 2).is_none(),
+            "stale target"
+        );
+        board.apply_fleet(fleet(2, false));
+        assert!(moved(&board), "weight");
+        let changes = board.apply_fleet(fleet(2, true));
+        assert!(moved(&board), "drain in the fleet file");
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
+        assert_eq!(board.record("m1").unwrap().shown, MtaState::Drain);
+        board.apply_fleet(fleet(2, true));
+        assert!(!moved(&board), "the same fleet again");
+        board.set_admin_drain("m1", true);
+        assert!(!moved(&board), "already drained by the fleet file");
+        assert!(board.set_admin_drain("nope", true).is_none());
+    }
 }

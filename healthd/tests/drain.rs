@@ -93,11 +93,16 @@ async fn drain_and_undrain_survive_a_restart() {
         )
         .await;
 
-    // A restart keeps the drain.
+    // A restart keeps the drain; the new instance's generations pass the
+    // old one's, so a consumer's long-poll is answered at once.
+    let old = healthd.feed().await;
     healthd.stop().await;
     let saved = std::fs::read_to_string(dir.path().join("var/state.json")).unwrap();
     assert!(saved.contains("mta-1"), "{saved}");
     let healthd = Healthd::start(&config).await;
+    let new = healthd.feed().await;
+    assert_ne!(new.instance, old.instance);
+    assert!(new.generation > old.generation);
     assert_eq!(healthd.mta("mta-1").await.unwrap().state, MtaState::Drain);
     assert_ne!(healthd.mta("mta-2").await.unwrap().state, MtaState::Drain);
 

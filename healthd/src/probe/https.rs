@@ -86,7 +86,9 @@ impl ReadyCheck<'_> {
             },
         )
         .await?;
-        let _ = tls.shutdown().await;
+        // The answer is in; `Connection: close` ends it without another
+        // record (cheaper for a thousand probes a second).
+        drop(tls);
         if answer.status == 200 {
             Ok(())
         } else {

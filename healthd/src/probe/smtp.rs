@@ -127,7 +127,6 @@ impl Conversation<'_> {
         let _ = self
             .step(&mut secure, Some("QUIT\r\n".into()), String::new)
             .await;
-        let _ = secure.get_mut().shutdown().await;
         Ok(())
     }
 
