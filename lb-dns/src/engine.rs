@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::follow::Followers;
 use crate::health::{Health, Source};
 use crate::metrics::{AllDownLabels, ClusterLabel, FeedLabel, Metrics};
-use crate::state_file;
+use crate::state_file::PersistedState;
 
 const TICK: Duration = Duration::from_secs(1);
 /// While fresh, the state file is rewritten at least this often so its
@@ -32,6 +32,10 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     all_down: HashMap<String, (bool, bool)>,
     last_persist: Option<Instant>,
+    /// Feed labels in the metrics now.
+    feeds_shown: Vec<String>,
+    /// The latest state for the writer task (`state_file::writer`).
+    to_persist: watch::Sender<Option<(PathBuf, PersistedState)>>,
     /// Subscribed before the first build, so no change is missed.
     settings_changed: watch::Receiver<u64>,
     health_changed: watch::Receiver<u64>,
@@ -60,6 +64,7 @@ impl Engine {
         live: Arc<Live<Settings>>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        to_persist: watch::Sender<Option<(PathBuf, PersistedState)>>,
     ) -> anyhow::Result<Engine> {
         let settings_changed = live.subscribe();
         let health_changed = health.subscribe();
@@ -75,6 +80,8 @@ impl Engine {
             metrics,
             all_down: HashMap::new(),
             last_persist: None,
+            feeds_shown: Vec::new(),
+            to_persist,
             settings_changed,
             health_changed,
         };
@@ -199,9 +206,20 @@ impl Engine {
         self.metrics
             .state_age
             .set(report.state_age_secs.unwrap_or(-1.0));
-        self.metrics.feed_fresh.clear();
-        self.metrics.feed_last_ok_age.clear();
+        let followed: Vec<&str> = report.feeds.iter().map(|f| f.url.as_str()).collect();
+        self.feeds_shown.retain(|url| {
+            let keep = followed.contains(&url.as_str());
+            if !keep {
+                let label = FeedLabel { feed: url.clone() };
+                self.metrics.feed_fresh.remove(&label);
+                self.metrics.feed_last_ok_age.remove(&label);
+            }
+            keep
+        });
         for feed in &report.feeds {
+            if !self.feeds_shown.contains(&feed.url) {
+                self.feeds_shown.push(feed.url.clone());
+            }
             let label = FeedLabel {
                 feed: feed.url.clone(),
             };
@@ -223,7 +241,7 @@ impl Engine {
         }
     }
 
-    /// Writes the state file in the background (no-op without one).
+    /// Hands the state to the writer task (no-op without a state file).
     fn persist(&mut self) {
         let Some(path): Option<PathBuf> = self.live.get().node.state_file.clone() else {
             return;
@@ -232,13 +250,7 @@ impl Engine {
             return;
         };
         self.last_persist = Some(Instant::now());
-        let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = state_file::save(&path, &state) {
-                metrics.state_file_errors.inc();
-                tracing::error!("{error}");
-            }
-        });
+        self.to_persist.send_replace(Some((path, state)));
     }
 
     /// Runs until shutdown: reloads, health changes, ticks.

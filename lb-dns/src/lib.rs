@@ -158,7 +158,22 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let metrics = Arc::new(Metrics::register(
         service.registry.sub_registry_with_prefix("lb_dns"),
     ));
-    let engine = Engine::new(service.live.clone(), health.clone(), metrics.clone())?;
+    let (to_persist, latest) = tokio::sync::watch::channel(None);
+    let writer_metrics = metrics.clone();
+    // Ends when the engine (the sender) is gone.
+    service
+        .control
+        .tasks
+        .spawn(state_file::writer(latest, move |error| {
+            writer_metrics.state_file_errors.inc();
+            tracing::error!("{error}");
+        }));
+    let engine = Engine::new(
+        service.live.clone(),
+        health.clone(),
+        metrics.clone(),
+        to_persist,
+    )?;
     let answers = engine.answers.clone();
     let status_health = health.clone();
     let status_answers = answers.clone();

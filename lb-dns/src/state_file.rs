@@ -110,6 +110,30 @@ pub fn save(path: &Path, state: &PersistedState) -> Result<(), StateFileError> {
     result.map_err(write_err)
 }
 
+/// Writes the latest state handed over on `latest`, one write at a time
+/// (coalescing states that arrive meanwhile), until the sender is gone.
+pub async fn writer(
+    mut latest: tokio::sync::watch::Receiver<Option<(PathBuf, PersistedState)>>,
+    on_error: impl Fn(&StateFileError) + Send + Sync + 'static,
+) {
+    let on_error = std::sync::Arc::new(on_error);
+    while latest.changed().await.is_ok() {
+        let Some((path, state)) = latest.borrow_and_update().clone() else {
+            continue;
+        };
+        let on_error = on_error.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if let Err(error) = save(&path, &state) {
+                on_error(&error);
+            }
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::error!("the state file writer failed: {error}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
