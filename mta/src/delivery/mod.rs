@@ -65,7 +65,7 @@ pub struct Engine {
     metrics: EgressMetrics,
     router: Router,
     connector: Connector,
-    dkim: Dkim,
+    dkim: Arc<Dkim>,
     config: DeliveryConfig,
     tasks: TaskTracker,
 }
@@ -114,7 +114,7 @@ impl Engine {
             config.connections_per_destination,
             config.timeout,
         );
-        let dkim = Dkim::load(&config.dkim)?;
+        let dkim = Arc::new(Dkim::load(&config.dkim)?);
         spool.attach_events(events.clone());
         Ok(Arc::new(Engine {
             spool,
@@ -296,8 +296,18 @@ impl Engine {
             Err(NoRoute::Permanent(text)) => return permanent(text),
             Err(NoRoute::Transient(text)) => return Outcome::Transient(Reached::here(text)),
         };
+        // Signing (RSA above all) takes a millisecond of CPU: off the
+        // async workers.
+        let signature = if self.dkim.is_empty() {
+            None
+        } else {
+            let (dkim, body) = (self.dkim.clone(), message.data.clone());
+            tokio::task::spawn_blocking(move || dkim.sign(&body))
+                .await
+                .unwrap_or_else(|e| Some(Err(format!("the signing task failed: {e}"))))
+        };
         let signed;
-        let data: &[u8] = match self.dkim.sign(&message.data) {
+        let data: &[u8] = match signature {
             None => &message.data,
             Some(Ok(header)) => {
                 let mut with = Vec::with_capacity(header.len() + message.data.len());
