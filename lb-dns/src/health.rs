@@ -252,7 +252,23 @@ impl Health {
             inner.confirmed_at.map(secs_since)
         };
         let reason = if !stale {
-            format!("fresh: following {}", fresh.join(", "))
+            let lagging: Vec<String> = feeds
+                .iter()
+                .filter(|f| !f.fresh)
+                .map(|f| match &f.last_error {
+                    Some(e) => format!("{}: {e}", f.url),
+                    None => format!("{}: no answer yet", f.url),
+                })
+                .collect();
+            if lagging.is_empty() {
+                format!("fresh: following {}", fresh.join(", "))
+            } else {
+                format!(
+                    "fresh: following {}; unreachable: {}",
+                    fresh.join(", "),
+                    lagging.join("; ")
+                )
+            }
         } else {
             let why = if feeds.is_empty() {
                 "no healthd feed configured".to_string()
