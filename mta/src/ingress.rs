@@ -12,6 +12,7 @@ use fleet::{Control, Live};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::auth::{Authenticator, Principal};
 use crate::config::Settings;
@@ -119,6 +120,57 @@ impl Ingress {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+        }
+    }
+}
+
+/// A connection from the accept loop, within the caps or not.
+pub enum Accepted {
+    /// Holds its slot until the permit drops.
+    Admitted(TcpStream, SocketAddr, ConnectionPermit),
+    /// Over a cap: answer (if the protocol can) and close.
+    Refused(TcpStream, SocketAddr, CapHit),
+}
+
+impl Ingress {
+    /// The next connection on `listener` (named `name` in metrics and
+    /// logs), with the connection caps in service applied; `None` once
+    /// shutdown starts. Accept errors (out of descriptors and the like)
+    /// never end the loop.
+    pub async fn next_connection(&self, listener: &TcpListener, name: &str) -> Option<Accepted> {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.control.shutdown.cancelled() => return None,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(listener = %name, "accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let settings = self.live.get();
+            let caps = &settings.node.smtp;
+            return Some(
+                match self.limiter.try_acquire(
+                    peer.ip(),
+                    caps.max_connections,
+                    caps.max_connections_per_ip,
+                ) {
+                    Ok(permit) => {
+                        self.metrics.connection(name);
+                        Accepted::Admitted(stream, peer, permit)
+                    }
+                    Err(cap) => {
+                        self.metrics.refused(name, cap);
+                        tracing::info!(%peer, listener = %name, cap = cap.label(), "connection refused at its cap");
+                        Accepted::Refused(stream, peer, cap)
+                    }
+                },
+            );
         }
     }
 }

@@ -11,43 +11,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::{router, Peer};
-use crate::ingress::{ConnectionPermit, Ingress};
+use crate::ingress::{Accepted, ConnectionPermit, Ingress};
 
 /// Accepts on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     let name = format!("https:{port}");
     let routes = router(ingress.clone());
-    let shutdown = ingress.control.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+    while let Some(accepted) = ingress.next_connection(&listener, &name).await {
+        // Over a cap, before TLS there is no way to say why: it is closed.
+        let Accepted::Admitted(stream, addr, permit) = accepted else {
+            continue;
         };
-        let (stream, addr) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(listener = %name, "accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let settings = ingress.live.get();
-        let caps = &settings.node.smtp;
-        let permit = match ingress.limiter.try_acquire(
-            addr.ip(),
-            caps.max_connections,
-            caps.max_connections_per_ip,
-        ) {
-            Ok(permit) => permit,
-            Err(cap) => {
-                // Before TLS there is no way to say why: close.
-                ingress.metrics.refused(&name, cap);
-                continue;
-            }
-        };
-        ingress.metrics.connection(&name);
         let app = routes.clone().layer(Extension(Peer { addr, port }));
         let span = tracing::info_span!("https", peer = %addr, port);
         ingress
