@@ -16,6 +16,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 const ROUNDS: usize = 4000;
+/// Packets thrown straight at the handler (no sockets: fast).
+const HANDLER_ROUNDS: usize = 50_000;
 
 fn corpus() -> Vec<Vec<u8>> {
     let mut corpus = Vec::new();
@@ -205,4 +207,56 @@ async fn undecodable_messages_get_formerr_and_responses_get_nothing() {
             >= 1.0
     );
     lb.stop().await;
+}
+
+#[tokio::test]
+async fn the_handler_answers_every_mutated_packet_with_a_well_formed_message() {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use lb_dns::answers::Answers;
+    use lb_dns::handler::Handler;
+    use lb_dns::health::HealthView;
+    use lb_dns::metrics::Metrics;
+
+    let spec = FleetSpec::standard();
+    let fleet = fleet::parse_fleet(&spec.toml(), "fleet.toml").unwrap();
+    let mut health = HealthView::default();
+    health.mtas.insert("mta-1".into(), MtaState::Up);
+    health.mtas.insert("mta-2".into(), MtaState::Up);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let answers = Answers::build(&fleet, &health, 1, |c| metrics.served_counter(c)).unwrap();
+    let handler = Handler::new(Arc::new(ArcSwap::from_pointee(answers)), metrics);
+    let src: std::net::SocketAddr = "127.4.32.1:5353".parse().unwrap();
+
+    let corpus = corpus();
+    let mut rng = StdRng::seed_from_u64(0x5eed_0d15);
+    let (mut replies, mut formerr, mut silent) = (0, 0, 0);
+    for _ in 0..HANDLER_ROUNDS {
+        let bytes = mutate(&mut rng, &corpus);
+        match lb_dns::udp::answer(&handler, &bytes, src).await {
+            None => silent += 1,
+            Some(reply) => {
+                replies += 1;
+                assert!(reply.len() <= 1232, "{} bytes", reply.len());
+                let message = Message::from_vec(&reply).unwrap_or_else(|e| {
+                    panic!("malformed reply ({e}) to {bytes:02x?}: {reply:02x?}")
+                });
+                assert_eq!(
+                    message.metadata.id,
+                    u16::from_be_bytes([bytes[0], bytes[1]])
+                );
+                if message.metadata.response_code == hickory_proto::op::ResponseCode::FormErr {
+                    formerr += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{HANDLER_ROUNDS} packets: {replies} replies ({formerr} FORMERR), {silent} dropped");
+    assert!(replies > HANDLER_ROUNDS / 4 && formerr > 0 && silent > 0);
+    // And it still answers properly.
+    let valid = query(&cluster("a1b2c3d4"), RecordType::A).to_vec().unwrap();
+    let reply = lb_dns::udp::answer(&handler, &valid, src).await.unwrap();
+    assert_eq!(Message::from_vec(&reply).unwrap().answers.len(), 2);
 }
