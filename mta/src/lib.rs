@@ -92,6 +92,20 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
             })
         },
     );
+    // Delivery first: Reception events and the queue are in place before
+    // the first client connects.
+    let egress = delivery::start_for_node(
+        spool.clone(),
+        delivery_config,
+        hello_name,
+        egress_metrics,
+        started.live.clone(),
+    )?;
+    let shutdown = started.control.shutdown.clone();
+    let egress_stopped = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        egress.stop(grace).await
+    });
     let ingress = ingress::Ingress::new(
         started.live.clone(),
         spool.clone(),
@@ -105,18 +119,6 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         tasks.spawn(smtp::serve(listener, ingress.clone()));
     }
     tasks.spawn(inject::server::serve(listeners.https, ingress.clone()));
-    let egress = delivery::start_for_node(
-        spool.clone(),
-        delivery_config,
-        hello_name,
-        egress_metrics,
-        started.live.clone(),
-    )?;
-    let shutdown = started.control.shutdown.clone();
-    let egress_stopped = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        egress.stop(grace).await
-    });
     started.until_shutdown(grace).await;
     let _ = egress_stopped.await;
     let closing = spool.clone();

@@ -172,6 +172,8 @@ impl DeliveryConfig {
             key.key = fleet::config::resolve(config_file, &key.key);
             key.domain = key.domain.to_ascii_lowercase();
         }
+        // Keys that cannot be read or parsed fail `--check` and a reload.
+        crate::dkim::Dkim::load(&self.dkim).map_err(|m| ("delivery.dkim".to_string(), m))?;
         Ok(())
     }
 }
@@ -200,6 +202,31 @@ mod tests {
             parse_nameserver("127.2.0.53:5353").unwrap(),
             "127.2.0.53:5353".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn an_unreadable_dkim_key_is_a_config_error() {
+        let mut config = DeliveryConfig {
+            dkim: vec![DkimKey {
+                domain: "Example.COM".into(),
+                selector: "s1".into(),
+                key: "no-such-key.pem".into(),
+                algorithm: DkimAlgorithm::RsaSha256,
+            }],
+            ..DeliveryConfig::default()
+        };
+        let (key, message) = config.prepare(Path::new("/etc/unmta/mta.toml")).unwrap_err();
+        assert_eq!(key, "delivery.dkim");
+        assert!(message.contains("/etc/unmta/no-such-key.pem"), "{message}");
+        assert!(message.contains("example.com"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_route_is_a_config_error() {
+        let mut config = DeliveryConfig::default();
+        config.routes.insert("x.test".into(), "nowhere".into());
+        let (key, _) = config.prepare(Path::new("mta.toml")).unwrap_err();
+        assert_eq!(key, "delivery.routes.x.test");
     }
 
     #[test]
