@@ -18,18 +18,22 @@ use tokio_util::sync::CancellationToken;
 use crate::board::Board;
 use crate::config::{ProbeConfig, Settings};
 use crate::metrics::Metrics;
+use crate::probe::https::Kept;
 use crate::probe::{Prober, Report, Target};
 
 struct Slot {
     name: String,
     target: Arc<Target>,
     running: Option<AbortHandle>,
+    /// The HTTPS connection the last round left open.
+    kept: Option<Kept>,
 }
 
 struct Done {
     id: u64,
     due: Instant,
     report: Report,
+    kept: Option<Kept>,
 }
 
 pub struct Scheduler {
@@ -101,6 +105,7 @@ impl Scheduler {
                 name,
                 target: Arc::new(target),
                 running: None,
+                kept: None,
             },
         );
         self.due.push(Reverse((due, id)));
@@ -136,6 +141,10 @@ impl Scheduler {
         let settings = self.live.get();
         self.probe = settings.node.probe.clone();
         self.prober = prober(&settings);
+        // Kept HTTPS connections were verified with the old settings.
+        for slot in self.slots.values_mut() {
+            slot.kept = None;
+        }
         let changes = self.board.apply_fleet(settings.fleet.clone());
         for id in changes.removed {
             self.remove(id);
@@ -178,9 +187,15 @@ impl Scheduler {
                 .observe(now.saturating_duration_since(due).as_secs_f64());
             let prober = self.prober.clone();
             let target = slot.target.clone();
+            let kept = slot.kept.take();
             let handle = self.running.spawn(async move {
-                let report = prober.probe(&target).await;
-                Done { id, due, report }
+                let (report, kept) = prober.probe(&target, kept).await;
+                Done {
+                    id,
+                    due,
+                    report,
+                    kept,
+                }
             });
             slot.running = Some(handle);
         }
@@ -192,6 +207,7 @@ impl Scheduler {
             return;
         };
         slot.running = None;
+        slot.kept = done.kept;
         let name = slot.name.clone();
         for (kind, result) in [
             (crate::probe::Kind::Smtp, &done.report.smtp),

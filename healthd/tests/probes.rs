@@ -34,6 +34,18 @@ async fn a_dead_mta_is_down_within_3s_and_up_again_after_rise_passes() {
     assert!(up.latency_ms.is_some_and(|l| l > 0.0), "{up:?}");
     assert_eq!(up.reason, None);
 
+    // Every round opens an SMTP connection; /ready rides a kept connection.
+    let rounds = fake.smtp_connections();
+    eventually(Duration::from_secs(5), "more rounds", || {
+        fake.smtp_connections() >= rounds + 2
+    })
+    .await;
+    assert!(fake.https_requests() >= fake.smtp_connections() - 1);
+    assert!(
+        fake.https_connections() < fake.https_requests(),
+        "no HTTPS connection reuse"
+    );
+
     fake.kill();
     let killed = Instant::now();
     let down = healthd
@@ -258,8 +270,8 @@ async fn fleet_changes_start_and_stop_probes() {
     let fresh = find(&feed, "mta-a").unwrap();
     assert_eq!(fresh.ipv4, ip(test, 13));
     assert_ne!(fresh.state, MtaState::Down);
-    let b_count = b.smtp_connections() + b.https_connections();
-    let a_old_count = a.smtp_connections() + a.https_connections();
+    let b_count = b.smtp_connections() + b.https_requests();
+    let a_old_count = a.smtp_connections() + a.https_requests();
 
     // The new MTA and the moved one are probed at once and come up.
     healthd
@@ -275,12 +287,12 @@ async fn fleet_changes_start_and_stop_probes() {
     })
     .await;
     assert_eq!(
-        b.smtp_connections() + b.https_connections(),
+        b.smtp_connections() + b.https_requests(),
         b_count,
         "removed MTA still probed"
     );
     assert_eq!(
-        a.smtp_connections() + a.https_connections(),
+        a.smtp_connections() + a.https_requests(),
         a_old_count,
         "old address still probed"
     );

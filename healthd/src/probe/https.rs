@@ -8,6 +8,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::{connect_failure, until, words, Class, Failure, Kind};
@@ -32,9 +33,44 @@ fn fail(class: Class, reason: String) -> Failure {
     }
 }
 
+/// An HTTPS connection kept from the last probe of the same target, so a
+/// steady probe costs one TLS handshake (SMTP's) instead of two. It is
+/// replaced after [`MAX_KEEP`], so a changed certificate shows within that
+/// time (the SMTP probe sees it at once).
+pub struct Kept {
+    stream: TlsStream<TcpStream>,
+    opened: std::time::Instant,
+}
+
+/// How long one kept connection is used.
+pub const MAX_KEEP: Duration = Duration::from_secs(30);
+
 impl ReadyCheck<'_> {
-    pub async fn run(&self, addr: SocketAddr) -> Result<(), Failure> {
+    /// Asks `/ready`, on `kept` if it still works, else on a new
+    /// connection; returns the connection to keep, if the server allows.
+    pub async fn run(
+        &self,
+        addr: SocketAddr,
+        kept: Option<Kept>,
+    ) -> (Result<(), Failure>, Option<Kept>) {
         let within = words(self.timeout);
+        if let Some(mut kept) = kept.filter(|k| k.opened.elapsed() < MAX_KEEP) {
+            let asked = tokio::time::timeout_at(self.deadline, self.ask(&mut kept.stream)).await;
+            match asked {
+                Ok(Ok(answer)) => return self.judge(answer, kept),
+                // Closed or broken since: try a new connection.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    return (
+                        Err(fail(
+                            Class::Timeout,
+                            format!("https: /ready did not answer within {within}"),
+                        )),
+                        None,
+                    )
+                }
+            }
+        }
         let tcp = until(
             self.deadline,
             Kind::Https,
@@ -45,9 +81,13 @@ impl ReadyCheck<'_> {
                     .map_err(|e| connect_failure(Kind::Https, addr, &e))
             },
         )
-        .await?;
+        .await;
+        let tcp = match tcp {
+            Ok(tcp) => tcp,
+            Err(failure) => return (Err(failure), None),
+        };
         let _ = tcp.set_nodelay(true);
-        let mut tls = until(
+        let tls = until(
             self.deadline,
             Kind::Https,
             || format!("tls: no handshake within {within}"),
@@ -55,51 +95,60 @@ impl ReadyCheck<'_> {
                 self.tls
                     .connect(self.server_name.clone(), tcp)
                     .await
-                    .map_err(|e| {
-                        let mut failure = fail(Class::Tls, crate::tls::describe(&e, self.hostname));
-                        failure.kind = Kind::Https;
-                        failure
-                    })
+                    .map_err(|e| fail(Class::Tls, crate::tls::describe(&e, self.hostname)))
             },
         )
-        .await?;
+        .await;
+        let mut kept = match tls {
+            Ok(stream) => Kept {
+                stream,
+                opened: std::time::Instant::now(),
+            },
+            Err(failure) => return (Err(failure), None),
+        };
+        let answer = until(
+            self.deadline,
+            Kind::Https,
+            || format!("https: /ready did not answer within {within}"),
+            self.ask(&mut kept.stream),
+        )
+        .await;
+        match answer {
+            Ok(answer) => self.judge(answer, kept),
+            Err(failure) => (Err(failure), None),
+        }
+    }
+
+    async fn ask(&self, stream: &mut TlsStream<TcpStream>) -> Result<Answer, Failure> {
         let host = if self.port == 443 {
             self.hostname.to_string()
         } else {
             format!("{}:{}", self.hostname, self.port)
         };
         let request = format!(
-            "GET /ready HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unmta-healthd\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            "GET /ready HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unmta-healthd\r\nAccept: */*\r\n\r\n"
         );
-        let answer = until(
-            self.deadline,
-            Kind::Https,
-            || format!("https: /ready did not answer within {within}"),
-            async {
-                tls.write_all(request.as_bytes()).await.map_err(|e| {
-                    fail(
-                        Class::Protocol,
-                        format!("https: sending the request failed: {e}"),
-                    )
-                })?;
-                read_answer(&mut tls).await
-            },
-        )
-        .await?;
-        // The answer is in; `Connection: close` ends it without another
-        // record (cheaper for a thousand probes a second).
-        drop(tls);
+        stream.write_all(request.as_bytes()).await.map_err(|e| {
+            fail(
+                Class::Protocol,
+                format!("https: sending the request failed: {e}"),
+            )
+        })?;
+        read_answer(stream).await
+    }
+
+    fn judge(&self, answer: Answer, kept: Kept) -> (Result<(), Failure>, Option<Kept>) {
+        let keep = answer.reusable.then_some(kept);
         if answer.status == 200 {
-            Ok(())
-        } else {
-            let body = answer.body.trim();
-            let reason = if body.is_empty() {
-                format!("https: /ready answered {}", answer.status)
-            } else {
-                format!("https: /ready answered {}: {}", answer.status, body)
-            };
-            Err(fail(Class::Status, reason))
+            return (Ok(()), keep);
         }
+        let body = answer.body.trim();
+        let reason = if body.is_empty() {
+            format!("https: /ready answered {}", answer.status)
+        } else {
+            format!("https: /ready answered {}: {}", answer.status, body)
+        };
+        (Err(fail(Class::Status, reason)), keep)
     }
 }
 
@@ -108,6 +157,9 @@ impl ReadyCheck<'_> {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    /// The whole answer was read, by its length, and the server keeps the
+    /// connection open: it may carry the next probe.
+    pub reusable: bool,
 }
 
 /// Reads until the headers and as much of the body as is announced (or the
@@ -168,6 +220,7 @@ pub fn parse_answer(buf: &[u8], complete: bool) -> Result<Option<Answer>, Failur
     };
     let mut length = None;
     let mut chunked = false;
+    let mut close = version == "HTTP/1.0";
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
@@ -175,6 +228,8 @@ pub fn parse_answer(buf: &[u8], complete: bool) -> Result<Option<Answer>, Failur
                 length = value.parse::<usize>().ok();
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.to_ascii_lowercase().contains("close");
             }
         }
     }
@@ -205,11 +260,13 @@ pub fn parse_answer(buf: &[u8], complete: bool) -> Result<Option<Answer>, Failur
             _ => rest,
         }
     };
+    let reusable = !close && !chunked && length.is_some_and(|l| rest.len() == l);
     let body = String::from_utf8_lossy(body);
     let first = body.lines().next().unwrap_or("").trim();
     Ok(Some(Answer {
         status,
         body: first.chars().take(200).collect(),
+        reusable,
     }))
 }
 
@@ -228,7 +285,8 @@ mod tests {
             ok,
             Some(Answer {
                 status: 200,
-                body: "ready".into()
+                body: "ready".into(),
+                reusable: true,
             })
         );
         let partial = parse_answer(
@@ -246,11 +304,20 @@ mod tests {
             chunked,
             Some(Answer {
                 status: 503,
-                body: "spool unhealthy".into()
+                body: "spool unhealthy".into(),
+                reusable: false,
             })
         );
         let closed = parse_answer(b"HTTP/1.0 503 X\r\n\r\nnot ready: draining\n", true).unwrap();
-        assert_eq!(closed.unwrap().body, "not ready: draining");
+        let closed = closed.unwrap();
+        assert_eq!(closed.body, "not ready: draining");
+        assert!(!closed.reusable);
+        let told = parse_answer(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!told.unwrap().reusable);
         assert!(parse_answer(b"SSH-2.0-x\r\n\r\n", false).is_err());
     }
 }

@@ -119,9 +119,15 @@ impl Prober {
         }
     }
 
-    pub async fn probe(&self, target: &Target) -> Report {
-        let (smtp, https) = tokio::join!(self.smtp(target), self.https(target));
-        Report { smtp, https }
+    /// One round; `kept` is the HTTPS connection the last round left open,
+    /// and the one this round leaves comes back with the report.
+    pub async fn probe(
+        &self,
+        target: &Target,
+        kept: Option<https::Kept>,
+    ) -> (Report, Option<https::Kept>) {
+        let (smtp, (https, kept)) = tokio::join!(self.smtp(target), self.https(target, kept));
+        (Report { smtp, https }, kept)
     }
 
     async fn smtp(&self, target: &Target) -> Result<Duration, Failure> {
@@ -139,19 +145,27 @@ impl Prober {
         Ok(started.elapsed())
     }
 
-    async fn https(&self, target: &Target) -> Result<Duration, Failure> {
+    async fn https(
+        &self,
+        target: &Target,
+        kept: Option<https::Kept>,
+    ) -> (Result<Duration, Failure>, Option<https::Kept>) {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let server_name = match server_name(target) {
+            Ok(name) => name,
+            Err(failure) => return (Err(failure), None),
+        };
         let check = https::ReadyCheck {
             tls: &self.tls,
-            server_name: server_name(target)?,
+            server_name,
             hostname: &target.hostname,
             port: target.https_port,
             deadline,
             timeout: self.timeout,
         };
-        check.run(target.https_addr()).await?;
-        Ok(started.elapsed())
+        let (result, kept) = check.run(target.https_addr(), kept).await;
+        (result.map(|()| started.elapsed()), kept)
     }
 }
 

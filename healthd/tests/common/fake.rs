@@ -77,6 +77,7 @@ struct Shared {
     tls: Mutex<TlsAcceptor>,
     smtp_connections: AtomicU64,
     https_connections: AtomicU64,
+    https_requests: AtomicU64,
 }
 
 pub struct Fake {
@@ -104,6 +105,7 @@ impl Fake {
                 tls: Mutex::new(TlsAcceptor::from(tls)),
                 smtp_connections: AtomicU64::new(0),
                 https_connections: AtomicU64::new(0),
+                https_requests: AtomicU64::new(0),
             }),
             serving: None,
         };
@@ -125,6 +127,10 @@ impl Fake {
 
     pub fn https_connections(&self) -> u64 {
         self.shared.https_connections.load(Ordering::SeqCst)
+    }
+
+    pub fn https_requests(&self) -> u64 {
+        self.shared.https_requests.load(Ordering::SeqCst)
     }
 
     /// Closes both listeners and every open connection: it is dead.
@@ -259,30 +265,44 @@ async fn https(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let acceptor = shared.tls.lock().unwrap().clone();
     let mut tls = acceptor.accept(stream).await?;
     count_handshake(tls.get_ref().1.handshake_kind());
-    read_head(&mut tls).await?;
-    let script = shared.script.lock().unwrap().clone();
-    if !script.delay.is_zero() {
-        tokio::time::sleep(script.delay).await;
+    // HTTP/1.1 keep-alive: one answer per request until the client closes
+    // or asks to.
+    loop {
+        let head = match read_head(&mut tls).await {
+            Ok(head) => head,
+            Err(_) => return Ok(()),
+        };
+        shared.https_requests.fetch_add(1, Ordering::SeqCst);
+        let close = head.to_ascii_lowercase().contains("connection: close");
+        let script = shared.script.lock().unwrap().clone();
+        if !script.delay.is_zero() {
+            tokio::time::sleep(script.delay).await;
+        }
+        let body = format!("{}\n", script.ready_body);
+        let answer = format!(
+            "HTTP/1.1 {} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
+            script.ready_status,
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        tls.write_all(answer.as_bytes()).await?;
+        if close {
+            return tls.shutdown().await;
+        }
     }
-    let body = format!("{}\n", script.ready_body);
-    let answer = format!(
-        "HTTP/1.1 {} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        script.ready_status,
-        body.len()
-    );
-    tls.write_all(answer.as_bytes()).await?;
-    tls.shutdown().await
 }
 
-async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<()> {
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<String> {
     let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
+    let mut byte = [0u8; 1];
+    // Byte by byte: a fake need not be fast at this, and nothing of the
+    // next request is read too early.
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await?;
         if n == 0 || buf.len() > 8192 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
+        buf.push(byte[0]);
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
