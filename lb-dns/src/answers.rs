@@ -157,6 +157,20 @@ pub enum Picked<'a> {
     },
 }
 
+impl Picked<'_> {
+    /// Records left.
+    pub fn len(&self) -> usize {
+        match self {
+            Picked::Slice(it) => it.len(),
+            Picked::Rotation { order, .. } => order.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl<'a> Iterator for Picked<'a> {
     type Item = &'a Record;
 

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 
@@ -57,6 +58,23 @@ impl Handler {
         self.metrics.query(qtype, rcode);
         info
     }
+}
+
+/// How many A or AAAA records of a cluster fit in an EDNS UDP answer of
+/// `payload` bytes with the OPT record still in it (RFC 6891 section 7: a
+/// truncated answer keeps its OPT; hickory's encoder would cut the OPT
+/// last). `question` is the question section as received.
+fn fits_with_opt(question: &[u8], qtype: RecordType, payload: u16) -> usize {
+    let rdlen = if qtype == RecordType::A { 4 } else { 16 };
+    let name_len = question.len().saturating_sub(4);
+    // hickory 0.26.3 records the question for compression together with its
+    // type and class, so no owner name ever points into the question: the
+    // first record carries the whole name, the others point to it.
+    let first_owner_extra = name_len.saturating_sub(2);
+    const HEADER: usize = 12;
+    const OPT: usize = 11;
+    let fixed = HEADER + question.len() + OPT + first_owner_extra;
+    (usize::from(payload).saturating_sub(fixed)) / (2 + 10 + rdlen)
 }
 
 fn failed(request: &Request) -> ResponseInfo {
@@ -142,10 +160,20 @@ impl RequestHandler for Handler {
                 )
             }
         };
+        let limit = match (request.protocol(), edns, cluster) {
+            (Protocol::Udp, Some(edns), Some(_)) => {
+                let fit = fits_with_opt(request.queries.as_bytes(), qtype, edns.max_payload());
+                if answer_records.len() > fit {
+                    metadata.truncation = true;
+                }
+                fit
+            }
+            _ => usize::MAX,
+        };
         let rcode = metadata.response_code;
         let response = MessageResponseBuilder::new(&request.queries, edns).build(
             metadata,
-            answer_records,
+            answer_records.take(limit),
             std::iter::empty(),
             soa,
             additionals.iter(),

@@ -487,12 +487,23 @@ async fn plain_udp_truncates_at_512_bytes_and_tcp_carries_everything() {
         .unwrap();
     let raw = udp_raw(lb.dns, &bytes).await.unwrap();
     assert!(raw.len() <= 1232, "{} bytes", raw.len());
+    let aaaa = hickory_proto::op::Message::from_vec(&raw).unwrap();
+    assert!(aaaa.metadata.truncation);
+    assert!(aaaa.edns.is_some(), "a truncated EDNS answer keeps its OPT");
     assert!(
-        hickory_proto::op::Message::from_vec(&raw)
-            .unwrap()
-            .metadata
-            .truncation
+        aaaa.answers.len() >= 40,
+        "fills the payload: {}",
+        aaaa.answers.len()
     );
+    // Asked in capitals, and with a small payload: still fits, with the OPT.
+    let shouting = name.to_uppercase();
+    let bytes = with_edns(query(&shouting, RecordType::AAAA), 700, 0)
+        .to_vec()
+        .unwrap();
+    let raw = udp_raw(lb.dns, &bytes).await.unwrap();
+    assert!(raw.len() <= 700, "{} bytes", raw.len());
+    let aaaa = hickory_proto::op::Message::from_vec(&raw).unwrap();
+    assert!(aaaa.metadata.truncation && aaaa.edns.is_some());
     // TCP: everything.
     for qtype in [RecordType::A, RecordType::AAAA] {
         let answer = tcp(lb.dns, &query(&name, qtype)).await;
