@@ -232,3 +232,92 @@ pub fn with_marker<'a>(
         .iter()
         .find(|m| m.header("Subject").as_deref() == Some(subject.as_str()))
 }
+
+/// A whole node (ingress and delivery) running `mta::run` in this process
+/// on the relocated example configs: mail goes in over SMTP.
+pub struct Node {
+    pub configs: ExampleConfigs,
+    pub control: fleet::Control,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub admin: SocketAddr,
+    pub smtp: SocketAddr,
+}
+
+impl Node {
+    pub async fn start(configs: ExampleConfigs) -> Node {
+        let settings = Settings::load(&configs.path("mta.toml")).expect("settings load");
+        let listeners = mta::Listeners::bind(&settings).await.expect("listeners");
+        let admin = listeners.admin.local_addr().unwrap();
+        let smtp = listeners.smtp[0].local_addr().unwrap();
+        let control = fleet::Control::new();
+        let task = tokio::spawn(mta::run(settings, listeners, control.clone()));
+        Node {
+            configs,
+            control,
+            task,
+            admin,
+            smtp,
+        }
+    }
+
+    /// A submission client with the example credential, over STARTTLS.
+    pub fn client(&self, connections: u32) -> lettre::AsyncSmtpTransport<lettre::Tokio1Executor> {
+        use lettre::transport::smtp::authentication::Credentials;
+        use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+        let ca = std::fs::read(self.configs.path("tls/ca.pem")).unwrap();
+        let tls = TlsParameters::builder("c-a1b2c3d4.unmta.net".into())
+            .add_root_certificate(Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(
+            self.smtp.ip().to_string(),
+        )
+        .port(self.smtp.port())
+        .tls(Tls::Required(tls))
+        .credentials(Credentials::new(
+            "your-credential".into(),
+            "example-password".into(),
+        ))
+        .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(connections))
+        .timeout(Some(LIMIT))
+        .build()
+    }
+
+    /// Sends the test message `marker` to `to` through the node.
+    pub async fn submit(
+        client: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+        to: &str,
+        marker: &str,
+    ) -> Result<(), lettre::transport::smtp::Error> {
+        use lettre::AsyncTransport;
+        let m = message(&[to], marker);
+        let envelope = lettre::address::Envelope::new(
+            Some(m.sender.parse().unwrap()),
+            vec![to.parse().unwrap()],
+        )
+        .unwrap();
+        client.send_raw(&envelope, &m.data).await.map(|_| ())
+    }
+
+    /// A sample of `/metrics`, by metric name.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) =
+            fleet::testkit::process::http_get(&format!("http://{}/metrics", self.admin)).await?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// What SIGHUP does: re-read the files and swap them in.
+    pub fn reload(&self) {
+        self.control.request_reload();
+    }
+
+    pub async fn stop(self) {
+        self.control.shutdown.cancel();
+        tokio::time::timeout(LIMIT, self.task)
+            .await
+            .expect("the node stops")
+            .unwrap()
+            .expect("the node ran cleanly");
+    }
+}
