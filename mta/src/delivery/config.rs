@@ -215,7 +215,9 @@ mod tests {
             }],
             ..DeliveryConfig::default()
         };
-        let (key, message) = config.prepare(Path::new("/etc/unmta/mta.toml")).unwrap_err();
+        let (key, message) = config
+            .prepare(Path::new("/etc/unmta/mta.toml"))
+            .unwrap_err();
         assert_eq!(key, "delivery.dkim");
         assert!(message.contains("/etc/unmta/no-such-key.pem"), "{message}");
         assert!(message.contains("example.com"), "{message}");
