@@ -298,3 +298,32 @@ async fn recipients_of_one_message_are_delivered_each_to_its_domain() {
     assert_eq!(one.wait_for(2, LIMIT).await.unwrap().len(), 2);
     egress.stop().await;
 }
+
+#[tokio::test]
+async fn attempts_to_one_destination_are_bounded() {
+    let net = 22;
+    let slow = sink(net, 25, Behaviour::Slow(Duration::from_millis(300))).await;
+    let configs = configs(
+        net,
+        "unlimited",
+        None,
+        &format!(
+            "connections_per_destination = 2\n[delivery.routes]\n\"slow.test\" = \"{}:{MX_PORT}\"",
+            ip(net, 25)
+        ),
+    );
+    let mut egress = Egress::start(configs).await;
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(egress.inject("s@slow.test", &format!("slow-{n}")).await);
+    }
+    for id in &ids {
+        egress.event(id, EventKind::Delivery).await;
+    }
+    // Two at a time, 300 ms each: three rounds.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(850), "6 in {took:?}");
+    assert_eq!(slow.messages().len(), 6);
+    egress.stop().await;
+}
