@@ -145,3 +145,51 @@ impl Settings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(probe: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("healthd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "fleet_file = \"../../configs/fleet.toml\"\nlisten = \"127.3.0.1:0\"\n\
+                 ca_file = \"{}\"\nstate_file = \"state.json\"\n[probe]\n{probe}\n",
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../configs/tls/ca.pem")
+                    .display()
+            ),
+        )
+        .unwrap();
+        Settings::load(&config)
+    }
+
+    #[test]
+    fn probe_settings_are_checked_with_their_place() {
+        let error = load("jitter = 0.9\nfall = 0").unwrap_err().to_string();
+        assert!(
+            error.contains("probe.jitter 0.9 must be between 0 and 0.5"),
+            "{error}"
+        );
+        assert!(
+            error.contains("probe.rise and probe.fall must be at least 1"),
+            "{error}"
+        );
+        let error = load("interval = \"soon\"").unwrap_err().to_string();
+        assert!(error.contains("interval"), "{error}");
+        let error = load("intervall = \"1s\"").unwrap_err().to_string();
+        assert!(error.contains("intervall"), "{error}");
+    }
+
+    #[test]
+    fn the_example_config_has_the_documented_defaults() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/healthd.toml");
+        let settings = Settings::load(&config).unwrap();
+        assert_eq!(settings.node.probe, ProbeConfig::default());
+        assert_eq!(settings.node.probe.interval, Duration::from_secs(1));
+        assert_eq!(settings.node.probe.timeout, Duration::from_millis(900));
+    }
+}
