@@ -14,9 +14,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Why a daemon is not ready, by concern; ready when there is no reason.
+/// A degraded concern (serving, but from stale data) keeps `/ready` at 200
+/// and says so in the body.
 #[derive(Default)]
 pub struct Readiness {
     reasons: Mutex<BTreeMap<String, String>>,
+    degraded: Mutex<BTreeMap<String, String>>,
 }
 
 impl Readiness {
@@ -32,19 +35,38 @@ impl Readiness {
         self.lock().remove(concern);
     }
 
+    /// Still ready, but `note` says what is wrong (shown by `/ready`).
+    pub fn degraded(&self, concern: &str, note: impl Into<String>) {
+        lock(&self.degraded).insert(concern.to_string(), note.into());
+    }
+
+    pub fn not_degraded(&self, concern: &str) {
+        lock(&self.degraded).remove(concern);
+    }
+
     /// `Err` holds every reason, joined, in words.
     pub fn check(&self) -> Result<(), String> {
-        let reasons = self.lock();
-        if reasons.is_empty() {
-            Ok(())
-        } else {
-            Err(reasons.values().cloned().collect::<Vec<_>>().join("; "))
-        }
+        joined(&self.lock()).map_or(Ok(()), Err)
+    }
+
+    /// Every degradation note, joined, if there is one.
+    pub fn degradation(&self) -> Option<String> {
+        joined(&lock(&self.degraded))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
-        self.reasons.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.reasons)
     }
+}
+
+fn lock(
+    map: &Mutex<BTreeMap<String, String>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn joined(map: &BTreeMap<String, String>) -> Option<String> {
+    (!map.is_empty()).then(|| map.values().cloned().collect::<Vec<_>>().join("; "))
 }
 
 type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -66,7 +88,10 @@ pub fn health_routes(readiness: Arc<Readiness>) -> Router {
 
 pub async fn ready(State(readiness): State<Arc<Readiness>>) -> Response {
     match readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(()) => match readiness.degradation() {
+            None => (StatusCode::OK, "ready\n").into_response(),
+            Some(note) => (StatusCode::OK, format!("ready, degraded: {note}\n")).into_response(),
+        },
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}\n"),

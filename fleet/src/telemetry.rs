@@ -4,6 +4,9 @@
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
+/// hickory-server logs every query at info.
+const DEFAULT_FILTER: &str = "info,hickory_server=warn,hickory_net=warn";
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -15,7 +18,8 @@ pub enum LogFormat {
 /// Installs the global subscriber; a second call (tests running several
 /// daemons in one process) keeps the first.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

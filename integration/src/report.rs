@@ -147,6 +147,11 @@ pub fn details(info: &ClusterInfo) -> String {
     );
     let _ = writeln!(
         out,
+        "  dashboard       {}/?token={}",
+        info.healthd.url, info.healthd.api_token
+    );
+    let _ = writeln!(
+        out,
         "  health          curl -s {}/v1/fleet",
         info.healthd.url
     );

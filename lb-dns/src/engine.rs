@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use fleet::admin::Readiness;
 use fleet::control::Control;
 use fleet::{Live, WhenAllDown};
 use tokio::sync::watch;
@@ -30,6 +31,7 @@ pub struct Engine {
     live: Arc<Live<Settings>>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     all_down: HashMap<String, (bool, bool)>,
     last_persist: Option<Instant>,
     /// Feed labels in the metrics now.
@@ -64,6 +66,7 @@ impl Engine {
         live: Arc<Live<Settings>>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
         to_persist: watch::Sender<Option<(PathBuf, PersistedState)>>,
     ) -> anyhow::Result<Engine> {
         let settings_changed = live.subscribe();
@@ -78,6 +81,7 @@ impl Engine {
             live,
             health,
             metrics,
+            readiness,
             all_down: HashMap::new(),
             last_persist: None,
             feeds_shown: Vec::new(),
@@ -203,6 +207,12 @@ impl Engine {
     fn tick(&mut self) {
         let report = self.health.report();
         self.metrics.stale.set(i64::from(report.stale));
+        // Still serving from the last state: ready, but say it is stale.
+        if report.stale {
+            self.readiness.degraded("health", report.reason.clone());
+        } else {
+            self.readiness.not_degraded("health");
+        }
         self.metrics
             .state_age
             .set(report.state_age_secs.unwrap_or(-1.0));

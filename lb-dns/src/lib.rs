@@ -172,6 +172,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         service.live.clone(),
         health.clone(),
         metrics.clone(),
+        service.readiness.clone(),
         to_persist,
     )?;
     let answers = engine.answers.clone();

@@ -703,9 +703,12 @@ async fn a_feed_outage_keeps_the_last_state() {
         resolve_a(lb.dns, &cluster(A1)).await,
         vec![ip("192.0.2.11"), ip("192.0.2.13")]
     );
-    // Ready means serving; metrics tell the staleness.
-    let (code, _) = lb.http("/ready").await;
-    assert_eq!(code, 200);
+    // Ready means serving; /ready's body and the metrics tell the staleness.
+    eventually("/ready says stale", Duration::from_secs(5), || async {
+        let (code, body) = lb.http("/ready").await;
+        code == 200 && body.contains("degraded: stale:")
+    })
+    .await;
     eventually("stale in metrics", Duration::from_secs(5), || async {
         lb.metric("lb_dns_health_stale").await == Some(1.0) && lb.metric(&fresh).await == Some(0.0)
     })
