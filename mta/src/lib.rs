@@ -28,10 +28,10 @@ pub use config::Settings;
 /// The sockets the MTA serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
     pub admin: TcpListener,
-    /// One per `[ports].smtp` port, on the node's address.
+    /// Every `[ports].smtp` port on each of the node's addresses.
     pub smtp: Vec<TcpListener>,
-    /// `[ports].https`, on the node's address.
-    pub https: TcpListener,
+    /// `[ports].https` on each of the node's addresses.
+    pub https: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -40,31 +40,35 @@ impl Listeners {
         let admin = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on admin address {addr}: {e}"))?;
-        let ip = Self::public_ip(settings)?;
-        let bind = |port: u16, what: &'static str| async move {
+        let bind = |ip: std::net::IpAddr, port: u16, what: &'static str| async move {
             let addr = std::net::SocketAddr::new(ip, port);
             TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
         };
-        let mut smtp = Vec::new();
-        for &port in &settings.fleet.ports.smtp {
-            smtp.push(bind(port, "SMTP").await?);
+        let (mut smtp, mut https) = (Vec::new(), Vec::new());
+        for ip in Self::public_ips(settings)? {
+            for &port in &settings.fleet.ports.smtp {
+                smtp.push(bind(ip, port, "SMTP").await?);
+            }
+            https.push(bind(ip, settings.fleet.ports.https, "HTTPS").await?);
         }
-        let https = bind(settings.fleet.ports.https, "HTTPS").await?;
         Ok(Listeners { admin, smtp, https })
     }
 
-    /// `node.bind_address`, else this node's IPv4 address in the fleet.
-    pub fn public_ip(settings: &Settings) -> anyhow::Result<std::net::IpAddr> {
+    /// `node.bind_address`, else this node's addresses in the fleet: its
+    /// IPv4 and, when it has one, its IPv6 (lb-dns answers AAAA with it).
+    pub fn public_ips(settings: &Settings) -> anyhow::Result<Vec<std::net::IpAddr>> {
         if let Some(ip) = settings.node.bind_address {
-            return Ok(ip);
+            return Ok(vec![ip]);
         }
-        settings
+        let (_, mta) = settings
             .fleet
             .mta(&settings.node.node)
-            .map(|(_, mta)| std::net::IpAddr::V4(mta.ipv4))
-            .ok_or_else(|| anyhow::anyhow!("no MTA named `{}` in the fleet", settings.node.node))
+            .ok_or_else(|| anyhow::anyhow!("no MTA named `{}` in the fleet", settings.node.node))?;
+        Ok(std::iter::once(std::net::IpAddr::V4(mta.ipv4))
+            .chain(mta.ipv6.map(std::net::IpAddr::V6))
+            .collect())
     }
 }
 
@@ -118,7 +122,9 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     for listener in listeners.smtp {
         tasks.spawn(smtp::serve(listener, ingress.clone()));
     }
-    tasks.spawn(inject::server::serve(listeners.https, ingress.clone()));
+    for listener in listeners.https {
+        tasks.spawn(inject::server::serve(listener, ingress.clone()));
+    }
     started.until_shutdown(grace).await;
     let _ = egress_stopped.await;
     let closing = spool.clone();
