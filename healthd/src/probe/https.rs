@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{connect_failure, until, words, Class, Failure, Kind};
+use super::{connect_failure, handshake, until, words, Class, Failure, Kind};
 
 /// The most of an answer read: the status line, headers and a short body.
 const MAX_ANSWER: usize = 8 * 1024;
@@ -87,16 +87,14 @@ impl ReadyCheck<'_> {
             Err(failure) => return (Err(failure), None),
         };
         let _ = tcp.set_nodelay(true);
-        let tls = until(
+        let tls = handshake(
+            self.tls,
+            self.server_name.clone(),
+            self.hostname,
+            tcp,
             self.deadline,
             Kind::Https,
-            || format!("tls: no handshake within {within}"),
-            async {
-                self.tls
-                    .connect(self.server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| fail(Class::Tls, crate::tls::describe(&e, self.hostname)))
-            },
+            &within,
         )
         .await;
         let mut kept = match tls {

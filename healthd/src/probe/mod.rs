@@ -182,6 +182,28 @@ pub fn words(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+/// A probe's TLS handshake, bounded by its deadline, failures in words
+/// (`tls: certificate not valid for …`).
+pub(crate) async fn handshake(
+    tls: &TlsConnector,
+    server_name: ServerName<'static>,
+    hostname: &str,
+    tcp: tokio::net::TcpStream,
+    deadline: tokio::time::Instant,
+    kind: Kind,
+    within: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Failure> {
+    let waiting = || format!("tls: no handshake within {within}");
+    until(deadline, kind, waiting, async {
+        tls.connect(server_name, tcp).await.map_err(|e| Failure {
+            kind,
+            class: Class::Tls,
+            reason: crate::tls::describe(&e, hostname),
+        })
+    })
+    .await
+}
+
 /// Runs `io` until `deadline`; on time-out fails with `waiting` as the
 /// reason (`smtp: no 220 banner within 2s`).
 pub(crate) async fn until<T>(

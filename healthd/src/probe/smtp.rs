@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::{connect_failure, until, words, Class, Failure, Kind};
+use super::{connect_failure, handshake, until, words, Class, Failure, Kind};
 
 /// The longest reply line accepted, and the most lines in one reply.
 const MAX_LINE: usize = 1024;
@@ -104,16 +104,14 @@ impl Conversation<'_> {
             ));
         }
         let tcp = plain.into_inner();
-        let tls = until(
+        let tls = handshake(
+            self.tls,
+            self.server_name.clone(),
+            self.hostname,
+            tcp,
             self.deadline,
             Kind::Smtp,
-            || format!("tls: no handshake within {within}"),
-            async {
-                self.tls
-                    .connect(self.server_name.clone(), tcp)
-                    .await
-                    .map_err(|e| fail(Class::Tls, crate::tls::describe(&e, self.hostname)))
-            },
+            &within,
         )
         .await?;
         let mut secure = BufReader::new(tls);
