@@ -199,6 +199,7 @@ impl Board {
                 let target = Target {
                     hostname: hostname.clone(),
                     ipv4: mta.ipv4,
+                    ipv6: mta.ipv6,
                     smtp_port,
                     https_port,
                 };

@@ -300,3 +300,28 @@ async fn fleet_changes_start_and_stop_probes() {
     assert!(moved.smtp_connections() >= 2);
     healthd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_address_that_does_not_answer_is_down() {
+    // The fake answers on IPv4 only; nothing listens on [::1] at the SMTP
+    // port, and lb-dns would hand that address out as AAAA.
+    let test = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let _fake = fake(ip(test, 10), pki.server(&[HOST])).await;
+    let mut spec = mta("mta-1", ip(test, 10));
+    spec.ipv6 = Some(std::net::Ipv6Addr::LOCALHOST);
+    let fleet = fleet_toml(&[("p1", "unlimited", vec![spec])]);
+    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let healthd = Healthd::start(&config).await;
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
+        .await;
+    let reason = down.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("smtp: connection refused")
+            && reason.ends_with(&format!("(over IPv6, [::1]:{SMTP_PORT})")),
+        "{reason}"
+    );
+    healthd.stop().await;
+}

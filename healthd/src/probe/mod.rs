@@ -5,7 +5,7 @@ pub mod https;
 pub mod smtp;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ pub struct Target {
     /// The cluster hostname: SNI, and the name the certificate must carry.
     pub hostname: String,
     pub ipv4: Ipv4Addr,
+    /// Served as AAAA by lb-dns, so SMTP is probed there too.
+    pub ipv6: Option<Ipv6Addr>,
     pub smtp_port: u16,
     pub https_port: u16,
 }
@@ -126,11 +128,30 @@ impl Prober {
         target: &Target,
         kept: Option<https::Kept>,
     ) -> (Report, Option<https::Kept>) {
-        let (smtp, (https, kept)) = tokio::join!(self.smtp(target), self.https(target, kept));
+        let (smtp, (https, kept)) =
+            tokio::join!(self.smtp_everywhere(target), self.https(target, kept));
         (Report { smtp, https }, kept)
     }
 
-    async fn smtp(&self, target: &Target) -> Result<Duration, Failure> {
+    /// SMTP on the IPv4 address and, when the MTA has one, the IPv6 one:
+    /// a client may reach either.
+    async fn smtp_everywhere(&self, target: &Target) -> Result<Duration, Failure> {
+        let Some(ipv6) = target.ipv6 else {
+            return self.smtp(target, target.smtp_addr()).await;
+        };
+        let over_v6 = SocketAddr::from((ipv6, target.smtp_port));
+        let (v4, v6) = tokio::join!(
+            self.smtp(target, target.smtp_addr()),
+            self.smtp(target, over_v6)
+        );
+        let v6 = v6.map_err(|failure| Failure {
+            reason: format!("{} (over IPv6, {over_v6})", failure.reason),
+            ..failure
+        });
+        Ok(v4?.max(v6?))
+    }
+
+    async fn smtp(&self, target: &Target, addr: SocketAddr) -> Result<Duration, Failure> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let conversation = smtp::Conversation {
@@ -141,7 +162,7 @@ impl Prober {
             deadline,
             timeout: self.timeout,
         };
-        conversation.run(target.smtp_addr()).await?;
+        conversation.run(addr).await?;
         Ok(started.elapsed())
     }
 

@@ -54,6 +54,7 @@ impl Pki {
 pub struct MtaSpec {
     pub name: &'static str,
     pub ipv4: Ipv4Addr,
+    pub ipv6: Option<std::net::Ipv6Addr>,
     pub drain: bool,
 }
 
@@ -61,6 +62,7 @@ pub fn mta(name: &'static str, ipv4: Ipv4Addr) -> MtaSpec {
     MtaSpec {
         name,
         ipv4,
+        ipv6: None,
         drain: false,
     }
 }
@@ -89,6 +91,9 @@ https = {HTTPS_PORT}
                 "\n  [[clusters.mtas]]\n  name = \"{}\"\n  ipv4 = \"{}\"\n  drain = {}\n",
                 m.name, m.ipv4, m.drain
             ));
+            if let Some(ipv6) = m.ipv6 {
+                text.push_str(&format!("  ipv6 = \"{ipv6}\"\n"));
+            }
         }
     }
     if let Some((first, _, _)) = clusters.first() {
