@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::{connect_failure, handshake, until, words, Class, Failure, Kind};
+use super::{connect, handshake, until, words, Class, Failure, Kind};
 
 /// The most of an answer read: the status line, headers and a short body.
 const MAX_ANSWER: usize = 8 * 1024;
@@ -71,22 +71,11 @@ impl ReadyCheck<'_> {
                 }
             }
         }
-        let tcp = until(
-            self.deadline,
-            Kind::Https,
-            || format!("https: no connection within {within}"),
-            async {
-                TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| connect_failure(Kind::Https, addr, &e))
-            },
-        )
-        .await;
+        let tcp = connect(addr, self.deadline, Kind::Https, &within).await;
         let tcp = match tcp {
             Ok(tcp) => tcp,
             Err(failure) => return (Err(failure), None),
         };
-        let _ = tcp.set_nodelay(true);
         let tls = handshake(
             self.tls,
             self.server_name.clone(),

@@ -203,6 +203,24 @@ pub fn words(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
 }
 
+/// A probe's TCP connection (without Nagle), bounded by its deadline.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    deadline: tokio::time::Instant,
+    kind: Kind,
+    within: &str,
+) -> Result<tokio::net::TcpStream, Failure> {
+    let waiting = || format!("{}: no connection within {within}", kind.as_str());
+    let tcp = until(deadline, kind, waiting, async {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_failure(kind, addr, &e))
+    })
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// A probe's TLS handshake, bounded by its deadline, failures in words
 /// (`tls: certificate not valid for …`).
 pub(crate) async fn handshake(

@@ -8,11 +8,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::{connect_failure, handshake, until, words, Class, Failure, Kind};
+use super::{connect, handshake, until, words, Class, Failure, Kind};
 
 /// The longest reply line accepted, and the most lines in one reply.
 const MAX_LINE: usize = 1024;
@@ -60,18 +59,7 @@ fn fail(class: Class, reason: String) -> Failure {
 impl Conversation<'_> {
     pub async fn run(&self, addr: SocketAddr) -> Result<(), Failure> {
         let within = words(self.timeout);
-        let tcp = until(
-            self.deadline,
-            Kind::Smtp,
-            || format!("smtp: no connection within {within}"),
-            async {
-                TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| connect_failure(Kind::Smtp, addr, &e))
-            },
-        )
-        .await?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect(addr, self.deadline, Kind::Smtp, &within).await?;
         let mut plain = BufReader::new(tcp);
 
         let banner = self
