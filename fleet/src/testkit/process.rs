@@ -94,10 +94,10 @@ pub async fn check_lifecycle(
     base: [u8; 3],
 ) -> anyhow::Result<()> {
     let configs = super::example_configs::ExampleConfigs::relocated(base)?;
-    let admin = match config_name {
-        "healthd.toml" => configs.get(config_name, "listen")?,
-        _ => configs.get(config_name, "admin_listen")?,
-    };
+    // healthd serves its admin endpoints on its one HTTP listener.
+    let admin = configs
+        .get(config_name, "admin_listen")
+        .or_else(|_| configs.get(config_name, "listen"))?;
     let status_url = format!("http://{admin}/status");
     let mut daemon = DaemonProcess::start(binary, &configs.path(config_name))?;
 
