@@ -1,6 +1,10 @@
 //! Process control every daemon shares: SIGTERM/SIGINT start a graceful
-//! shutdown, SIGHUP asks for a reload.
+//! shutdown, SIGHUP asks for a reload. A daemon that takes planned stops
+//! (the MTA) turns SIGTERM into a stop request first: it leaves service
+//! its own way, then shuts down; a second SIGTERM or a SIGINT shuts down
+//! at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +17,10 @@ use tokio_util::task::TaskTracker;
 pub struct Control {
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Cancelled by SIGTERM when planned stops are on (see
+    /// [`Control::take_planned_stops`]).
+    pub stop_requested: CancellationToken,
+    planned_stops: Arc<AtomicBool>,
     reload: Arc<Notify>,
 }
 
@@ -30,6 +38,25 @@ impl Control {
         self.reload.notified().await
     }
 
+    /// From now on the first SIGTERM cancels `stop_requested` only; the
+    /// daemon cancels `shutdown` when it has left service.
+    pub fn take_planned_stops(&self) {
+        self.planned_stops.store(true, Ordering::SeqCst);
+    }
+
+    /// What SIGTERM does: a planned stop the first time when they are on,
+    /// else (and the second time) a shutdown.
+    pub fn terminate(&self) {
+        if self.planned_stops.load(Ordering::SeqCst) && !self.stop_requested.is_cancelled() {
+            tracing::info!("SIGTERM received: planned stop (a second SIGTERM stops at once)");
+            self.stop_requested.cancel();
+        } else {
+            tracing::info!("SIGTERM received: shutting down");
+            self.stop_requested.cancel();
+            self.shutdown.cancel();
+        }
+    }
+
     /// Turns SIGTERM and SIGINT into a shutdown, and SIGHUP into a reload.
     pub fn install_signal_handlers(&self) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
@@ -40,10 +67,7 @@ impl Control {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = term.recv() => {
-                        tracing::info!("SIGTERM received: shutting down");
-                        control.shutdown.cancel();
-                    }
+                    _ = term.recv() => control.terminate(),
                     _ = int.recv() => {
                         tracing::info!("SIGINT received: shutting down");
                         control.shutdown.cancel();

@@ -104,6 +104,9 @@ pub struct Service<S> {
     pub live: std::sync::Arc<crate::Live<S>>,
     pub readiness: std::sync::Arc<crate::admin::Readiness>,
     pub registry: prometheus_client::registry::Registry,
+    /// Serve the admin listener over TLS with this configuration (healthd's
+    /// feed between hosts); plain HTTP when `None`.
+    pub admin_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl<S: Send + Sync + 'static> Service<S> {
@@ -116,6 +119,7 @@ impl<S: Send + Sync + 'static> Service<S> {
             live,
             readiness: crate::admin::Readiness::new(),
             registry,
+            admin_tls: None,
         }
     }
 
@@ -133,6 +137,7 @@ impl<S: Send + Sync + 'static> Service<S> {
             live,
             readiness,
             registry,
+            admin_tls,
         } = self;
         let status_live = live.clone();
         let state = crate::admin::AdminState {
@@ -148,7 +153,11 @@ impl<S: Send + Sync + 'static> Service<S> {
         let router = crate::admin::admin_router(state).merge(extra);
         let shutdown = control.shutdown.clone();
         control.tasks.spawn(async move {
-            if let Err(error) = crate::admin::serve(admin, router, shutdown).await {
+            let served = match admin_tls {
+                None => crate::admin::serve(admin, router, shutdown).await,
+                Some(tls) => crate::admin::serve_tls(admin, router, tls, shutdown).await,
+            };
+            if let Err(error) = served {
                 tracing::error!("admin listener failed: {error}");
             }
         });

@@ -15,6 +15,7 @@ pub mod rate;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;
 pub mod validate;
 
 pub use control::Control;

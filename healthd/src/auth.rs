@@ -27,7 +27,8 @@ impl Caller {
     }
 }
 
-fn token(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token of `Authorization`, if the request carries one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
@@ -36,7 +37,7 @@ fn token(headers: &HeaderMap) -> Option<&str> {
 
 /// Who is calling, if the request carries a known token.
 pub fn caller(headers: &HeaderMap, fleet: &Fleet, admin_sha256: Option<&str>) -> Option<Caller> {
-    caller_for_token(token(headers)?, fleet, admin_sha256)
+    caller_for_token(bearer(headers)?, fleet, admin_sha256)
 }
 
 /// Who holds `token` (from a header, or the dashboard's cookie), if anyone.

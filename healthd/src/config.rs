@@ -9,6 +9,7 @@ use fleet::config::{load_toml, resolve};
 use fleet::telemetry::LogFormat;
 use fleet::{load_fleet, ConfigError, Fleet};
 use serde::Deserialize;
+use sha2::Digest;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,14 @@ pub struct NodeConfig {
     pub admin_token_sha256: Option<String>,
     /// Where drains made through the admin API are kept across restarts.
     pub state_file: PathBuf,
+    /// Who may read the health feed: one bearer token per follower (an
+    /// lb-dns node), only its sha256 kept here. With none, the feed is open
+    /// to anyone who can reach `listen` (logged as a warning at start).
+    #[serde(default)]
+    pub followers: Vec<Follower>,
+    /// Serve `listen` over HTTPS with this certificate (one the followers
+    /// verify against the fleet CA, naming the host in their feed URL).
+    pub tls: Option<ListenTls>,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
@@ -31,6 +40,23 @@ pub struct NodeConfig {
     /// How often and how strictly MTAs are probed.
     #[serde(default)]
     pub probe: ProbeConfig,
+}
+
+/// `[[followers]]`: a reader of the feed and its token's sha256 (hex).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Follower {
+    pub name: String,
+    pub token_sha256: String,
+}
+
+/// `[tls]`: the certificate chain and key of the HTTPS listener (read at
+/// start and on reload; a new one applies after a restart).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Probe timing and thresholds. The defaults take a dead MTA out within
@@ -111,6 +137,8 @@ pub struct Settings {
     pub fleet: Fleet,
     /// The TLS client every probe uses, trusting `ca_file` only.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The HTTPS listener's configuration, when `[tls]` names one.
+    pub listen_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Settings {
@@ -119,16 +147,23 @@ impl Settings {
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.ca_file = resolve(config_file, &node.ca_file);
         node.state_file = resolve(config_file, &node.state_file);
+        if let Some(tls) = &mut node.tls {
+            tls.certificate = resolve(config_file, &tls.certificate);
+            tls.key = resolve(config_file, &tls.key);
+        }
         let file = config_file.display().to_string();
-        let problems = node.probe.problems();
+        let mut problems: Vec<(String, String)> = (node.probe.problems().into_iter())
+            .map(|message| ("probe".to_string(), message))
+            .collect();
+        problems.extend(follower_problems(&node.followers));
         if !problems.is_empty() {
             return Err(ConfigError {
                 file,
                 problems: problems
                     .into_iter()
-                    .map(|message| fleet::Problem {
+                    .map(|(key, message)| fleet::Problem {
                         line: None,
-                        key: "probe".to_string(),
+                        key,
                         message,
                     })
                     .collect(),
@@ -136,14 +171,55 @@ impl Settings {
         }
         let tls = crate::tls::client_config(&node.ca_file)
             .map_err(|message| ConfigError::single(&file, format!("ca_file: {message}")))?;
+        let listen_tls = match &node.tls {
+            None => None,
+            Some(tls) => Some(
+                fleet::tls::server_config(&tls.certificate, &tls.key)
+                    .map_err(|message| ConfigError::single(&file, format!("tls: {message}")))?,
+            ),
+        };
         let fleet = load_fleet(&node.fleet_file)?;
         Ok(Settings {
             config_file: config_file.to_path_buf(),
             node,
             fleet,
             tls,
+            listen_tls,
         })
     }
+
+    /// Whether `token` is a follower's (or the admin's): may read the feed.
+    pub fn may_follow(&self, token: &str) -> bool {
+        let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        let admin = self.node.admin_token_sha256.iter();
+        let followers = self.node.followers.iter().map(|f| &f.token_sha256);
+        admin
+            .chain(followers)
+            .any(|known| known.trim().eq_ignore_ascii_case(&digest))
+    }
+}
+
+/// Every follower has a name of its own and a sha256 in hex.
+fn follower_problems(followers: &[Follower]) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, follower) in followers.iter().enumerate() {
+        if !names.insert(follower.name.as_str()) {
+            problems.push((
+                format!("followers[{i}].name"),
+                format!("duplicate follower name `{}`", follower.name),
+            ));
+        }
+        let hash = follower.token_sha256.trim();
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            problems.push((
+                format!("followers[{i}].token_sha256"),
+                "must be the 64 hex digits of the token's sha256 (`echo -n TOKEN | sha256sum`)"
+                    .to_string(),
+            ));
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

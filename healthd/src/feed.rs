@@ -1,18 +1,26 @@
 //! The health feed: `GET /v1/fleet` answers the whole state now;
 //! `GET /v1/fleet?after=N` waits until the generation passes N (at most
 //! `max_wait`, then answers the state as it is).
+//!
+//! Readers present `Authorization: Bearer <token>`: a follower's token
+//! (`[[followers]]`, sha256 only) or the admin token. Without a token, or
+//! with an unknown one, 401. With no follower configured the feed is open.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fleet::feed::FleetHealth;
+use fleet::Live;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{bearer, unauthenticated};
 use crate::board::Board;
+use crate::config::Settings;
 
 /// How long a long-poll waits at most.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -20,6 +28,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct FeedState {
     pub board: Arc<Board>,
+    pub live: Arc<Live<Settings>>,
     pub max_wait: Duration,
     pub shutdown: CancellationToken,
 }
@@ -35,10 +44,22 @@ pub fn routes(state: FeedState) -> Router {
         .with_state(state)
 }
 
+/// Whether the request may read the feed.
+pub fn authorized(settings: &Settings, headers: &HeaderMap) -> bool {
+    if settings.node.followers.is_empty() {
+        return true;
+    }
+    bearer(headers).is_some_and(|token| settings.may_follow(token))
+}
+
 async fn fleet_feed(
     State(state): State<FeedState>,
     Query(query): Query<FeedQuery>,
-) -> Json<FleetHealth> {
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&state.live.get(), &headers) {
+        return unauthenticated();
+    }
     if let Some(after) = query.after {
         let mut generations = state.board.subscribe();
         tokio::select! {
@@ -46,5 +67,5 @@ async fn fleet_feed(
             _ = state.shutdown.cancelled() => {}
         }
     }
-    Json(state.board.snapshot())
+    Json(state.board.snapshot()).into_response()
 }

@@ -54,12 +54,22 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     }
     let board = board::Board::new(settings.fleet.clone(), drains);
     let metrics = metrics::Metrics::default();
+    if settings.node.followers.is_empty() {
+        tracing::warn!(
+            "no [[followers]] in {}: the health feed is open to anyone who can reach {}",
+            settings.config_file.display(),
+            settings.node.listen
+        );
+    }
+    let listen_tls = settings.listen_tls.clone();
     let mut service = Service::new(control, settings);
+    service.admin_tls = listen_tls;
     metrics.register(&mut service.registry);
     let live = service.live.clone();
     let shutdown = service.control.shutdown.clone();
     let router = feed::routes(feed::FeedState {
         board: board.clone(),
+        live: live.clone(),
         max_wait: feed::MAX_WAIT,
         shutdown: shutdown.clone(),
     })
@@ -116,10 +126,12 @@ impl Daemon for Healthd {
 
     fn describe(s: &Settings) -> String {
         format!(
-            "{} clusters with {} MTAs, HTTP on {}, probing every {} (timeout {}, rise {}, fall {})",
+            "{} clusters with {} MTAs, {} on {} ({} feed followers), probing every {} (timeout {}, rise {}, fall {})",
             s.fleet.clusters.len(),
             s.fleet.mta_count(),
+            if s.listen_tls.is_some() { "HTTPS" } else { "HTTP" },
             s.node.listen,
+            s.node.followers.len(),
             probe::words(s.node.probe.interval),
             probe::words(s.node.probe.timeout),
             s.node.probe.rise,

@@ -2,6 +2,7 @@
 //! daemon, and what the end-to-end tests use to drive it.
 
 pub mod cli;
+pub mod hosts;
 pub mod info;
 pub mod ops;
 pub mod plan;

@@ -17,9 +17,17 @@ pub struct NodeConfig {
     pub listen: Vec<SocketAddr>,
     /// The admin HTTP listener: /live, /ready, /metrics, /status.
     pub admin_listen: SocketAddr,
-    /// Base URLs of the healthd instances whose feeds this node follows.
+    /// Base URLs of the healthd instances whose feeds this node follows:
+    /// `http://host:port`, or `https://host:port` verified against
+    /// `healthd_ca_file` (the certificate must name `host`).
     #[serde(default)]
     pub healthd: Vec<String>,
+    /// This node's bearer token for the feeds (healthd keeps its sha256
+    /// under `[[followers]]`).
+    pub healthd_token: Option<String>,
+    /// The CA that healthd certificates are verified against (the fleet
+    /// CA); required for `https://` feeds, and then only it is trusted.
+    pub healthd_ca_file: Option<PathBuf>,
     /// Where the last known health state is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// UDP sockets per listen address (SO_REUSEPORT), each with its own
@@ -55,6 +63,10 @@ impl Settings {
         let mut node: NodeConfig = load_toml(config_file)?;
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.state_file = node.state_file.map(|p| resolve(config_file, &p));
+        node.healthd_ca_file = node.healthd_ca_file.map(|p| resolve(config_file, &p));
+        let file = config_file.display().to_string();
+        crate::feed_client::FeedLink::from_node(&node)
+            .map_err(|message| ConfigError::single(&file, message))?;
         let fleet = load_fleet(&node.fleet_file)?;
         Ok(Settings {
             config_file: config_file.to_path_buf(),

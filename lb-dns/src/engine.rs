@@ -276,7 +276,7 @@ impl Engine {
                     if changed.is_err() {
                         return;
                     }
-                    followers.sync(&self.live.get().node.healthd);
+                    followers.sync(&self.live.get().node);
                     self.rebuild();
                 }
                 changed = health_changed.changed() => {

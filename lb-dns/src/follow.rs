@@ -1,7 +1,8 @@
 //! Following healthd feeds: one task per base URL long-polls
 //! `GET <url>/v1/fleet?after=<generation>` and hands every answer to
 //! `Health`. A failure makes the feed stale at once; the task retries with
-//! a capped backoff.
+//! a capped backoff. Each request carries this node's token; `https://`
+//! feeds are verified against the configured CA only (see `feed_client`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,17 +12,19 @@ use fleet::control::Control;
 use fleet::feed::FleetHealth;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::NodeConfig;
+use crate::feed_client::FeedLink;
 use crate::health::Health;
 
 /// Longer than healthd's ~30 s long-poll: past this a silent feed is stale.
 const POLL_TIMEOUT: Duration = Duration::from_secs(40);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The running follower tasks, one per feed URL.
 pub struct Followers {
     client: reqwest::Client,
+    link: FeedLink,
     health: Arc<Health>,
     control: Control,
     running: HashMap<String, CancellationToken>,
@@ -29,21 +32,34 @@ pub struct Followers {
 
 impl Followers {
     pub fn new(health: Arc<Health>, control: Control) -> anyhow::Result<Followers> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the healthd feed client: {e}"))?;
+        let link = FeedLink::default();
         Ok(Followers {
-            client,
+            client: link.client()?,
+            link,
             health,
             control,
             running: HashMap::new(),
         })
     }
 
-    /// Follows exactly `urls` from now on.
-    pub fn sync(&mut self, urls: &[String]) {
+    /// Follows exactly the feeds of `node` from now on; a changed token or
+    /// CA restarts every follower with it.
+    pub fn sync(&mut self, node: &NodeConfig) {
+        let urls = &node.healthd;
+        match FeedLink::from_node(node).and_then(|link| {
+            let client = link.client().map_err(|e| e.to_string())?;
+            Ok((link, client))
+        }) {
+            Ok((link, client)) if link != self.link => {
+                for stop in self.running.values() {
+                    stop.cancel();
+                }
+                self.running.clear();
+                (self.link, self.client) = (link, client);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!("healthd feed link unchanged: {error}"),
+        }
         self.health.set_feeds(urls);
         self.running.retain(|url, stop| {
             let keep = urls.contains(url);
@@ -63,7 +79,7 @@ impl Followers {
             self.control.tasks.spawn(follow(
                 url.clone(),
                 self.health.clone(),
-                self.client.clone(),
+                (self.client.clone(), self.link.clone()),
                 stop,
             ));
         }
@@ -76,7 +92,7 @@ enum Polled {
 }
 
 async fn poll(
-    client: &reqwest::Client,
+    (client, link): &(reqwest::Client, FeedLink),
     base: &str,
     known: Option<&FleetHealth>,
 ) -> Result<Polled, String> {
@@ -84,8 +100,8 @@ async fn poll(
         None => format!("{base}/v1/fleet"),
         Some(k) => format!("{base}/v1/fleet?after={}", k.generation),
     };
-    let response = client
-        .get(&url)
+    let response = link
+        .get(client, &url)
         .timeout(POLL_TIMEOUT)
         .send()
         .await
@@ -124,7 +140,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 pub async fn follow(
     url: String,
     health: Arc<Health>,
-    client: reqwest::Client,
+    client: (reqwest::Client, FeedLink),
     stop: CancellationToken,
 ) {
     let base = url.trim_end_matches('/').to_string();

@@ -9,6 +9,7 @@
 pub mod answers;
 pub mod config;
 pub mod engine;
+pub mod feed_client;
 pub mod follow;
 pub mod handler;
 pub mod health;
@@ -205,7 +206,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         .not_ready("dns", "starting: DNS listeners not serving yet");
 
     let mut followers = Followers::new(health.clone(), control.clone())?;
-    followers.sync(&started.live.get().node.healthd);
+    followers.sync(&started.live.get().node);
     control.tasks.spawn(engine.run(control.clone(), followers));
 
     let handler = Handler::new(answers, metrics);

@@ -35,6 +35,9 @@ pub struct NodeConfig {
     /// How this node delivers: DNS, retries, smart-host routes, DKIM keys.
     #[serde(default)]
     pub delivery: crate::delivery::DeliveryConfig,
+    /// What SIGTERM does: leave DNS, then close (see `planned_stop`).
+    #[serde(default)]
+    pub planned_stop: crate::planned_stop::PlannedStopConfig,
 }
 
 /// `[smtp]`: limits of SMTP submission (most apply to HTTP injection too).
@@ -154,6 +157,9 @@ impl Settings {
                 message,
             }],
         })?;
+        node.planned_stop
+            .servers(&fleet)
+            .map_err(|message| ConfigError::single(&config_file.display().to_string(), message))?;
         if node.smtp.max_line_length < 80 {
             return Err(ConfigError::single(
                 &config_file.display().to_string(),

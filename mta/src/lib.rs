@@ -8,6 +8,7 @@ pub mod events;
 pub mod ingress;
 pub mod inject;
 pub mod message;
+pub mod planned_stop;
 pub mod policy;
 pub mod queue;
 pub mod smtp;
@@ -125,11 +126,59 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     for listener in listeners.https {
         tasks.spawn(inject::server::serve(listener, ingress.clone()));
     }
+    started.control.take_planned_stops();
+    started.control.tasks.spawn(planned_stop(
+        started.live.clone(),
+        started.readiness.clone(),
+        started.control.clone(),
+    ));
     started.until_shutdown(grace).await;
     let _ = egress_stopped.await;
     let closing = spool.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     Ok(())
+}
+
+/// On a stop request: not ready at once, serving until out of DNS for one
+/// TTL (bounded), then the shutdown.
+async fn planned_stop(
+    live: std::sync::Arc<fleet::Live<Settings>>,
+    readiness: std::sync::Arc<fleet::admin::Readiness>,
+    control: Control,
+) {
+    tokio::select! {
+        _ = control.stop_requested.cancelled() => {}
+        _ = control.shutdown.cancelled() => return,
+    }
+    let settings = live.get();
+    let config = &settings.node.planned_stop;
+    if config.max_wait.is_zero() {
+        control.shutdown.cancel();
+        return;
+    }
+    readiness.not_ready(
+        "shutdown",
+        "stopping: waiting until lb-dns no longer answers this node",
+    );
+    let fleet_entry = settings.fleet.mta(&settings.node.node).map(|(_, mta)| mta);
+    let watch = planned_stop::Watch {
+        hostname: format!("{}.", settings.hostname),
+        addresses: (fleet_entry.into_iter())
+            .flat_map(|mta| {
+                std::iter::once(std::net::IpAddr::V4(mta.ipv4))
+                    .chain(mta.ipv6.map(std::net::IpAddr::V6))
+            })
+            .collect(),
+        servers: config.servers(&settings.fleet).unwrap_or_default(),
+        ttl: std::time::Duration::from_secs(settings.fleet.zone.ttl.into()),
+        max_wait: config.max_wait,
+        poll: config.poll,
+    };
+    tokio::select! {
+        _ = watch.wait_out_of_dns() => {}
+        _ = control.shutdown.cancelled() => {}
+    }
+    control.shutdown.cancel();
 }
 
 pub struct MtaNode;

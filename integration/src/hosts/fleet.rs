@@ -1,0 +1,229 @@
+//! A fleet on several hosts: the network, the files, and one process per
+//! daemon in its host's namespace (this executable, `local-cluster`,
+//! re-executed as `daemon mta`, `sink`, `dns`, ...).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::rr::RecordType;
+use parking_lot::Mutex;
+
+use super::configs::{self, Files, Secrets};
+use super::netns::Network;
+use super::topology::{Host, Role, Topology};
+
+/// The running fleet; dropping it stops every process and removes the
+/// network.
+pub struct HostsFleet {
+    pub topology: Topology,
+    pub secrets: Secrets,
+    pub files: Files,
+    bin: PathBuf,
+    children: Mutex<HashMap<String, Vec<Child>>>,
+    // Dropped last: kills whatever is left in the namespaces.
+    pub network: Network,
+}
+
+impl HostsFleet {
+    /// Builds the network, writes the files into `root` and starts every
+    /// daemon with `bin` (the `local-cluster` executable).
+    pub fn start(bin: &Path, root: &Path, mtas: usize) -> anyhow::Result<HostsFleet> {
+        let topology = Topology::new(mtas);
+        let mut network = Network::new()?;
+        for host in &topology.hosts {
+            network.add_host(&host.name, &host.addresses(), &super::topology::ROUTES)?;
+        }
+        let secrets = Secrets::fresh(topology.lb_dns().len());
+        let files = configs::write_all(root, &topology, &secrets)?;
+        let fleet = HostsFleet {
+            topology,
+            secrets,
+            files,
+            bin: bin.to_path_buf(),
+            children: Mutex::new(HashMap::new()),
+            network,
+        };
+        let names: Vec<String> = fleet
+            .topology
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        for name in names {
+            fleet.start_host(&name)?;
+        }
+        Ok(fleet)
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.topology
+            .host(name)
+            .unwrap_or_else(|| panic!("no host named {name}"))
+    }
+
+    /// Starts what runs on host `name` (after it died or stopped).
+    pub fn start_host(&self, name: &str) -> anyhow::Result<()> {
+        let host = self.host(name).clone();
+        let log = self.files.log(name);
+        let config = self.files.config(name);
+        let config = config.to_string_lossy();
+        let bin = self.bin.to_string_lossy();
+        let mut started = Vec::new();
+        let daemon = |role: &str| -> anyhow::Result<Child> {
+            self.network
+                .spawn(name, &bin, &["daemon", role, "--config", &config], &log)
+        };
+        match host.role {
+            Role::LbDns => started.push(daemon("lb-dns")?),
+            Role::Healthd => started.push(daemon("healthd")?),
+            Role::Mta => started.push(daemon("mta")?),
+            Role::Internet => {
+                let sink = format!("{}:25", host.ipv4);
+                let dns = format!("{}:53", host.ipv4);
+                let maildir = self.files.sink_dir();
+                let maildir = maildir.to_string_lossy();
+                let sink_args = ["sink", "--listen", &sink, "--maildir", &maildir];
+                started.push(self.network.spawn(name, &bin, &sink_args, &log)?);
+                let mut dns_args = vec!["dns".to_string(), "--listen".into(), dns];
+                for domain in configs::SINK_DOMAINS {
+                    dns_args.push("--mx".into());
+                    dns_args.push(format!("{domain}={}", configs::SINK_HOST));
+                }
+                dns_args.push("--a".into());
+                dns_args.push(format!("{}={}", configs::SINK_HOST, host.ipv4));
+                let dns_args: Vec<&str> = dns_args.iter().map(String::as_str).collect();
+                started.push(self.network.spawn(name, &bin, &dns_args, &log)?);
+            }
+            Role::Client => {}
+        }
+        self.children.lock().insert(name.to_string(), started);
+        Ok(())
+    }
+
+    /// `kill -9` of every process on host `name`: the host dies.
+    pub fn kill_host(&self, name: &str) -> usize {
+        let killed = self.network.kill_all(name, libc::SIGKILL);
+        if let Some(children) = self.children.lock().remove(name) {
+            for mut child in children {
+                let _ = child.wait();
+            }
+        }
+        killed
+    }
+
+    /// SIGTERM to the daemons of host `name`; waits (bounded) for them to
+    /// exit and returns how long that took and whether all exited 0.
+    pub fn stop_host(&self, name: &str, bound: Duration) -> anyhow::Result<(Duration, bool)> {
+        let start = Instant::now();
+        let mut children = self.children.lock().remove(name).unwrap_or_default();
+        for child in &children {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let mut clean = true;
+        for child in &mut children {
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    clean &= status.success();
+                    break;
+                }
+                if start.elapsed() > bound {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    anyhow::bail!("{name} did not stop within {bound:?} of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok((start.elapsed(), clean))
+    }
+
+    /// What lb-dns `lb` answers for the cluster hostname (A and AAAA), asked
+    /// from the client host; `None` without an answer within a second.
+    pub async fn answers(&self, lb: &str) -> Option<BTreeSet<IpAddr>> {
+        let server = std::net::SocketAddr::new(IpAddr::V4(self.host(lb).ipv4), 53);
+        let name = format!("{}.", self.secrets.hostname());
+        let ns = self.network.ns(&self.topology.client().name);
+        super::inside::run_in(&ns, move || async move {
+            let mut all = BTreeSet::new();
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                let answer = mta::planned_stop::ask(server, &name, qtype)
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+                all.extend(answer);
+            }
+            Ok(all)
+        })
+        .await
+        .ok()
+    }
+
+    /// Every address (v4 and v6) of the MTAs named.
+    pub fn addresses_of(&self, mtas: &[&str]) -> BTreeSet<IpAddr> {
+        mtas.iter()
+            .flat_map(|m| {
+                let h = self.host(m);
+                [IpAddr::V4(h.ipv4), IpAddr::V6(h.ipv6)]
+            })
+            .collect()
+    }
+
+    /// Waits until every lb-dns answers exactly `expected`; returns how long.
+    pub async fn wait_answers(
+        &self,
+        expected: &BTreeSet<IpAddr>,
+        bound: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let mut all = true;
+            let mut seen = Vec::new();
+            for lb in self.topology.lb_dns() {
+                let answers = self.answers(&lb.name).await;
+                all &= answers.as_ref() == Some(expected);
+                seen.push((lb.name.clone(), answers));
+            }
+            if all {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                start.elapsed() < bound,
+                "lb-dns did not answer {expected:?} within {bound:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every message file at the sink, as text.
+    pub fn sink_messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.files.sink_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect()
+    }
+
+    /// The last lines of host `name`'s log, for a failure's report.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.files.log(name)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for HostsFleet {
+    fn drop(&mut self) {
+        for (_, children) in self.children.lock().drain() {
+            for mut child in children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
