@@ -12,11 +12,13 @@ pub mod locate;
 pub mod model;
 pub mod password;
 pub mod rate;
+pub mod secret;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
 pub mod validate;
+pub mod vault;
 
 pub use control::Control;
 pub use live::Live;

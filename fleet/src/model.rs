@@ -105,7 +105,8 @@ pub struct Cluster {
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     pub username: String,
-    pub password: PhcHash,
+    /// A PHC hash, or a Vault reference to one.
+    pub password: crate::secret::Secret<PhcHash>,
     /// The subset of the cluster's domains this credential may send as;
     /// absent means all of them.
     pub domains: Option<Vec<String>>,

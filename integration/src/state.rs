@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(cluster.rate_limit.to_string(), "unlimited");
         let credential = &cluster.credentials[0];
         assert!(fleet::password::verify_password(
-            credential.password.as_str(),
+            credential.password.value().unwrap().as_str(),
             &plan.password
         ));
         assert_eq!(fleet.accounts[0].token_sha256, sha256_hex(&plan.api_token));

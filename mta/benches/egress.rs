@@ -489,7 +489,7 @@ fn dkim(messages: usize) {
         let signer = mta::dkim::Dkim::load(&[DkimKey {
             domain: "yourdomain.com".into(),
             selector: "s1".into(),
-            key: dir.path().join(file),
+            key: fleet::secret::SecretFile::Path(dir.path().join(file)),
             algorithm,
         }])
         .unwrap();

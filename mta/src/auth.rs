@@ -81,12 +81,19 @@ impl Authenticator {
                 .find(|c| c.username == username)
                 .map(|credential| (cluster, credential))
         });
-        let Some((cluster, credential)) = found else {
+        // A hash still unresolved cannot match anything.
+        let found = found.and_then(|(cluster, credential)| {
+            credential
+                .password
+                .value()
+                .map(|phc| (cluster, credential, phc))
+        });
+        let Some((cluster, credential, phc)) = found else {
             // Same work as a real check, so timing tells nothing.
             self.argon2(DUMMY_HASH, password).await;
             return Err(AuthFailed);
         };
-        let phc = credential.password.as_str();
+        let phc = phc.as_str();
         let key = self.cache_key(username, phc, password);
         let cached = self.lock().contains(&key);
         if !cached {

@@ -2,10 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::config::{load_toml, resolve};
 use fleet::load::Problem;
+use fleet::secret::SecretStore;
 use fleet::telemetry::LogFormat;
 use fleet::{load_fleet, ConfigError, Fleet};
 use serde::Deserialize;
@@ -38,6 +40,8 @@ pub struct NodeConfig {
     /// What SIGTERM does: leave DNS, then close (see `planned_stop`).
     #[serde(default)]
     pub planned_stop: crate::planned_stop::PlannedStopConfig,
+    /// Where `vault:` references (DKIM keys, credential hashes) are read.
+    pub vault: Option<fleet::vault::VaultConfig>,
 }
 
 /// `[smtp]`: limits of SMTP submission (most apply to HTTP injection too).
@@ -113,11 +117,47 @@ pub struct Settings {
     /// load so the per-message paths do not search the fleet.
     pub cluster_id: String,
     pub hostname: String,
+    /// The DKIM signers built from `node.delivery.dkim` (files or Vault).
+    pub dkim: Arc<crate::dkim::Dkim>,
+    /// What was read from Vault; kept across reloads.
+    pub secrets: Arc<SecretStore>,
+}
+
+impl std::fmt::Debug for crate::dkim::Dkim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dkim(<signers>)")
+    }
+}
+
+fn problem(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.display().to_string(),
+        problems: vec![Problem {
+            line: None,
+            key: key.to_string(),
+            message: message.into(),
+        }],
+    }
 }
 
 impl Settings {
+    /// Loads with a fresh secret store (`--check`, the first start).
     pub fn load(config_file: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with(config_file, SecretStore::new())
+    }
+
+    /// Loads, reading every Vault reference afresh through `secrets`.
+    pub fn load_with(
+        config_file: &Path,
+        secrets: Arc<SecretStore>,
+    ) -> Result<Settings, ConfigError> {
         let mut node: NodeConfig = load_toml(config_file)?;
+        if let Some(vault) = &mut node.vault {
+            vault.resolve_paths(config_file);
+        }
+        secrets
+            .configure(node.vault.as_ref())
+            .map_err(|m| problem(config_file, "vault", m))?;
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.spool_dir = resolve(config_file, &node.spool_dir);
         node.tls.certificate = resolve(config_file, &node.tls.certificate);
@@ -132,7 +172,11 @@ impl Settings {
                     message,
                 }],
             })?;
-        let fleet = load_fleet(&node.fleet_file)?;
+        // Keys that cannot be read or parsed fail `--check` and a reload.
+        let dkim = crate::dkim::Dkim::load_with(&node.delivery.dkim, &secrets)
+            .map_err(|m| problem(config_file, "delivery.dkim", m))?;
+        let mut fleet = load_fleet(&node.fleet_file)?;
+        resolve_credentials(&mut fleet, &node, &secrets)?;
         let Some((cluster, _)) = fleet.mta(&node.node) else {
             return Err(ConfigError {
                 file: config_file.display().to_string(),
@@ -173,11 +217,47 @@ impl Settings {
             tls,
             cluster_id,
             hostname,
+            dkim: Arc::new(dkim),
+            secrets,
         })
     }
 
     /// This node's cluster in the fleet.
     pub fn cluster(&self) -> Option<&fleet::Cluster> {
         self.fleet.cluster(&self.cluster_id)
+    }
+}
+
+/// Reads the password hashes of this node's cluster written as Vault
+/// references (only its own: an MTA's Vault policy need not reach others).
+fn resolve_credentials(
+    fleet: &mut Fleet,
+    node: &NodeConfig,
+    secrets: &SecretStore,
+) -> Result<(), ConfigError> {
+    let Some(index) = fleet
+        .clusters
+        .iter()
+        .position(|c| c.mtas.iter().any(|m| m.name == node.node))
+    else {
+        return Ok(());
+    };
+    let mut problems = Vec::new();
+    for (number, credential) in fleet.clusters[index].credentials.iter_mut().enumerate() {
+        if let Err(message) = credential.password.resolve(secrets) {
+            problems.push(Problem {
+                line: None,
+                key: format!("clusters[{index}].credentials[{number}].password"),
+                message,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            file: node.fleet_file.display().to_string(),
+            problems,
+        })
     }
 }

@@ -13,6 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
 use crate::delivery::config::{DkimAlgorithm, DkimKey};
+use fleet::secret::SecretStore;
 
 /// The headers signed when present.
 const SIGNED_HEADERS: [&str; 12] = [
@@ -40,10 +41,11 @@ pub struct Dkim {
     by_domain: HashMap<String, Signer>,
 }
 
-fn load_key(key: &DkimKey) -> Result<Signer, String> {
-    let place = format!("DKIM key for {} ({})", key.domain, key.key.display());
-    let pem = std::fs::read(&key.key).map_err(|e| format!("{place}: cannot read it: {e}"))?;
-    let der = PrivateKeyDer::from_pem_slice(&pem)
+fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
+    let place = format!("DKIM key for {} ({})", key.domain, key.key);
+    // A file, or a field in Vault; zeroized when dropped.
+    let pem = key.key.read(secrets).map_err(|e| format!("{place}: {e}"))?;
+    let der = PrivateKeyDer::from_pem_slice(pem.expose())
         .map_err(|e| format!("{place}: not a PEM private key: {e}"))?;
     let signer = match key.algorithm {
         DkimAlgorithm::RsaSha256 => {
@@ -109,10 +111,16 @@ pub fn from_domain(message: &[u8]) -> Option<String> {
 }
 
 impl Dkim {
+    /// Keys from files only (a Vault reference is an error).
     pub fn load(keys: &[DkimKey]) -> Result<Dkim, String> {
+        Self::load_with(keys, &SecretStore::default())
+    }
+
+    /// Keys from files or from Vault through `secrets`.
+    pub fn load_with(keys: &[DkimKey], secrets: &SecretStore) -> Result<Dkim, String> {
         let mut by_domain = HashMap::new();
         for key in keys {
-            by_domain.insert(key.domain.to_ascii_lowercase(), load_key(key)?);
+            by_domain.insert(key.domain.to_ascii_lowercase(), load_key(key, secrets)?);
         }
         Ok(Dkim { by_domain })
     }

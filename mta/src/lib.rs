@@ -80,6 +80,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let spool = spool::Spool::open(&settings.node.spool_dir).await?;
     let delivery_config = settings.node.delivery.clone();
     let hello_name = settings.hostname.clone();
+    let secrets = settings.secrets.clone();
     let mut service = Service::new(control, settings);
     let ingress_metrics = ingress::IngressMetrics::register(&mut service.registry);
     let egress_metrics = queue::EgressMetrics::default();
@@ -88,15 +89,24 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let started = service.start(
         listeners.admin,
         axum::Router::new(),
-        move || Settings::load(&config_file),
+        {
+            let secrets = secrets.clone();
+            move || Settings::load_with(&config_file, secrets.clone())
+        },
         |s: &Settings| {
             serde_json::json!({
                 "zone": s.fleet.zone.origin,
                 "clusters": s.fleet.clusters.len(),
                 "mtas": s.fleet.mta_count(),
+                "vault": s.secrets.status(),
             })
         },
     );
+    secrets.attach_readiness(started.readiness.clone());
+    started.control.tasks.spawn(fleet::secret::refresh_loop(
+        secrets,
+        started.control.clone(),
+    ));
     // Delivery first: Reception events and the queue are in place before
     // the first client connects.
     let egress = delivery::start_for_node(

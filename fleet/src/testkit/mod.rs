@@ -2,12 +2,14 @@
 //! (feature `testkit`): a local CA, a sink MX, a static DNS server, the
 //! example configs relocated per test, and helpers for daemon processes.
 
+pub mod bao;
 pub mod dns;
 pub mod example_configs;
 pub mod pki;
 pub mod process;
 pub mod sink;
 
+pub use bao::Bao;
 pub use dns::StaticDns;
 pub use pki::LocalCa;
 pub use sink::{Behaviour, Received, Sink, SinkConfig};

@@ -65,7 +65,8 @@ pub struct Engine {
     metrics: EgressMetrics,
     router: Router,
     connector: Connector,
-    dkim: Arc<Dkim>,
+    /// The signers of the settings in service (replaced on reload).
+    dkim: arc_swap::ArcSwap<Dkim>,
     config: DeliveryConfig,
     tasks: TaskTracker,
 }
@@ -114,7 +115,6 @@ impl Engine {
             config.connections_per_destination,
             config.timeout,
         );
-        let dkim = Arc::new(Dkim::load(&config.dkim)?);
         spool.attach_events(events.clone());
         Ok(Arc::new(Engine {
             spool,
@@ -123,7 +123,7 @@ impl Engine {
             metrics,
             router,
             connector,
-            dkim,
+            dkim: arc_swap::ArcSwap::from_pointee(Dkim::default()),
             config,
             tasks: TaskTracker::new(),
         }))
@@ -150,6 +150,11 @@ impl Engine {
             scheduler: handle,
             stop,
         }
+    }
+
+    /// Signs with `dkim` from now on.
+    pub fn use_dkim(&self, dkim: Arc<Dkim>) {
+        self.dkim.store(dkim);
     }
 
     pub fn events(&self) -> &Arc<Events> {
@@ -298,10 +303,11 @@ impl Engine {
         };
         // Signing (RSA above all) takes a millisecond of CPU: off the
         // async workers.
-        let signature = if self.dkim.is_empty() {
+        let dkim = self.dkim.load_full();
+        let signature = if dkim.is_empty() {
             None
         } else {
-            let (dkim, body) = (self.dkim.clone(), message.data.clone());
+            let body = message.data.clone();
             tokio::task::spawn_blocking(move || dkim.sign(&body))
                 .await
                 .unwrap_or_else(|e| Some(Err(format!("the signing task failed: {e}"))))
@@ -435,6 +441,17 @@ pub fn start_for_node(
             .map(|cluster| cluster.rate_limit)
             .unwrap_or_default()
     };
+    // DKIM keys follow the settings in service (a reload, or a key rotated
+    // in Vault, swaps them); attempts under way finish with the old ones.
+    engine.use_dkim(live.get().dkim.clone());
+    let (weak, dkim_live) = (Arc::downgrade(&engine), live.clone());
+    let mut reloaded = live.subscribe();
+    tokio::spawn(async move {
+        while reloaded.changed().await.is_ok() {
+            let Some(engine) = weak.upgrade() else { return };
+            engine.use_dkim(dkim_live.get().dkim.clone());
+        }
+    });
     let initial = limit_of(&live.get());
     let changed = live.subscribe();
     let current = Box::new(move || limit_of(&live.get()));
