@@ -488,7 +488,9 @@ fn dkim(messages: usize) {
     ] {
         let signer = mta::dkim::Dkim::load(&[DkimKey {
             domain: "yourdomain.com".into(),
-            selector: "s1".into(),
+            selector: fleet::secret::SecretRef::Value(fleet::secret::SecretBytes::new(
+                b"s1".to_vec(),
+            )),
             key: fleet::secret::SecretFile::Path(dir.path().join(file)),
             algorithm,
         }])

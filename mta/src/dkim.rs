@@ -45,6 +45,15 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
     let place = format!("DKIM key for {} ({})", key.domain, key.key);
     // A file, or a field in Vault; zeroized when dropped.
     let pem = key.key.read(secrets).map_err(|e| format!("{place}: {e}"))?;
+    let selector = key
+        .selector
+        .resolve(secrets)
+        .map_err(|e| format!("{place}: {e}"))?;
+    let selector = selector
+        .as_str()
+        .map_err(|_| format!("{place}: the selector is not text"))?
+        .trim()
+        .to_string();
     let der = PrivateKeyDer::from_pem_slice(pem.expose())
         .map_err(|e| format!("{place}: not a PEM private key: {e}"))?;
     let signer = match key.algorithm {
@@ -54,7 +63,7 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
             Signer::Rsa(
                 DkimSigner::from_key(rsa)
                     .domain(key.domain.clone())
-                    .selector(key.selector.clone())
+                    .selector(selector.clone())
                     .headers(SIGNED_HEADERS)
                     .header_canonicalization(Canonicalization::Relaxed)
                     .body_canonicalization(Canonicalization::Relaxed),
@@ -69,7 +78,7 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
             Signer::Ed25519(
                 DkimSigner::from_key(ed)
                     .domain(key.domain.clone())
-                    .selector(key.selector.clone())
+                    .selector(selector.clone())
                     .headers(SIGNED_HEADERS)
                     .header_canonicalization(Canonicalization::Relaxed)
                     .body_canonicalization(Canonicalization::Relaxed),

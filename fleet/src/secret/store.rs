@@ -272,38 +272,39 @@ impl Inner {
 
 /// Re-reads the secrets every `refresh_interval` (and keeps an AppRole
 /// token renewed before its TTL ends) until shutdown; a new version asks
-/// for a reload, which reads and applies the new values.
+/// for a reload, which reads and applies the new values. A reload that
+/// changes the interval or the Vault settings applies within a second.
 pub async fn refresh_loop(store: Arc<SecretStore>, control: Control) {
-    let mut next_refresh = tokio::time::Instant::now();
+    use tokio::time::Instant;
+    let mut last_refresh = Instant::now();
     loop {
-        let Some(interval) = store.refresh_interval() else {
-            // No Vault now; a reload may configure one.
-            tokio::select! {
-                _ = control.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-            }
-        };
-        next_refresh = next_refresh
-            .max(tokio::time::Instant::now())
-            .min(tokio::time::Instant::now() + interval);
+        let now = Instant::now();
+        let due = store
+            .refresh_interval()
+            .map(|interval| last_refresh + interval);
         let renew_at = match store.client() {
-            Some(client) => client.renew_at().await.map(tokio::time::Instant::from_std),
+            Some(client) => client.renew_at().await.map(Instant::from_std),
             None => None,
         };
-        let wake = renew_at.map_or(next_refresh, |r| r.min(next_refresh));
+        let wake = [due, renew_at]
+            .into_iter()
+            .flatten()
+            .fold(now + Duration::from_secs(1), Instant::min);
         tokio::select! {
             _ = control.shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
         }
-        if tokio::time::Instant::now() >= next_refresh {
-            next_refresh = tokio::time::Instant::now() + interval;
+        if due.is_some_and(|due| Instant::now() >= due) {
+            last_refresh = Instant::now();
             if store.refresh().await {
                 tracing::info!("vault: a secret has a new version; reloading");
                 control.request_reload();
             }
-        } else if let Some(client) = store.client() {
-            if let Err(error) = client.renew_now().await {
-                tracing::warn!("vault: keeping the token alive failed: {error}");
+        } else if renew_at.is_some_and(|at| Instant::now() >= at) {
+            if let Some(client) = store.client() {
+                if let Err(error) = client.renew_now().await {
+                    tracing::warn!("vault: keeping the token alive failed: {error}");
+                }
             }
         }
     }

@@ -64,8 +64,9 @@ pub struct DeliveryConfig {
 pub struct DkimKey {
     /// Messages whose From: domain is this are signed (d=).
     pub domain: String,
-    /// s=, the key's name under `_domainkey.<domain>`.
-    pub selector: String,
+    /// s=, the key's name under `_domainkey.<domain>`; may be a Vault
+    /// reference, so a key and its selector rotate together.
+    pub selector: fleet::secret::SecretRef,
     /// PEM private key (PKCS#8, or PKCS#1 for RSA): a file relative to the
     /// config, or a Vault reference `vault:<mount>/data/<path>#<field>`.
     pub key: fleet::secret::SecretFile,
@@ -208,7 +209,9 @@ mod tests {
         let mut config = DeliveryConfig {
             dkim: vec![DkimKey {
                 domain: "Example.COM".into(),
-                selector: "s1".into(),
+                selector: fleet::secret::SecretRef::Value(fleet::secret::SecretBytes::new(
+                    b"s1".to_vec(),
+                )),
                 key: fleet::secret::SecretFile::Path("no-such-key.pem".into()),
                 algorithm: DkimAlgorithm::RsaSha256,
             }],
