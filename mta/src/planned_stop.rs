@@ -1,8 +1,8 @@
 //! A planned stop (SIGTERM): the node reports not ready at once (healthd's
 //! `/ready` probe fails, lb-dns stops answering it), keeps serving whoever
 //! still resolved it, and closes only once no lb-dns has answered its
-//! addresses for one TTL (clients' caches have run out), or `max_wait`
-//! has passed.
+//! addresses for one TTL (clients' caches have run out) and a second more
+//! (transactions started just before), or `max_wait` has passed.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +12,10 @@ use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
 use hickory_resolver::proto::rr::{Name, RecordType};
 use serde::Deserialize;
 use tokio::net::UdpSocket;
+
+/// Past the TTL, for transactions started just before clients' caches ran
+/// out.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// `[planned_stop]` in the node config.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -92,7 +96,7 @@ impl Watch {
                 }
                 (false, Some(_)) => {}
             }
-            if unanswered_since.is_some_and(|since| now - since >= self.ttl) {
+            if unanswered_since.is_some_and(|since| now - since >= self.ttl + SETTLE) {
                 tracing::info!(
                     "planned stop: out of DNS for one TTL after {:.1}s: closing",
                     start.elapsed().as_secs_f64()

@@ -1,0 +1,413 @@
+//! What the multi-host tests share: starting a fleet in network namespaces
+//! (or saying clearly why not), and the client host's real clients: a stub
+//! resolver that asks both lb-dns and caches for the TTL, SMTP (lettre,
+//! STARTTLS verified, AUTH PLAIN) and HTTP injection (reqwest, TLS verified),
+//! each message on a fresh connection.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hickory_resolver::proto::rr::RecordType;
+use integration::hosts::configs::{self, SENDER_DOMAIN};
+use integration::hosts::{inside, netns, HostsFleet};
+
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use parking_lot::Mutex;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_local-cluster");
+
+/// One fleet at a time: the machine has few cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct Setup {
+    pub fleet: HostsFleet,
+    _dir: tempfile::TempDir,
+    _serial: parking_lot::MutexGuard<'static, ()>,
+}
+
+impl Setup {
+    /// A fleet of 3 MTAs, every one answered by both lb-dns; `None` (with
+    /// the reason printed) where the harness cannot run.
+    pub async fn start(test: &str) -> Option<Setup> {
+        if let Some(reason) = netns::unavailable() {
+            eprintln!("SKIPPED {test}: {reason}");
+            return None;
+        }
+        let serial = SERIAL.lock();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let fleet = HostsFleet::start(std::path::Path::new(BIN), dir.path(), 3)
+            .expect("the multi-host fleet starts");
+        let setup = Setup {
+            fleet,
+            _dir: dir,
+            _serial: serial,
+        };
+        let started = Instant::now();
+        for hd in ["healthd-1", "healthd-2"] {
+            for mta in ["mta-1", "mta-2", "mta-3"] {
+                wait_healthd_state(&setup, hd, mta, "up").await;
+            }
+        }
+        let all = setup.fleet.addresses_of(&["mta-1", "mta-2", "mta-3"]);
+        setup
+            .fleet
+            .wait_answers(&all, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| setup.fail(e));
+        let took = started.elapsed();
+        println!(
+            "{test}: fleet up on {} hosts, every MTA up and answered after {took:.1?}",
+            setup.fleet.topology.hosts.len()
+        );
+        Some(setup)
+    }
+
+    /// Panics with `error` and the tail of every daemon's log.
+    pub fn fail(&self, error: anyhow::Error) -> ! {
+        for host in &self.fleet.topology.hosts {
+            eprintln!(
+                "--- {} (last lines)\n{}",
+                host.name,
+                self.fleet.log_tail(&host.name, 12)
+            );
+        }
+        panic!("{error:#}");
+    }
+
+    pub fn client_ns(&self) -> String {
+        self.fleet.network.ns(&self.fleet.topology.client().name)
+    }
+
+    /// `program args` on the client host; its stdout, or an error with
+    /// its stderr.
+    pub fn on_client(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .fleet
+            .network
+            .command(&self.fleet.topology.client().name, program)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {program} on the client host"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            hostname: self.fleet.secrets.hostname(),
+            username: self.fleet.secrets.username.clone(),
+            password: self.fleet.secrets.password.clone(),
+            ca_pem: std::fs::read(self.fleet.files.ca()).expect("the CA"),
+            lb_dns: (self.fleet.topology.lb_dns().iter())
+                .map(|h| SocketAddr::new(IpAddr::V4(h.ipv4), 53))
+                .collect(),
+            cache: Arc::new(Mutex::new(None)),
+            turn: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// How many sink messages carry each Subject starting with `prefix`.
+    pub fn delivered(&self, prefix: &str) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for message in self.fleet.sink_messages() {
+            if let Some(subject) = subject(&message) {
+                if subject.starts_with(prefix) {
+                    *counts.entry(subject).or_default() += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Waits until every tag is at the sink; the counts per tag.
+    pub async fn wait_delivered(
+        &self,
+        prefix: &str,
+        tags: &[String],
+        bound: Duration,
+    ) -> BTreeMap<String, usize> {
+        let start = Instant::now();
+        loop {
+            let counts = self.delivered(prefix);
+            let missing: Vec<&String> = tags.iter().filter(|t| !counts.contains_key(*t)).collect();
+            if missing.is_empty() {
+                return counts;
+            }
+            if start.elapsed() > bound {
+                self.fail(anyhow::anyhow!(
+                    "{} of {} acknowledged messages not delivered within {bound:?}: {:?}",
+                    missing.len(),
+                    tags.len(),
+                    &missing[..missing.len().min(10)]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The state healthd `hd` reports for `mta`, asked from the client host.
+pub async fn healthd_state(setup: &Setup, hd: &str, mta: &str) -> Option<String> {
+    let url = format!(
+        "https://{}:{}/v1/fleet",
+        setup.fleet.host(hd).ipv4,
+        configs::HEALTHD_PORT
+    );
+    let token = setup.fleet.secrets.admin_token.clone();
+    let ca = std::fs::read(setup.fleet.files.ca()).ok()?;
+    let mta = mta.to_string();
+    inside::run_in(&setup.client_ns(), move || async move {
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+            .timeout(Duration::from_secs(3))
+            .build()?;
+        let feed: fleet::feed::FleetHealth = client
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let state = (feed.clusters.iter().flat_map(|c| c.mtas.iter()))
+            .find(|m| m.name == mta)
+            .map(|m| m.state.as_str().to_string());
+        state.ok_or_else(|| anyhow::anyhow!("{mta} is not in the feed"))
+    })
+    .await
+    .ok()
+}
+
+pub async fn wait_healthd_state(setup: &Setup, hd: &str, mta: &str, state: &str) {
+    let start = Instant::now();
+    while healthd_state(setup, hd, mta).await.as_deref() != Some(state) {
+        if start.elapsed() > Duration::from_secs(30) {
+            setup.fail(anyhow::anyhow!("{hd} never saw {mta} {state}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn subject(message: &str) -> Option<String> {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .map(|s| s.trim().to_string())
+}
+
+/// When the cluster's addresses were asked for, and what they were.
+type Answer = (Instant, Vec<IpAddr>);
+
+/// A client on the client host; clone it into each worker.
+#[derive(Clone)]
+pub struct Client {
+    pub hostname: String,
+    username: String,
+    password: String,
+    ca_pem: Vec<u8>,
+    lb_dns: Vec<SocketAddr>,
+    cache: Arc<Mutex<Option<Answer>>>,
+    turn: Arc<AtomicUsize>,
+}
+
+impl Client {
+    /// The cluster's IPv4 addresses, from the cache while the TTL lasts,
+    /// else from the first lb-dns that answers.
+    pub async fn resolve(&self) -> anyhow::Result<Vec<IpAddr>> {
+        if let Some((at, addresses)) = self.cache.lock().clone() {
+            if at.elapsed() < Duration::from_secs(configs::TTL.into()) && !addresses.is_empty() {
+                return Ok(addresses);
+            }
+        }
+        let name = format!("{}.", self.hostname);
+        for server in &self.lb_dns {
+            if let Some(addresses) = mta::planned_stop::ask(*server, &name, RecordType::A).await {
+                if !addresses.is_empty() {
+                    *self.cache.lock() = Some((Instant::now(), addresses.clone()));
+                    return Ok(addresses);
+                }
+            }
+        }
+        anyhow::bail!("no lb-dns answered for {name}")
+    }
+
+    /// One address of the cluster, taking turns.
+    pub async fn pick(&self) -> anyhow::Result<IpAddr> {
+        let addresses = self.resolve().await?;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        Ok(addresses[turn % addresses.len()])
+    }
+
+    pub async fn send_smtp(&self, address: IpAddr, port: u16, tag: &str) -> anyhow::Result<()> {
+        let tls = TlsParameters::builder(self.hostname.clone())
+            .add_root_certificate(Certificate::from_pem(&self.ca_pem)?)
+            .build_rustls()?;
+        let transport =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string())
+                .port(port)
+                .tls(Tls::Required(tls))
+                .credentials(Credentials::new(
+                    self.username.clone(),
+                    self.password.clone(),
+                ))
+                .authentication(vec![Mechanism::Plain])
+                .timeout(Some(Duration::from_secs(20)))
+                .build();
+        let message = Message::builder()
+            .from(format!("Hosts test <hello@{SENDER_DOMAIN}>").parse()?)
+            .to("someone@example.com".parse()?)
+            .subject(tag)
+            .header(ContentType::TEXT_PLAIN)
+            .body(format!("multi-host test message {tag}\r\n"))?;
+        transport
+            .send(message)
+            .await
+            .with_context(|| format!("SMTP to {address}:{port}"))?;
+        Ok(())
+    }
+
+    pub async fn inject(&self, address: IpAddr, tag: &str) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem)?)
+            .resolve(
+                &self.hostname,
+                SocketAddr::new(address, configs::HTTPS_PORT),
+            )
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(20))
+            .build()?;
+        let sender = format!("hello@{SENDER_DOMAIN}");
+        let response = client
+            .post(format!("https://{}/api/inject/v1", self.hostname))
+            .basic_auth(&self.username, Some(&self.password))
+            .json(&serde_json::json!({
+                "envelope_sender": sender,
+                "recipients": ["someone@example.net"],
+                "content": {"from": {"email": sender, "name": "Hosts test"},
+                            "subject": tag, "text_body": "multi-host injection"}
+            }))
+            .send()
+            .await
+            .with_context(|| format!("HTTP injection to {address}"))?;
+        let status = response.status();
+        anyhow::ensure!(status.is_success(), "HTTP injection to {address}: {status}");
+        Ok(())
+    }
+}
+
+/// What the load's clients saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Tags of acknowledged messages.
+    pub acked: Vec<String>,
+    /// (when, what) of every failed attempt.
+    pub errors: Vec<(Instant, String)>,
+    /// Acknowledged messages per MTA address.
+    pub per_address: BTreeMap<IpAddr, usize>,
+}
+
+/// Constant load from the client host: `smtp` SMTP workers and `http` HTTP
+/// workers, each sending one message after the other (fresh connection,
+/// address from the TTL-cached answers) until `stop`.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<LoadReport>>,
+}
+
+impl Load {
+    pub fn start(setup: &Setup, prefix: &str, smtp: usize, http: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = setup.client();
+        let ns = setup.client_ns();
+        let (prefix, stopping) = (prefix.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            inside::block_on_in(&ns, move || async move {
+                let report = Arc::new(Mutex::new(LoadReport::default()));
+                let mut workers = Vec::new();
+                for w in 0..smtp + http {
+                    let (client, report, stop) = (client.clone(), report.clone(), stopping.clone());
+                    let tag = format!("{prefix}-w{w}");
+                    workers.push(tokio::spawn(worker(client, report, stop, tag, w < smtp)));
+                }
+                for worker in workers {
+                    let _ = worker.await;
+                }
+                let report = report.lock().clone();
+                Ok(report)
+            })
+        });
+        Load { stop, thread }
+    }
+
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .expect("the load thread")
+            .expect("the load ran")
+    }
+}
+
+fn record(
+    report: &Mutex<LoadReport>,
+    tag: String,
+    result: Result<IpAddr, (Option<IpAddr>, anyhow::Error)>,
+) {
+    let mut report = report.lock();
+    match result {
+        Ok(address) => {
+            report.acked.push(tag);
+            *report.per_address.entry(address).or_default() += 1;
+        }
+        Err((address, e)) => {
+            let error = format!("{address:?}: {e:#}");
+            report.errors.push((Instant::now(), error));
+        }
+    }
+}
+
+async fn worker(
+    client: Client,
+    report: Arc<Mutex<LoadReport>>,
+    stop: Arc<AtomicBool>,
+    tag: String,
+    smtp: bool,
+) {
+    let ports = configs::SMTP_PORTS;
+    let mut n = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let tag = format!("{tag}-{n}");
+        let result = match client.pick().await {
+            Err(e) => Err((None, e)),
+            Ok(address) => {
+                let sent = if smtp {
+                    client
+                        .send_smtp(address, ports[n % ports.len()], &tag)
+                        .await
+                } else {
+                    client.inject(address, &tag).await
+                };
+                sent.map(|()| address).map_err(|e| (Some(address), e))
+            }
+        };
+        record(&report, tag, result);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
