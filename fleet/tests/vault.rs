@@ -221,3 +221,66 @@ fn configs_name_what_is_wrong() {
         .unwrap_err()
         .contains("/no/such/ca.pem"));
 }
+
+#[tokio::test]
+async fn vault_import_copies_file_secrets_and_prints_the_references() {
+    let bao = Bao::start("127.7.1.6", PORT).await.unwrap();
+    let configs = fleet::testkit::example_configs::ExampleConfigs::relocated([127, 7, 6]).unwrap();
+    let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIB7example0key0material0000000000000\n-----END PRIVATE KEY-----\n";
+    std::fs::create_dir_all(configs.path("dkim")).unwrap();
+    std::fs::write(configs.path("dkim/yourdomain.com.pem"), pem).unwrap();
+    let mta = configs.path("mta.toml");
+    let mut text = std::fs::read_to_string(&mta).unwrap();
+    text.push_str(
+        "[[delivery.dkim]]\ndomain = \"yourdomain.com\"\nselector = \"s1\"\n\
+         key = \"dkim/yourdomain.com.pem\"\nalgorithm = \"ed25519-sha256\"\n",
+    );
+    std::fs::write(&mta, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .arg("vault-import")
+        .arg("--fleet")
+        .arg(configs.path("fleet.toml"))
+        .arg("--mta-config")
+        .arg(&mta)
+        .args(["--address", bao.address(), "--token-file"])
+        .arg(bao.token_file().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let references: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.split_once(" = \"")?.1.strip_suffix('"'))
+        .collect();
+    assert!(stdout.contains("clusters[0].credentials[0].password = \"vault:secret/data/unmta/a1b2c3d4/credentials/your-credential#password\""), "{stdout}");
+    assert!(
+        stdout.contains(
+            "delivery.dkim[0].key = \"vault:secret/data/unmta/dkim/yourdomain.com#private_key\""
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("$argon2") && !stdout.contains("PRIVATE KEY"),
+        "{stdout}"
+    );
+    let store = token_store(&bao).await;
+    let fleet = fleet::load_fleet(&configs.path("fleet.toml")).unwrap();
+    let hash = fleet.clusters[0].credentials[0]
+        .password
+        .value()
+        .unwrap()
+        .as_str()
+        .to_string();
+    let mut values = Vec::new();
+    for text in &references {
+        values.push(store.read_async(&reference(text)).await.unwrap());
+    }
+    let values: Vec<&[u8]> = values.iter().map(|v| v.expose()).collect();
+    assert!(values.contains(&hash.as_bytes()), "the credential hash");
+    assert!(values.contains(&pem.as_bytes()), "the DKIM key");
+    assert!(values.contains(&b"s1".as_slice()), "the selector");
+}

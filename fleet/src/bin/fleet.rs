@@ -1,4 +1,5 @@
-//! The ops CLI: `fleet check FILE`, `fleet hash-password`.
+//! The ops CLI: `fleet check FILE`, `fleet hash-password`,
+//! `fleet vault-import`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -22,6 +23,66 @@ enum Command {
     Check { file: PathBuf },
     /// Read a password on stdin and print its argon2id PHC hash.
     HashPassword,
+    /// Copy the fleet's file-based secrets (credential hashes, DKIM keys)
+    /// into Vault (KV v2) and print the reference to write for each.
+    VaultImport(VaultImport),
+}
+
+#[derive(clap::Args)]
+struct VaultImport {
+    /// The fleet file: its credential hashes written in place are copied.
+    #[arg(long, value_name = "FILE")]
+    fleet: PathBuf,
+    /// An MTA config: its DKIM key files are copied (repeatable).
+    #[arg(long = "mta-config", value_name = "FILE")]
+    mta_configs: Vec<PathBuf>,
+    /// Vault's address, e.g. https://vault.internal:8200.
+    #[arg(long)]
+    address: String,
+    /// A file holding a token that may write under the prefix.
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// PEM CA of Vault's certificate.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The KV version 2 mount.
+    #[arg(long, default_value = "secret")]
+    mount: String,
+    /// Path under the mount the secrets go to.
+    #[arg(long, default_value = "unmta")]
+    prefix: String,
+}
+
+fn vault_import(args: VaultImport) -> Result<(), String> {
+    let writes =
+        fleet::vault::import::plan(&args.fleet, &args.mta_configs, &args.mount, &args.prefix)?;
+    if writes.is_empty() {
+        println!("nothing to import: every secret is already a Vault reference");
+        return Ok(());
+    }
+    let mut config = fleet::vault::VaultConfig::with_token_file(args.address, args.token_file);
+    config.ca_file = args.ca_file;
+    config.namespace = args.namespace;
+    let client = fleet::vault::VaultClient::new(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let assignments = runtime
+        .block_on(fleet::vault::import::import(&client, &writes))
+        .map_err(|e| e.to_string())?;
+    println!("# copied into Vault; write these references in place of the files and values:");
+    for assignment in assignments {
+        println!(
+            "{}: {} = \"{}\"",
+            assignment.file.display(),
+            assignment.key,
+            assignment.reference
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -42,6 +103,13 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 eprintln!("{error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::VaultImport(args) => match vault_import(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("fleet vault-import: {error}");
                 ExitCode::FAILURE
             }
         },
