@@ -88,35 +88,14 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
     Ok(signer)
 }
 
-/// The domain of the first From: header's address, lower-cased.
+/// The domain DKIM signs for: the From: mailbox's domain as the strict
+/// reader in [`crate::from_header`] reads it (the same reader the sender
+/// policy uses), or `None` when the header block cannot be read.
 pub fn from_domain(message: &[u8]) -> Option<String> {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(message.len().min(256 * 1024));
-    let head = &message[..end];
-    let mut value: Option<String> = None;
-    for line in head.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match &mut value {
-            Some(v) if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') => {
-                v.push_str(&String::from_utf8_lossy(line));
-                continue;
-            }
-            Some(_) => break,
-            None => {}
-        }
-        if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"from:") {
-            value = Some(String::from_utf8_lossy(&line[5..]).into_owned());
-        }
-    }
-    let value = value?;
-    let address = match (value.rfind('<'), value.rfind('>')) {
-        (Some(open), Some(close)) if open < close => &value[open + 1..close],
-        _ => value.trim(),
-    };
-    let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.');
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+    let head = crate::from_header::header_section(message);
+    crate::from_header::sender_domain(head)
+        .ok()
+        .map(|mailbox| mailbox.domain)
 }
 
 impl Dkim {
@@ -173,5 +152,14 @@ mod tests {
             Some("news.example.org".into())
         );
         assert_eq!(from_domain(b"To: t@x\r\n\r\nFrom: a@b\r\n"), None);
+        // What receivers read, or nothing: never the last `@` of the field.
+        assert_eq!(
+            from_domain(b"From: <boss@other.example> you@example.com\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            from_domain(b"From: a@example.com\r\nFrom: b@other.example\r\n\r\n"),
+            None
+        );
     }
 }

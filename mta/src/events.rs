@@ -4,7 +4,7 @@
 //! Lines go to `[delivery].events_file` when set, else to the log (target
 //! `mta::events`). In-process subscribers (tests) get every event too.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -61,10 +61,14 @@ impl Events {
             None => None,
             Some(path) => {
                 if let Some(parent) = path.parent() {
-                    let _ = std::fs::create_dir_all(parent);
+                    use std::os::unix::fs::DirBuilderExt;
+                    let _ = std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent);
                 }
                 Some(Mutex::new(
-                    OpenOptions::new()
+                    crate::spool::private_file()
                         .create(true)
                         .append(true)
                         .open(path)

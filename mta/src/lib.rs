@@ -5,6 +5,7 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod events;
+pub mod from_header;
 pub mod ingress;
 pub mod inject;
 pub mod message;
@@ -93,13 +94,17 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
             let secrets = secrets.clone();
             move || Settings::load_with(&config_file, secrets.clone())
         },
-        |s: &Settings| {
-            serde_json::json!({
-                "zone": s.fleet.zone.origin,
-                "clusters": s.fleet.clusters.len(),
-                "mtas": s.fleet.mta_count(),
-                "vault": s.secrets.status(),
-            })
+        {
+            let spool = spool.clone();
+            move |s: &Settings| {
+                serde_json::json!({
+                    "zone": s.fleet.zone.origin,
+                    "clusters": s.fleet.clusters.len(),
+                    "mtas": s.fleet.mta_count(),
+                    "vault": s.secrets.status(),
+                    "spool_quarantined": spool.quarantined(),
+                })
+            }
         },
     );
     secrets.attach_readiness(started.readiness.clone());

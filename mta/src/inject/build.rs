@@ -15,6 +15,7 @@ use mail_builder::MessageBuilder;
 use super::model::{Builder, Content, InjectRequest, Mailbox, Recipient, Substitutions};
 use super::subst::Scope;
 use crate::auth::Principal;
+use crate::from_header;
 use crate::ingress::trace_id;
 use crate::policy::{self, PolicyError};
 
@@ -104,9 +105,14 @@ fn prepare_builder<'r>(builder: &'r Builder, principal: &Principal) -> Result<Bo
     if let Some(reply_to) = &builder.reply_to {
         check_mailbox("content.reply_to", reply_to)?;
     }
-    let domain = policy::domain_of(&builder.from.email).unwrap_or_default();
-    if !principal.may_send_as(domain) {
-        return Err(Refusal::Policy(PolicyError::FromDomain(domain.to_string())));
+    let from = from_header::parse_address("content.from.email", &builder.from.email)
+        .map_err(|e| Refusal::Policy(e.into()))?;
+    if let Some(reply_to) = &builder.reply_to {
+        from_header::parse_address("content.reply_to.email", &reply_to.email)
+            .map_err(|e| Refusal::Policy(e.into()))?;
+    }
+    if !principal.may_send_as(&from.domain) {
+        return Err(Refusal::Policy(PolicyError::FromDomain(from.domain)));
     }
     if let Some(subject) = &builder.subject {
         check_header_value("content.subject", subject)?;
@@ -197,7 +203,9 @@ pub fn plan(recipients: &[Recipient], max_recipients: usize) -> (Vec<Group<'_>>,
     let mut groups = Vec::new();
     let mut bad = Vec::new();
     for recipient in recipients {
-        if check_address("recipient", &recipient.email).is_err() {
+        if check_address("recipient", &recipient.email).is_err()
+            || policy::check_recipient(&recipient.email).is_err()
+        {
             bad.push(recipient);
         } else if recipient.substitutions.is_empty() {
             shared.push(recipient);
@@ -302,8 +310,12 @@ impl Prepared<'_> {
             return Err(RenderError::LineTooLong(self.max_line - 2));
         }
         let data = data.into_bytes();
+        if let Some(at) = policy::control_character(&data) {
+            return Err(RenderError::Policy(PolicyError::ControlCharacter(at)));
+        }
         let facts = policy::inspect(&data);
         policy::check_from(principal, &facts).map_err(RenderError::Policy)?;
+        let data = facts.strip_return_path(data);
         Ok(Rendered {
             has_message_id: facts.has_message_id,
             has_date: facts.has_date,
@@ -541,7 +553,9 @@ mod tests {
         let (groups, _) = plan(&request.recipients, 100);
         assert_eq!(
             prepared.render(&groups[0], &p, "h").err(),
-            Some(RenderError::Policy(PolicyError::MissingFrom))
+            Some(RenderError::Policy(PolicyError::From(
+                crate::from_header::FromError::Missing
+            )))
         );
         let request =
             req(r#"{"from": "me@yourdomain.com", "headers": {"Bad Name": "x"}, "text_body": "b"}"#);

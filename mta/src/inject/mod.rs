@@ -152,9 +152,13 @@ async fn deliver(
     for recipient in bad {
         response.fail_count += 1;
         response.failed_recipients.push(recipient.email.clone());
-        response
-            .errors
-            .push(format!("{}: not a valid email address", recipient.email));
+        let why = crate::policy::check_recipient(&recipient.email)
+            .err()
+            .map_or_else(
+                || "not a valid email address".to_string(),
+                |e| e.to_string(),
+            );
+        response.errors.push(format!("{}: {why}", recipient.email));
     }
     // Build all first: a policy or size refusal refuses the whole request
     // before anything is stored.

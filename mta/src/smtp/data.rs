@@ -31,6 +31,8 @@ pub enum Data {
     LineTooLong,
     /// A CR or LF that is not part of a CRLF.
     BareNewline,
+    /// A NUL or another C0 control other than TAB, at this offset.
+    Control(usize),
 }
 
 /// The state between chunks of input.
@@ -44,6 +46,8 @@ struct Receiver {
     after_cr: bool,
     bare_newline: bool,
     long_line: bool,
+    /// The offset of the first NUL or C0 control other than TAB.
+    control: Option<usize>,
 }
 
 impl Receiver {
@@ -57,6 +61,7 @@ impl Receiver {
             after_cr: false,
             bare_newline: false,
             long_line: false,
+            control: None,
         }
     }
 
@@ -131,6 +136,9 @@ impl Receiver {
     }
 
     fn keep(&mut self, segment: &[u8]) {
+        if self.control.is_none() {
+            self.control = crate::policy::control_character(segment).map(|at| self.size + at);
+        }
         self.size += segment.len();
         if self.size <= self.limits.max_size {
             self.body.extend_from_slice(segment);
@@ -150,6 +158,8 @@ impl Receiver {
             Data::BareNewline
         } else if self.long_line {
             Data::LineTooLong
+        } else if let Some(at) = self.control {
+            Data::Control(at)
         } else {
             Data::Message(self.body)
         }
@@ -252,5 +262,12 @@ mod tests {
         let mut exact = big[..60].to_vec();
         exact.extend_from_slice(b"ab\r\n.\r\n");
         assert_eq!(run(&[&exact]).0, Data::Message(exact[..64].to_vec()));
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        assert_eq!(run(&[b"a\tb\r\nc\0d\r\n.\r\n"]).0, Data::Control(6));
+        assert_eq!(run(&[b"a\r\n", b"\x1b$B\r\n.\r\n"]).0, Data::Control(3));
+        assert!(matches!(run(&[b"a\tb\r\n.\r\n"]).0, Data::Message(_)));
     }
 }

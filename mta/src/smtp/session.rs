@@ -458,6 +458,10 @@ impl<'a> Session<'a> {
         if !recipient.is_ascii() && !transaction.smtputf8 {
             return self.error(conn, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
         }
+        if let Err(error) = policy::check_recipient(&recipient) {
+            conn.reply(&format!("550 5.1.2 {error}"));
+            return Next::Continue;
+        }
         if transaction.recipients.len() >= max {
             conn.reply(&format!("452 4.5.3 Too many recipients: at most {max}"));
             return Next::Continue;
@@ -530,6 +534,13 @@ impl<'a> Session<'a> {
                 );
                 return Next::Continue;
             }
+            Ok(Data::Control(at)) => {
+                metrics.rejected(&listener, "syntax");
+                conn.reply(&format!(
+                    "550 5.6.0 Message has a NUL or another control character at byte {at}: only TAB is allowed"
+                ));
+                return Next::Continue;
+            }
             Err(error) => {
                 self.farewell(conn, &error);
                 return Next::Close;
@@ -544,6 +555,7 @@ impl<'a> Session<'a> {
             conn.reply(&format!("550 5.7.1 {error}"));
             return Next::Continue;
         }
+        let message = facts.strip_return_path(message);
         let helo = self.helo.as_deref().unwrap_or_default();
         let submitted = self
             .ctx

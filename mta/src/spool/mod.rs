@@ -31,6 +31,31 @@ use tokio::sync::Notify;
 
 use crate::message::{MessageId, NewMessage};
 pub use record::StoredMessage;
+pub use recover::Quarantined;
+
+/// Creates `dir` (and its parents) with mode 0700, and makes an existing
+/// one 0700: a spool holds customers' mail.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        // A read-only mount keeps its modes; recovery still reads it.
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// Options that create files with mode 0600 (spool, state, events, keys).
+pub fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.mode(0o600);
+    options
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -158,6 +183,8 @@ pub struct Spool {
     arrived: Notify,
     probe: Mutex<Option<(Instant, Result<(), String>)>>,
     events: std::sync::OnceLock<Arc<crate::events::Events>>,
+    /// What recovery moved aside at open.
+    quarantined: Vec<Quarantined>,
 }
 
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -179,7 +206,7 @@ impl Spool {
 
     fn open_blocking(dir: &Path, segment_limit: u64) -> Result<Arc<Spool>, SpoolError> {
         let unavailable = SpoolError::Unavailable;
-        std::fs::create_dir_all(dir)
+        create_private_dir(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let started = Instant::now();
         let recovered = recover::recover(dir).map_err(unavailable)?;
@@ -234,6 +261,7 @@ impl Spool {
             arrived: Notify::new(),
             probe: Mutex::new(None),
             events: std::sync::OnceLock::new(),
+            quarantined: recovered.quarantined,
         }))
     }
 
@@ -337,7 +365,11 @@ impl Spool {
     fn probe_write(&self) -> Result<(), String> {
         use std::io::Write;
         let path = self.shared.dir.join(".probe");
-        let result = std::fs::File::create(&path)
+        let result = private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
             .and_then(|mut f| f.write_all(&[0u8; 4096]))
             .map_err(|e| {
                 format!(
@@ -454,6 +486,11 @@ impl Spool {
             segments: segments.len(),
             bytes: self.shared.metrics.bytes.get().max(0) as u64,
         }
+    }
+
+    /// The bytes recovery could not trust and moved aside at open.
+    pub fn quarantined(&self) -> &[Quarantined] {
+        &self.quarantined
     }
 
     pub fn dir(&self) -> &Path {

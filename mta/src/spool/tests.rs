@@ -121,6 +121,39 @@ async fn a_torn_tail_and_a_damaged_record_lose_only_themselves() {
         .map(|x| x.seq)
         .collect();
     assert_eq!(back, expected);
+    // Both are moved aside with their bytes and listed, the tail is cut.
+    let quarantined = spool.quarantined();
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    assert_eq!(quarantined[0].offset, u64::from(j.offset));
+    assert_eq!(quarantined[0].len, u64::from(j.len));
+    assert_eq!(quarantined[1].len, 100);
+    let moved = std::fs::read(&quarantined[0].path).unwrap();
+    assert_eq!(moved.len(), j.len as usize);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len() as usize,
+        bytes.len() - 100
+    );
+}
+
+#[tokio::test]
+async fn spool_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("spool");
+    let spool = Spool::open(&root).await.unwrap();
+    spool.accept(message(1, 2)).await.unwrap();
+    let job = spool.take_arrivals()[0];
+    spool.done(&job);
+    spool.sync().await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 2, "a segment and its state file");
 }
 
 #[tokio::test]

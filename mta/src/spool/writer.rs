@@ -7,7 +7,7 @@
 //! once a second, and on [`Op::Sync`].
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -187,7 +187,7 @@ impl Writer {
         let id = self.next_segment;
         let path = segment_path(dir, id);
         let result = (|| {
-            let file = OpenOptions::new()
+            let file = super::private_file()
                 .create_new(true)
                 .append(true)
                 .open(&path)?;
@@ -313,7 +313,7 @@ impl Writer {
                 Some(file) => file,
                 None => {
                     let path = ack_path(&self.shared.dir, segment);
-                    match OpenOptions::new().create(true).append(true).open(&path) {
+                    match super::private_file().create(true).append(true).open(&path) {
                         Ok(file) => self.ack_files.entry(segment).or_insert(file),
                         Err(e) => {
                             tracing::error!(
