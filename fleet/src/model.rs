@@ -1,7 +1,7 @@
 //! The fleet file's shape. Field-level checks live in the types
 //! (`RateLimit`, `PhcHash`); cross-field checks live in `validate`.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -206,5 +206,24 @@ impl Cluster {
     /// The domains a credential may send as.
     pub fn allowed_domains<'a>(&'a self, credential: &'a Credential) -> &'a [String] {
         credential.domains.as_deref().unwrap_or(&self.domains)
+    }
+
+    /// The addresses mail of this cluster leaves from, as receivers see
+    /// them (lb-dns publishes them as the cluster's SPF record): every MTA's
+    /// IPv4 and IPv6 address, drained and down ones included (they may still
+    /// be delivering what they queued), in fleet order without duplicates.
+    pub fn mail_source_addresses(&self) -> Vec<IpAddr> {
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for mta in &self.mtas {
+            for ip in [Some(IpAddr::V4(mta.ipv4)), mta.ipv6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+            {
+                if !addresses.contains(&ip) {
+                    addresses.push(ip);
+                }
+            }
+        }
+        addresses
     }
 }

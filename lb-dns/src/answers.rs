@@ -1,28 +1,32 @@
-//! The zone as lb-dns serves it: every answer precomputed from the fleet file
-//! and the merged health, rebuilt whenever either changes. A query only looks
-//! its name up, picks the next rotation and borrows the records.
+//! The zone as lb-dns serves it: every answer precomputed in wire format
+//! from the fleet file and the merged health, rebuilt whenever either
+//! changes. Each (name, type) has its answer sections ready as bytes, one
+//! copy per rotation step for the cluster addresses, written for a question
+//! of that name's length (names compress against it); a query costs a
+//! lookup, an atomic increment and a copy (`respond`).
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleet::feed::MtaState;
 use fleet::{Fleet, WhenAllDown};
-use hickory_proto::rr::rdata::{A, AAAA, HINFO, NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::health::HealthView;
+use crate::wire::{self, name_to_wire, Writer};
 
 /// TTL of the apex NS set and the glue addresses.
 pub const NS_TTL: u32 = 3600;
 /// TTL of the synthesized RFC 8482 answer to ANY.
 pub const ANY_TTL: u32 = 3789;
+/// Preference of the cluster's own MX record.
+pub const MX_PREFERENCE: u16 = 10;
 
 /// What a cluster answers and why, for logging and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClusterSummary {
     pub id: String,
     /// MTAs up and not drained.
@@ -34,48 +38,124 @@ pub struct ClusterSummary {
     pub served_v6: usize,
 }
 
-/// One RRset with its precomputed rotations: `rotations[i]` lists indices
-/// into `records`, at most `max_answers` of them, starting with the MTA that
-/// position `i` of the weighted wheel names.
-pub struct RRset {
-    records: Vec<Record>,
-    rotations: Vec<Box<[u16]>>,
-    next: AtomicUsize,
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Data {
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Ns(Vec<u8>),
+    Soa {
+        mname: Vec<u8>,
+        rname: Vec<u8>,
+        minimum: u32,
+    },
+    Mx(u16, Vec<u8>),
+    Txt(String),
+    Hinfo,
 }
 
-impl RRset {
-    fn new(records: Vec<Record>, weights: &[u32], max_answers: usize) -> RRset {
-        let rotations = if records.is_empty() {
-            Vec::new()
-        } else {
-            rotations(weights, max_answers)
+impl Data {
+    fn rtype(&self) -> u16 {
+        match self {
+            Data::A(_) => wire::TYPE_A,
+            Data::Aaaa(_) => wire::TYPE_AAAA,
+            Data::Ns(_) => wire::TYPE_NS,
+            Data::Soa { .. } => wire::TYPE_SOA,
+            Data::Mx(..) => wire::TYPE_MX,
+            Data::Txt(_) => wire::TYPE_TXT,
+            Data::Hinfo => wire::TYPE_HINFO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Rec {
+    owner: Vec<u8>,
+    ttl: u32,
+    data: Data,
+}
+
+impl Rec {
+    fn write(&self, w: &mut Writer, serial: u32) {
+        w.record(&self.owner, self.data.rtype(), self.ttl, |w| {
+            match &self.data {
+                Data::A(ip) => w.raw(&ip.octets()),
+                Data::Aaaa(ip) => w.raw(&ip.octets()),
+                Data::Ns(name) => w.name(name),
+                Data::Soa {
+                    mname,
+                    rname,
+                    minimum,
+                } => {
+                    w.name(mname);
+                    w.name(rname);
+                    for n in [serial, 3600, 600, 604_800, *minimum] {
+                        w.raw(&n.to_be_bytes());
+                    }
+                }
+                Data::Mx(preference, name) => {
+                    w.raw(&preference.to_be_bytes());
+                    w.name(name);
+                }
+                Data::Txt(text) => w.strings(text.as_bytes()),
+                Data::Hinfo => {
+                    w.strings(b"RFC8482");
+                    w.strings(b"");
+                }
+            }
+        });
+    }
+}
+
+/// One ready answer: the sections after the question.
+#[derive(Debug)]
+pub struct Wire {
+    pub rcode: u16,
+    /// Answer, authority and additional record counts.
+    pub counts: [u16; 3],
+    pub body: Box<[u8]>,
+    /// Where each answer record ends in `body` (truncation keeps whole
+    /// answer records and drops the other sections).
+    pub answer_ends: Box<[u16]>,
+}
+
+impl Wire {
+    fn render(qname: Option<&[u8]>, rcode: u16, sections: [&[Rec]; 3], serial: u32) -> Wire {
+        let mut w = match qname {
+            Some(q) => Writer::new(q),
+            None => Writer::detached(),
         };
-        RRset {
-            records,
-            rotations,
-            next: AtomicUsize::new(0),
+        let mut answer_ends = Vec::with_capacity(sections[0].len());
+        for record in sections[0] {
+            record.write(&mut w, serial);
+            answer_ends.push(w.bytes.len() as u16);
+        }
+        for record in sections[1].iter().chain(sections[2]) {
+            record.write(&mut w, serial);
+        }
+        Wire {
+            rcode,
+            counts: sections.map(|s| s.len() as u16),
+            body: w.bytes.into_boxed_slice(),
+            answer_ends: answer_ends.into_boxed_slice(),
         }
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
+/// The answer to one (name, type): fixed, or rotating over precomputed steps.
+pub struct Answer {
+    steps: Vec<Wire>,
+    next: AtomicUsize,
+    /// `lb_dns_answers_total{cluster}` for a cluster's addresses.
+    served: Option<Counter>,
+}
 
-    /// The next rotation of this RRset.
-    fn pick(&self) -> Picked<'_> {
-        if self.rotations.is_empty() {
-            return Picked::Slice([].iter());
+impl Answer {
+    fn pick(&self) -> &Wire {
+        if self.steps.len() == 1 {
+            return &self.steps[0];
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.rotations.len();
-        Picked::Rotation {
-            records: &self.records,
-            order: self.rotations[n].iter(),
-        }
-    }
-
-    /// Every record, in fleet order (for tests and `/status`).
-    pub fn records(&self) -> &[Record] {
-        &self.records
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.steps.len();
+        &self.steps[n]
     }
 }
 
@@ -128,109 +208,222 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
-pub struct ClusterAnswers {
-    pub summary: ClusterSummary,
-    pub a: RRset,
-    pub aaaa: RRset,
-    /// `lb_dns_answers_total{cluster}`: answers served for this cluster.
-    pub served: Counter,
+/// An RRset before rendering.
+#[derive(Debug, Default, Hash)]
+struct SetModel {
+    records: Vec<Rec>,
+    /// Rotated by these weights (cluster addresses).
+    weights: Option<Vec<u32>>,
+    additional: Vec<Rec>,
+    /// Index into `Model::clusters` whose answer counter counts it.
+    cluster: Option<usize>,
 }
 
-enum Node {
-    Apex,
-    /// An in-zone name server: its glue addresses.
-    Host {
-        a: Vec<Record>,
-        aaaa: Vec<Record>,
-    },
-    Cluster(Box<ClusterAnswers>),
-    /// An empty non-terminal: exists, has no records.
-    Empty,
+/// The zone before rendering; its hash decides whether the serial moves.
+#[derive(Debug, Default, Hash)]
+struct Model {
+    /// Every owner name (lower-case wire) and its RRsets by type; empty
+    /// non-terminals have none.
+    names: BTreeMap<Vec<u8>, BTreeMap<u16, SetModel>>,
+    clusters: Vec<ClusterSummary>,
+    max_answers: usize,
 }
 
-/// The records of one answer, borrowed from `Answers`.
-pub enum Picked<'a> {
-    Slice(std::slice::Iter<'a, Record>),
-    Rotation {
-        records: &'a [Record],
-        order: std::slice::Iter<'a, u16>,
-    },
-}
-
-impl Picked<'_> {
-    /// Records left.
-    pub fn len(&self) -> usize {
-        match self {
-            Picked::Slice(it) => it.len(),
-            Picked::Rotation { order, .. } => order.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl<'a> Iterator for Picked<'a> {
-    type Item = &'a Record;
-
-    fn next(&mut self) -> Option<&'a Record> {
-        match self {
-            Picked::Slice(it) => it.next(),
-            Picked::Rotation { records, order } => order.next().map(|&i| &records[i as usize]),
-        }
-    }
-}
-
-/// How to answer one question.
-pub enum Lookup<'a> {
-    /// NOERROR with records (and additionals: glue for NS).
+/// Looked up answers for one question.
+pub enum Found<'a> {
     Answer {
-        answers: Picked<'a>,
-        additionals: &'a [Record],
-        cluster: Option<&'a ClusterAnswers>,
+        wire: &'a Wire,
+        served: Option<&'a Counter>,
     },
-    /// NOERROR, no records, SOA in authority.
-    NoData,
-    /// NXDOMAIN, SOA in authority.
-    NxDomain,
-    /// The name exists and the question is ANY: RFC 8482.
-    Any,
     /// Not our zone.
     Refused,
 }
 
-fn slice(records: &[Record]) -> Lookup<'_> {
-    if records.is_empty() {
-        Lookup::NoData
-    } else {
-        Lookup::Answer {
-            answers: Picked::Slice(records.iter()),
-            additionals: &[],
-            cluster: None,
-        }
-    }
+struct Node {
+    by_type: Vec<(u16, Answer)>,
+    nodata: Wire,
+    any: Wire,
 }
 
 /// The whole zone, immutable once built; swapped whole on change.
 pub struct Answers {
-    origin: LowerName,
+    origin: Vec<u8>,
     pub serial: u32,
     /// What the answers hold, serial excluded: the serial moves only when
     /// this changes.
     pub content_hash: u64,
-    pub soa: Record,
-    ns: Vec<Record>,
-    glue: Vec<Record>,
-    names: HashMap<LowerName, Node>,
+    names: HashMap<Box<[u8]>, Node>,
+    nxdomain: Wire,
     pub clusters: Vec<ClusterSummary>,
 }
 
-fn fqdn(name: &str) -> Result<Name, String> {
-    let trimmed = name.trim_end_matches('.');
-    Name::from_ascii(format!("{trimmed}."))
-        .map(|n| n.to_lowercase())
-        .map_err(|e| format!("`{name}` is not a valid DNS name: {e}"))
+fn cluster_model(
+    fleet: &Fleet,
+    cluster: &fleet::Cluster,
+    health: &HealthView,
+    model: &mut Model,
+) -> Result<(), String> {
+    let zone = &fleet.zone;
+    let name = name_to_wire(&fleet.hostname(cluster))?;
+    let candidates =
+        |mta: &&fleet::Mta| !mta.drain && !matches!(health.state(&mta.name), MtaState::Drain);
+    let up: Vec<&fleet::Mta> = cluster
+        .mtas
+        .iter()
+        .filter(candidates)
+        .filter(|mta| health.state(&mta.name) == MtaState::Up)
+        .collect();
+    let all_down = up.is_empty();
+    let serving: Vec<&fleet::Mta> = if !all_down {
+        up.clone()
+    } else {
+        match zone.when_all_down {
+            WhenAllDown::ServeAll => cluster.mtas.iter().filter(candidates).collect(),
+            WhenAllDown::Empty => Vec::new(),
+        }
+    };
+    let rec = |data| Rec {
+        owner: name.clone(),
+        ttl: zone.ttl,
+        data,
+    };
+    let index = model.clusters.len();
+    let sets = model.names.entry(name.clone()).or_default();
+    let v4: Vec<&fleet::Mta> = serving.clone();
+    let v6: Vec<&fleet::Mta> = serving
+        .iter()
+        .copied()
+        .filter(|m| m.ipv6.is_some())
+        .collect();
+    for (rtype, mtas) in [(wire::TYPE_A, &v4), (wire::TYPE_AAAA, &v6)] {
+        if mtas.is_empty() {
+            continue;
+        }
+        let records = mtas
+            .iter()
+            .map(|m| match (rtype, m.ipv6) {
+                (wire::TYPE_AAAA, Some(ip)) => rec(Data::Aaaa(ip)),
+                _ => rec(Data::A(m.ipv4)),
+            })
+            .collect();
+        sets.insert(
+            rtype,
+            SetModel {
+                records,
+                weights: Some(mtas.iter().map(|m| m.weight).collect()),
+                additional: Vec::new(),
+                cluster: Some(index),
+            },
+        );
+    }
+    sets.entry(wire::TYPE_MX).or_default().records =
+        vec![rec(Data::Mx(MX_PREFERENCE, name.clone()))];
+    sets.entry(wire::TYPE_TXT).or_default().records =
+        vec![rec(Data::Txt(spf(&cluster.mail_source_addresses())))];
+    model.clusters.push(ClusterSummary {
+        id: cluster.id.clone(),
+        up: up.len(),
+        all_down,
+        served_v4: v4.len(),
+        served_v6: v6.len(),
+    });
+    Ok(())
+}
+
+/// The SPF record (RFC 7208) naming every address mail leaves from.
+pub fn spf(addresses: &[IpAddr]) -> String {
+    let mut text = String::from("v=spf1");
+    for ip in addresses.iter().filter(|ip| ip.is_ipv4()) {
+        text.push_str(&format!(" ip4:{ip}"));
+    }
+    for ip in addresses.iter().filter(|ip| ip.is_ipv6()) {
+        text.push_str(&format!(" ip6:{ip}"));
+    }
+    text.push_str(" -all");
+    text
+}
+
+/// The apex (SOA, NS with glue) and the in-zone name servers' addresses.
+fn apex_model(fleet: &Fleet, origin: &[u8], model: &mut Model) -> Result<Rec, String> {
+    let zone = &fleet.zone;
+    let soa = Rec {
+        owner: origin.to_vec(),
+        ttl: zone.ttl,
+        data: Data::Soa {
+            mname: name_to_wire(&zone.primary_ns)?,
+            rname: name_to_wire(&zone.hostmaster)?,
+            minimum: zone.ttl,
+        },
+    };
+    let mut ns = Vec::new();
+    let mut glue = Vec::new();
+    for server in &zone.nameservers {
+        let name = name_to_wire(&server.name)?;
+        ns.push(Rec {
+            owner: origin.to_vec(),
+            ttl: NS_TTL,
+            data: Data::Ns(name.clone()),
+        });
+        if !wire::in_zone(&name, origin) {
+            continue;
+        }
+        let host = model.names.entry(name.clone()).or_default();
+        let addresses = [server.ipv4.map(Data::A), server.ipv6.map(Data::Aaaa)];
+        for data in addresses.into_iter().flatten() {
+            let record = Rec {
+                owner: name.clone(),
+                ttl: NS_TTL,
+                data,
+            };
+            glue.push(record.clone());
+            host.entry(record.data.rtype())
+                .or_default()
+                .records
+                .push(record);
+        }
+    }
+    let apex = model.names.entry(origin.to_vec()).or_default();
+    apex.entry(wire::TYPE_SOA).or_default().records = vec![soa.clone()];
+    if !ns.is_empty() {
+        let set = apex.entry(wire::TYPE_NS).or_default();
+        set.records = ns;
+        set.additional = glue;
+    }
+    Ok(soa)
+}
+
+fn render_set(qname: &[u8], set: &SetModel, max_answers: usize, serial: u32) -> Answer {
+    fn sections<'a>(answers: &'a [Rec], set: &'a SetModel) -> [&'a [Rec]; 3] {
+        [answers, &[], &set.additional]
+    }
+    let steps = match &set.weights {
+        None => vec![Wire::render(
+            Some(qname),
+            wire::RCODE_NOERROR,
+            sections(&set.records, set),
+            serial,
+        )],
+        Some(weights) => rotations(weights, max_answers)
+            .iter()
+            .map(|order| {
+                let records: Vec<Rec> = order
+                    .iter()
+                    .map(|&i| set.records[usize::from(i)].clone())
+                    .collect();
+                Wire::render(
+                    Some(qname),
+                    wire::RCODE_NOERROR,
+                    sections(&records, set),
+                    serial,
+                )
+            })
+            .collect(),
+    };
+    Answer {
+        steps,
+        next: AtomicUsize::new(0),
+        served: None,
+    }
 }
 
 impl Answers {
@@ -242,218 +435,107 @@ impl Answers {
         served: impl Fn(&str) -> Counter,
     ) -> Result<Answers, String> {
         let zone = &fleet.zone;
-        let origin_name = fqdn(&zone.origin)?;
-        let origin = LowerName::new(&origin_name);
-        let mut hasher = DefaultHasher::new();
-        zone.origin.to_ascii_lowercase().hash(&mut hasher);
-        zone.ttl.hash(&mut hasher);
-        zone.max_answers.hash(&mut hasher);
-        zone.primary_ns.hash(&mut hasher);
-        zone.hostmaster.hash(&mut hasher);
-
-        let soa = Record::from_rdata(
-            origin_name.clone(),
-            zone.ttl,
-            RData::SOA(SOA::new(
-                fqdn(&zone.primary_ns)?,
-                fqdn(&zone.hostmaster)?,
-                serial,
-                3600,
-                600,
-                604_800,
-                zone.ttl,
-            )),
-        );
-
-        let mut names: HashMap<LowerName, Node> = HashMap::new();
-        let mut ns = Vec::new();
-        let mut glue = Vec::new();
-        for server in &zone.nameservers {
-            let name = fqdn(&server.name)?;
-            server.name.to_ascii_lowercase().hash(&mut hasher);
-            ns.push(Record::from_rdata(
-                origin_name.clone(),
-                NS_TTL,
-                RData::NS(NS(name.clone())),
-            ));
-            let lower = LowerName::new(&name);
-            if !origin.zone_of(&lower) {
-                continue;
-            }
-            let a: Vec<Record> = server
-                .ipv4
-                .map(|ip| Record::from_rdata(name.clone(), NS_TTL, RData::A(A(ip))))
-                .into_iter()
-                .collect();
-            let aaaa: Vec<Record> = server
-                .ipv6
-                .map(|ip| Record::from_rdata(name.clone(), NS_TTL, RData::AAAA(AAAA(ip))))
-                .into_iter()
-                .collect();
-            server.ipv4.hash(&mut hasher);
-            server.ipv6.hash(&mut hasher);
-            glue.extend(a.iter().cloned());
-            glue.extend(aaaa.iter().cloned());
-            match names.get_mut(&lower) {
-                Some(Node::Host { a: a0, aaaa: a6 }) => {
-                    a0.extend(a);
-                    a6.extend(aaaa);
-                }
-                _ => {
-                    names.insert(lower, Node::Host { a, aaaa });
-                }
-            }
-        }
-
-        let mut clusters = Vec::new();
+        let origin = name_to_wire(&zone.origin)?;
+        let mut model = Model {
+            max_answers: zone.max_answers,
+            ..Model::default()
+        };
+        let soa = apex_model(fleet, &origin, &mut model)?;
         for cluster in &fleet.clusters {
-            let name = fqdn(&fleet.hostname(cluster))?;
-            let candidates = |mta: &&fleet::Mta| {
-                !mta.drain && !matches!(health.state(&mta.name), MtaState::Drain)
-            };
-            let up: Vec<&fleet::Mta> = cluster
-                .mtas
-                .iter()
-                .filter(candidates)
-                .filter(|mta| health.state(&mta.name) == MtaState::Up)
-                .collect();
-            let all_down = up.is_empty();
-            let serving: Vec<&fleet::Mta> = if !all_down {
-                up.clone()
-            } else {
-                match zone.when_all_down {
-                    WhenAllDown::ServeAll => cluster.mtas.iter().filter(candidates).collect(),
-                    WhenAllDown::Empty => Vec::new(),
-                }
-            };
-            let v4: Vec<(Ipv4Addr, u32)> = serving.iter().map(|m| (m.ipv4, m.weight)).collect();
-            let v6: Vec<(Ipv6Addr, u32)> = serving
-                .iter()
-                .filter_map(|m| m.ipv6.map(|ip| (ip, m.weight)))
-                .collect();
-            cluster.id.hash(&mut hasher);
-            up.len().hash(&mut hasher);
-            all_down.hash(&mut hasher);
-            v4.hash(&mut hasher);
-            v6.hash(&mut hasher);
-            let a = RRset::new(
-                v4.iter()
-                    .map(|(ip, _)| Record::from_rdata(name.clone(), zone.ttl, RData::A(A(*ip))))
-                    .collect(),
-                &v4.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
-                zone.max_answers,
-            );
-            let aaaa = RRset::new(
-                v6.iter()
-                    .map(|(ip, _)| {
-                        Record::from_rdata(name.clone(), zone.ttl, RData::AAAA(AAAA(*ip)))
-                    })
-                    .collect(),
-                &v6.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
-                zone.max_answers,
-            );
-            let summary = ClusterSummary {
-                id: cluster.id.clone(),
-                up: up.len(),
-                all_down,
-                served_v4: v4.len(),
-                served_v6: v6.len(),
-            };
-            clusters.push(summary.clone());
-            names.insert(
-                LowerName::new(&name),
-                Node::Cluster(Box::new(ClusterAnswers {
-                    summary,
-                    a,
-                    aaaa,
-                    served: served(&cluster.id),
-                })),
-            );
+            cluster_model(fleet, cluster, health, &mut model)?;
         }
-
         // Every name between a record's owner and the apex exists (RFC 8020).
-        let owners: Vec<LowerName> = names.keys().cloned().collect();
+        let owners: Vec<Vec<u8>> = model.names.keys().cloned().collect();
         for owner in owners {
-            let mut name = owner.base_name();
-            while origin.zone_of(&name) && name != origin {
-                names.entry(name.clone()).or_insert(Node::Empty);
-                name = name.base_name();
+            let mut at = 0;
+            while owner[at] != 0 {
+                at += 1 + usize::from(owner[at]);
+                let parent = &owner[at..];
+                if parent.len() <= origin.len() || !wire::in_zone(parent, &origin) {
+                    break;
+                }
+                model.names.entry(parent.to_vec()).or_default();
             }
         }
-        names.insert(origin.clone(), Node::Apex);
+        let mut hasher = DefaultHasher::new();
+        model.hash(&mut hasher);
+        let content_hash = hasher.finish();
 
+        let served: Vec<Counter> = model.clusters.iter().map(|c| served(&c.id)).collect();
+        let authority = std::slice::from_ref(&soa);
+        let mut names = HashMap::with_capacity(model.names.len());
+        for (name, sets) in &model.names {
+            let mut by_type = Vec::with_capacity(sets.len());
+            for (&rtype, set) in sets {
+                let mut answer = render_set(name, set, model.max_answers, serial);
+                answer.served = set.cluster.map(|i| served[i].clone());
+                by_type.push((rtype, answer));
+            }
+            let any = Rec {
+                owner: name.clone(),
+                ttl: ANY_TTL,
+                data: Data::Hinfo,
+            };
+            let node = Node {
+                by_type,
+                nodata: Wire::render(
+                    Some(name),
+                    wire::RCODE_NOERROR,
+                    [&[], authority, &[]],
+                    serial,
+                ),
+                any: Wire::render(
+                    Some(name),
+                    wire::RCODE_NOERROR,
+                    [std::slice::from_ref(&any), &[], &[]],
+                    serial,
+                ),
+            };
+            names.insert(name.clone().into_boxed_slice(), node);
+        }
         Ok(Answers {
+            nxdomain: Wire::render(None, wire::RCODE_NXDOMAIN, [&[], authority, &[]], serial),
             origin,
             serial,
-            content_hash: hasher.finish(),
-            soa,
-            ns,
-            glue,
+            content_hash,
             names,
-            clusters,
+            clusters: model.clusters,
         })
     }
 
-    /// Gives the zone its serial (in the SOA record too).
-    pub fn set_serial(&mut self, serial: u32) {
-        self.serial = serial;
-        if let RData::SOA(soa) = &mut self.soa.data {
-            soa.serial = serial;
-        }
-    }
-
-    pub fn origin(&self) -> &LowerName {
+    /// The zone's origin, lower-case wire format.
+    pub fn origin(&self) -> &[u8] {
         &self.origin
     }
 
-    /// The answer to `name`/`qtype` (class IN).
-    pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Lookup<'_> {
+    /// The answer to `name` (lower-case wire format) and `qtype`, class IN.
+    pub fn lookup(&self, name: &[u8], qtype: u16) -> Found<'_> {
         let Some(node) = self.names.get(name) else {
-            return if self.origin.zone_of(name) {
-                Lookup::NxDomain
+            return if wire::in_zone(name, &self.origin) {
+                Found::Answer {
+                    wire: &self.nxdomain,
+                    served: None,
+                }
             } else {
-                Lookup::Refused
+                Found::Refused
             };
         };
-        if qtype == RecordType::ANY {
-            return Lookup::Any;
+        if qtype == wire::TYPE_ANY {
+            return Found::Answer {
+                wire: &node.any,
+                served: None,
+            };
         }
-        match (node, qtype) {
-            (Node::Apex, RecordType::SOA) => slice(std::slice::from_ref(&self.soa)),
-            (Node::Apex, RecordType::NS) => Lookup::Answer {
-                answers: Picked::Slice(self.ns.iter()),
-                additionals: &self.glue,
-                cluster: None,
+        match node.by_type.iter().find(|(t, _)| *t == qtype) {
+            Some((_, answer)) => Found::Answer {
+                wire: answer.pick(),
+                served: answer.served.as_ref(),
             },
-            (Node::Host { a, .. }, RecordType::A) => slice(a),
-            (Node::Host { aaaa, .. }, RecordType::AAAA) => slice(aaaa),
-            (Node::Cluster(c), RecordType::A | RecordType::AAAA) => {
-                let set = if qtype == RecordType::A {
-                    &c.a
-                } else {
-                    &c.aaaa
-                };
-                if set.is_empty() {
-                    Lookup::NoData
-                } else {
-                    Lookup::Answer {
-                        answers: set.pick(),
-                        additionals: &[],
-                        cluster: Some(c),
-                    }
-                }
-            }
-            _ => Lookup::NoData,
+            None => Found::Answer {
+                wire: &node.nodata,
+                served: None,
+            },
         }
-    }
-
-    /// The RFC 8482 answer for ANY at `name`.
-    pub fn any_record(name: &LowerName) -> Record {
-        Record::from_rdata(
-            Name::from(name.clone()),
-            ANY_TTL,
-            RData::HINFO(HINFO::new("RFC8482".to_string(), String::new())),
-        )
     }
 }
 
@@ -494,5 +576,17 @@ mod tests {
             v.dedup();
             assert_eq!(v.len(), 3);
         }
+    }
+
+    #[test]
+    fn spf_lists_ipv4_then_ipv6() {
+        let ips: Vec<IpAddr> = ["192.0.2.1", "2001:db8::1", "192.0.2.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            spf(&ips),
+            "v=spf1 ip4:192.0.2.1 ip4:192.0.2.2 ip6:2001:db8::1 -all"
+        );
     }
 }

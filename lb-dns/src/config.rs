@@ -36,6 +36,16 @@ pub struct NodeConfig {
     /// Idle time after which a DNS-over-TCP connection is closed.
     #[serde(default = "default_tcp_idle", with = "fleet::config::duration")]
     pub tcp_idle_timeout: std::time::Duration,
+    /// DNS-over-TCP connections open at once; when full, the connection
+    /// idle the longest is closed for the new one.
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: usize,
+    /// The DNS cookie secret (RFC 9018), 32 hex digits; give every node of
+    /// an anycast set the same one. Default: random per process.
+    pub cookie_secret: Option<crate::cookie::CookieSecret>,
+    /// Response Rate Limiting over UDP (`[rrl]`).
+    #[serde(default)]
+    pub rrl: crate::rrl::RrlSettings,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
@@ -44,6 +54,10 @@ pub struct NodeConfig {
 
 fn default_tcp_idle() -> std::time::Duration {
     std::time::Duration::from_secs(10)
+}
+
+fn default_tcp_max_connections() -> usize {
+    1000
 }
 
 fn default_grace() -> std::time::Duration {

@@ -101,9 +101,13 @@ impl Engine {
         let settings = self.live.get();
         let previous = self.answers.load_full();
         let metrics = &self.metrics;
-        let mut answers = match Answers::build(&settings.fleet, &self.health.view(), 0, |c| {
-            metrics.served_counter(c)
-        }) {
+        let health = self.health.view();
+        let build = |serial| {
+            Answers::build(&settings.fleet, &health, serial, |c| {
+                metrics.served_counter(c)
+            })
+        };
+        let answers = match build(previous.serial) {
             Ok(answers) => answers,
             Err(error) => {
                 tracing::error!("cannot rebuild the zone, the previous answers stay: {error}");
@@ -116,7 +120,13 @@ impl Engine {
             return;
         }
         let serial = next_serial(previous.serial);
-        answers.set_serial(serial);
+        let answers = match build(serial) {
+            Ok(answers) => answers,
+            Err(error) => {
+                tracing::error!("cannot rebuild the zone, the previous answers stay: {error}");
+                return;
+            }
+        };
         self.answers.store(Arc::new(answers));
         self.metrics.rebuilds.inc();
         tracing::debug!(serial, "answers rebuilt");

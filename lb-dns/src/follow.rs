@@ -20,6 +20,9 @@ use crate::health::Health;
 const POLL_TIMEOUT: Duration = Duration::from_secs(40);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The largest health feed accepted (50,000 MTAs take about 10 MB); a
+/// larger one is refused like a malformed one and the last good state stays.
+pub const MAX_FEED_BYTES: usize = 16 << 20;
 
 /// The running follower tasks, one per feed URL.
 pub struct Followers {
@@ -113,16 +116,39 @@ async fn poll(
     if !status.is_success() {
         return Err(format!("GET {url}: HTTP {status}"));
     }
-    let snapshot: FleetHealth = response
-        .json()
-        .await
-        .map_err(|e| format!("GET {url}: not a health feed: {}", error_chain(&e)))?;
+    let body = read_bounded(response, &url).await?;
+    let snapshot: FleetHealth =
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not a health feed: {e}"))?;
     match known {
         Some(k) if k.instance == snapshot.instance && snapshot.generation <= k.generation => {
             Ok(Polled::Unchanged)
         }
         _ => Ok(Polled::Snapshot(snapshot)),
     }
+}
+
+/// The body, refused past `MAX_FEED_BYTES` without reading further.
+async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, String> {
+    let too_large =
+        || format!("GET {url}: the feed is larger than {MAX_FEED_BYTES} bytes; refused");
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_FEED_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_FEED_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

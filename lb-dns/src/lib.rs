@@ -1,21 +1,27 @@
 //! lb-dns: the authoritative DNS load balancer for `c-<id>.<origin>`.
 //!
-//! hickory-server carries TCP, `udp` the UDP fast path (hickory's request
-//! and response types, our own receive loop); `handler` answers from `answers`,
-//! precomputed by `engine` from the fleet file and the health that `follow`
-//! reads from the healthd feeds and `health` merges (kept across restarts in
-//! `state_file`).
+//! `udp` (a thread per socket) and `tcp` (a task per connection) both
+//! answer through `handler`, the synchronous `respond` over the wire-format
+//! answers in `answers` (`wire` reads queries and writes records, `cookie`
+//! makes DNS cookies), precomputed by `engine` from the fleet file and the
+//! health that `follow` reads from the healthd feeds and `health` merges
+//! (kept across restarts in `state_file`).
 
 pub mod answers;
 pub mod config;
+pub mod cookie;
 pub mod engine;
 pub mod feed_client;
 pub mod follow;
 pub mod handler;
 pub mod health;
 pub mod metrics;
+pub mod respond;
+pub mod rrl;
 pub mod state_file;
+pub mod tcp;
 pub mod udp;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,14 +36,12 @@ use tokio::net::{TcpListener, UdpSocket};
 
 pub use config::Settings;
 
+use crate::cookie::CookieSecret;
 use crate::engine::Engine;
 use crate::follow::Followers;
 use crate::handler::Handler;
 use crate::health::Health;
 use crate::metrics::Metrics;
-
-/// TCP response queue per connection.
-const TCP_RESPONSE_BUFFER: usize = 64;
 
 /// The sockets lb-dns serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
@@ -139,6 +143,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
     let tcp_idle = settings.node.tcp_idle_timeout;
+    let tcp_max_connections = settings.node.tcp_max_connections;
     let initial = match &settings.node.state_file {
         None => None,
         Some(path) => match state_file::load(path) {
@@ -159,6 +164,20 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let metrics = Arc::new(Metrics::register(
         service.registry.sub_registry_with_prefix("lb_dns"),
     ));
+    let rrl = rrl::Rrl::new(service.live.get().node.rrl);
+    if let Some(rrl) = &rrl {
+        let registry = service.registry.sub_registry_with_prefix("lb_dns");
+        registry.register(
+            "rrl_slipped",
+            "UDP replies over the RRL rate sent truncated (TC) so the client retries over TCP",
+            rrl.slipped.clone(),
+        );
+        registry.register(
+            "rrl_dropped",
+            "UDP replies over the RRL rate not sent",
+            rrl.dropped.clone(),
+        );
+    }
     let (to_persist, latest) = tokio::sync::watch::channel(None);
     let writer_metrics = metrics.clone();
     // Ends when the engine (the sender) is gone.
@@ -209,44 +228,52 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     followers.sync(&started.live.get().node);
     control.tasks.spawn(engine.run(control.clone(), followers));
 
-    let handler = Handler::new(answers, metrics);
-    let shared = Arc::new(handler.clone());
-    // The UDP loops run on threads of their own; they stop on shutdown, or
-    // when this future is dropped without one (`alive` goes away).
-    let alive = Arc::new(());
+    let cookies = started
+        .live
+        .get()
+        .node
+        .cookie_secret
+        .unwrap_or_else(CookieSecret::random);
+    let handler = Arc::new(Handler::configured(answers, metrics, cookies, rrl));
+    // Stops the UDP threads on shutdown, or when this future is dropped.
+    let udp_stop = control.shutdown.child_token();
+    let _udp_stop_on_drop = udp_stop.clone().drop_guard();
+    let mut udp_threads = Vec::new();
     for (i, socket) in listeners.udp.into_iter().enumerate() {
         let socket = socket.into_std()?;
-        let handler = shared.clone();
-        let shutdown = control.shutdown.clone();
-        let alive = Arc::downgrade(&alive);
-        std::thread::Builder::new()
+        let handler = handler.clone();
+        let stop = udp_stop.clone();
+        let thread = std::thread::Builder::new()
             .name(format!("lb-dns-udp-{i}"))
-            .spawn(move || udp::serve(socket, handler, shutdown, alive))
+            .spawn(move || udp::serve(socket, handler, stop))
             .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
+        udp_threads.push(thread);
     }
-    let mut server = hickory_server::Server::new(handler);
+    let limits = tcp::TcpLimits {
+        max_connections: tcp_max_connections,
+        idle: tcp_idle,
+    };
     for listener in listeners.tcp {
-        server.register_listener(listener, tcp_idle, TCP_RESPONSE_BUFFER);
+        control.tasks.spawn(tcp::serve(
+            listener,
+            handler.clone(),
+            limits,
+            control.shutdown.clone(),
+        ));
     }
-    let server_stop = server.shutdown_token().clone();
-    let shutdown = control.shutdown.clone();
-    control.tasks.spawn(async move {
-        shutdown.cancelled().await;
-        server_stop.cancel();
-    });
-    let shutdown = control.shutdown.clone();
-    let readiness = started.readiness.clone();
-    control.tasks.spawn(async move {
-        if let Err(error) = server.block_until_done().await {
-            if !shutdown.is_cancelled() {
-                tracing::error!("DNS server stopped: {error}");
-                readiness.not_ready("dns", format!("DNS server stopped: {error}"));
+    started.readiness.ready("dns");
+    started.until_shutdown(grace).await;
+    udp_stop.cancel();
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in udp_threads {
+            if thread.join().is_err() {
+                tracing::error!("a UDP thread panicked");
             }
         }
     });
-    started.readiness.ready("dns");
-    started.until_shutdown(grace).await;
-    drop(alive);
+    if joined.await.is_err() {
+        tracing::error!("cannot join the UDP threads");
+    }
     Ok(())
 }
 

@@ -3,13 +3,13 @@
 
 use std::sync::atomic::AtomicU64;
 
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::RecordType;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::wire;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
@@ -34,33 +34,88 @@ pub struct FeedLabel {
     pub feed: String,
 }
 
-const QTYPES: [&str; 7] = ["A", "AAAA", "SOA", "NS", "ANY", "other", "none"];
-const RCODES: [&str; 8] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
+const QTYPES: [&str; 9] = [
+    "A", "AAAA", "SOA", "NS", "MX", "TXT", "ANY", "other", "none",
+];
+const RCODES: [&str; 9] = [
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "BADVERS",
+    "BADCOOKIE",
+    "other",
 ];
 
-fn qtype_index(qtype: Option<RecordType>) -> usize {
+fn qtype_index(qtype: Option<u16>) -> usize {
     match qtype {
-        Some(RecordType::A) => 0,
-        Some(RecordType::AAAA) => 1,
-        Some(RecordType::SOA) => 2,
-        Some(RecordType::NS) => 3,
-        Some(RecordType::ANY) => 4,
-        Some(_) => 5,
-        None => 6,
+        Some(wire::TYPE_A) => 0,
+        Some(wire::TYPE_AAAA) => 1,
+        Some(wire::TYPE_SOA) => 2,
+        Some(wire::TYPE_NS) => 3,
+        Some(wire::TYPE_MX) => 4,
+        Some(wire::TYPE_TXT) => 5,
+        Some(wire::TYPE_ANY) => 6,
+        Some(_) => 7,
+        None => 8,
     }
 }
 
-fn rcode_index(rcode: ResponseCode) -> usize {
+fn rcode_index(rcode: u16) -> usize {
     match rcode {
-        ResponseCode::NoError => 0,
-        ResponseCode::FormErr => 1,
-        ResponseCode::ServFail => 2,
-        ResponseCode::NXDomain => 3,
-        ResponseCode::NotImp => 4,
-        ResponseCode::Refused => 5,
-        ResponseCode::BADVERS => 6,
-        _ => 7,
+        wire::RCODE_NOERROR => 0,
+        wire::RCODE_FORMERR => 1,
+        wire::RCODE_SERVFAIL => 2,
+        wire::RCODE_NXDOMAIN => 3,
+        wire::RCODE_NOTIMP => 4,
+        wire::RCODE_REFUSED => 5,
+        wire::RCODE_BADVERS => 6,
+        wire::RCODE_BADCOOKIE => 7,
+        _ => 8,
+    }
+}
+
+/// Query counts kept by one thread and added to the shared counters now and
+/// then, so the hot path touches no shared cache line for them.
+pub struct Tally {
+    counts: [[u32; RCODES.len()]; QTYPES.len()],
+    pending: u32,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            counts: [[0; RCODES.len()]; QTYPES.len()],
+            pending: 0,
+        }
+    }
+}
+
+impl Tally {
+    /// Counts one reply; flushes to `metrics` every 256.
+    pub fn add(&mut self, qtype: Option<u16>, rcode: u16, metrics: &Metrics) {
+        self.counts[qtype_index(qtype)][rcode_index(rcode)] += 1;
+        self.pending += 1;
+        if self.pending >= 256 {
+            self.flush(metrics);
+        }
+    }
+
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if self.pending == 0 {
+            return;
+        }
+        for (row, counters) in self.counts.iter_mut().zip(&metrics.queries) {
+            for (n, counter) in row.iter_mut().zip(counters) {
+                if *n > 0 {
+                    counter.inc_by(u64::from(*n));
+                    *n = 0;
+                }
+            }
+        }
+        self.pending = 0;
     }
 }
 
@@ -77,6 +132,9 @@ pub struct Metrics {
     pub serial: Gauge,
     pub rebuilds: Counter,
     pub state_file_errors: Counter,
+    pub tcp_connections: Gauge,
+    pub tcp_evicted: Counter,
+    pub tcp_accept_errors: Counter,
 }
 
 impl Metrics {
@@ -113,6 +171,9 @@ impl Metrics {
             serial: Gauge::default(),
             rebuilds: Counter::default(),
             state_file_errors: Counter::default(),
+            tcp_connections: Gauge::default(),
+            tcp_evicted: Counter::default(),
+            tcp_accept_errors: Counter::default(),
         };
         registry.register(
             "queries",
@@ -174,11 +235,26 @@ impl Metrics {
             "Failed reads or writes of the state file",
             metrics.state_file_errors.clone(),
         );
+        registry.register(
+            "tcp_connections",
+            "DNS-over-TCP connections open",
+            metrics.tcp_connections.clone(),
+        );
+        registry.register(
+            "tcp_evicted",
+            "DNS-over-TCP connections closed to make room (tcp_max_connections reached), the idlest first",
+            metrics.tcp_evicted.clone(),
+        );
+        registry.register(
+            "tcp_accept_errors",
+            "Failed accepts of DNS-over-TCP connections (out of file descriptors: the accept loop backs off)",
+            metrics.tcp_accept_errors.clone(),
+        );
         metrics
     }
 
     /// Counts one answered query.
-    pub fn query(&self, qtype: Option<RecordType>, rcode: ResponseCode) {
+    pub fn query(&self, qtype: Option<u16>, rcode: u16) {
         self.queries[qtype_index(qtype)][rcode_index(rcode)].inc();
     }
 

@@ -249,11 +249,22 @@ pub struct LbDns {
 
 /// Writes `fleet.toml` and `lb-dns.toml` in `dir`; returns the config path.
 pub fn write_config(dir: &Path, ip: &str, spec: &FleetSpec, feeds: &[String]) -> PathBuf {
+    write_config_with(dir, ip, spec, feeds, "")
+}
+
+/// `write_config` with more node settings (`extra`, TOML lines).
+pub fn write_config_with(
+    dir: &Path,
+    ip: &str,
+    spec: &FleetSpec,
+    feeds: &[String],
+    extra: &str,
+) -> PathBuf {
     std::fs::write(dir.join("fleet.toml"), spec.toml()).unwrap();
     let feeds: Vec<String> = feeds.iter().map(|f| format!("\"{f}\"")).collect();
     let config = format!(
         "fleet_file = \"fleet.toml\"\nlisten = [\"{ip}:0\"]\nadmin_listen = \"{ip}:0\"\n\
-         healthd = [{}]\nstate_file = \"state/lb-dns.json\"\nudp_sockets = 2\n",
+         healthd = [{}]\nstate_file = \"state/lb-dns.json\"\nudp_sockets = 2\n{extra}\n",
         feeds.join(", ")
     );
     let path = dir.join("lb-dns.toml");
@@ -271,10 +282,24 @@ impl LbDns {
         lb
     }
 
+    /// Starts lb-dns with more node settings (`extra`, TOML lines).
+    pub async fn start_with(ip: &str, spec: &FleetSpec, feeds: &[String], extra: &str) -> LbDns {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let config = write_config_with(&dir, ip, spec, feeds, extra);
+        let mut lb = LbDns::start_config(&dir, &config).await;
+        lb._tmp = Some(tmp);
+        lb
+    }
+
     /// Starts lb-dns with its files in `dir` (kept by the caller).
     pub async fn start_in(dir: &Path, ip: &str, spec: &FleetSpec, feeds: &[String]) -> LbDns {
         let config = write_config(dir, ip, spec, feeds);
-        let settings = Settings::load(&config).unwrap();
+        LbDns::start_config(dir, &config).await
+    }
+
+    async fn start_config(dir: &Path, config: &Path) -> LbDns {
+        let settings = Settings::load(config).unwrap();
         let listeners = Listeners::bind(&settings).await.unwrap();
         let dns = listeners.dns_addrs()[0];
         let admin = listeners.admin.local_addr().unwrap();
