@@ -37,6 +37,11 @@ pub struct StartArgs {
     /// Add one MTA to the running cluster in `--state-dir` and exit.
     #[arg(long, requires = "state_dir")]
     pub add_mta: bool,
+    /// Start the fleet on several simulated hosts instead: one network
+    /// namespace per daemon (2 lb-dns, 2 healthd, the MTAs, the sink and a
+    /// client host), documentation-prefix addresses, the real ports. Root.
+    #[arg(long, conflicts_with = "add_mta")]
+    pub hosts: bool,
     /// Address of lb-dns, healthd, the sink and its DNS (default 127.0.0.1).
     #[arg(long, value_name = "IPV4")]
     pub address: Option<Ipv4Addr>,

@@ -329,3 +329,85 @@ async fn a_rolling_restart_under_load_costs_the_clients_nothing() {
     assert!(report.errors.is_empty(), "the clients saw errors");
     assert!(report.acked.len() >= 10, "too little load");
 }
+
+#[test]
+fn local_cluster_hosts_prints_connection_details_that_work_when_pasted() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    if let Some(reason) = integration::hosts::netns::unavailable() {
+        eprintln!("SKIPPED local-cluster --hosts: {reason}");
+        return;
+    }
+    let _serial = hosts_common::serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(hosts_common::BIN)
+        .args(["--hosts", "--state-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut text = String::new();
+    while !text.contains("Ctrl-C stops everything") {
+        match printed.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => text.push_str(&(line + "\n")),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("local-cluster --hosts printed no details ({e}):\n{text}");
+            }
+        }
+    }
+    println!("{text}");
+    assert!(text.contains("Connection Details"), "{text}");
+    // The printed commands, pasted into a shell: dig, swaks, curl.
+    let paragraphs: Vec<&str> = text.split("\n\n").collect();
+    let command = |starts: &str| -> String {
+        (paragraphs.iter())
+            .find(|p| p.starts_with("ip netns exec") && p.contains(starts))
+            .unwrap_or_else(|| panic!("no {starts} command in:\n{text}"))
+            .to_string()
+    };
+    for tool in [" dig ", " swaks ", " curl "] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(command(tool))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{tool}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if tool == " dig " {
+            assert_eq!(stdout.lines().count(), 3, "{stdout}");
+        }
+        if tool == " curl " {
+            assert!(stdout.contains("\"success_count\":1"), "{stdout}");
+        }
+    }
+    // SIGTERM stops everything and removes the namespaces.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = integration::hosts::netns::run("ip", &["netns", "list"]).unwrap();
+    let prefix = format!("{}{pid}n", integration::hosts::netns::NAME_PREFIX);
+    assert!(!left.contains(&prefix), "namespaces left behind:\n{left}");
+}

@@ -38,6 +38,11 @@ fn main() -> ExitCode {
             };
             report(integration::ops::add_mta(&state_dir))
         }
+        None if cli.start.hosts => block_on(integration::hosts::run::run(
+            cli.start.state_dir,
+            cli.start.mtas.unwrap_or(3),
+            std::time::Duration::from_secs(cli.start.ready_timeout.unwrap_or(90)),
+        )),
         None => block_on(integration::run::run(cli.start)),
         Some(Command::Restart { name, state_dir }) => report(integration::ops::send(
             &state_dir,

@@ -197,6 +197,67 @@ impl HostsFleet {
         }
     }
 
+    /// The state healthd `hd` reports for `mta` (`up`, `down`, ...), read
+    /// from its HTTPS feed with the admin token, from the client host.
+    pub async fn healthd_state(&self, hd: &str, mta: &str) -> Option<String> {
+        let url = format!(
+            "https://{}:{}/v1/fleet",
+            self.host(hd).ipv4,
+            configs::HEALTHD_PORT
+        );
+        let token = self.secrets.admin_token.clone();
+        let ca = std::fs::read(self.files.ca()).ok()?;
+        let mta = mta.to_string();
+        let ns = self.network.ns(&self.topology.client().name);
+        super::inside::run_in(&ns, move || async move {
+            let client = reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .timeout(Duration::from_secs(3))
+                .build()?;
+            let feed: fleet::feed::FleetHealth = (client.get(url).bearer_auth(token).send())
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let state = (feed.clusters.iter().flat_map(|c| c.mtas.iter()))
+                .find(|m| m.name == mta)
+                .map(|m| m.state.as_str().to_string());
+            state.ok_or_else(|| anyhow::anyhow!("{mta} is not in the feed"))
+        })
+        .await
+        .ok()
+    }
+
+    /// Waits until every healthd sees every MTA up and every lb-dns
+    /// answers them all; returns how long that took.
+    pub async fn wait_ready(&self, bound: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mtas: Vec<String> = self
+            .topology
+            .mtas()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        for hd in self.topology.healthd() {
+            for mta in &mtas {
+                while self.healthd_state(&hd.name, mta).await.as_deref() != Some("up") {
+                    anyhow::ensure!(
+                        start.elapsed() < bound,
+                        "{} did not see {mta} up within {bound:?}",
+                        hd.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let names: Vec<&str> = mtas.iter().map(String::as_str).collect();
+        let all = self.addresses_of(&names);
+        self.wait_answers(&all, bound.saturating_sub(start.elapsed()))
+            .await?;
+        Ok(start.elapsed())
+    }
+
     /// Every message file at the sink, as text.
     pub fn sink_messages(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.files.sink_dir()) else {

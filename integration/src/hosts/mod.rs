@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod impair;
 pub mod inside;
 pub mod netns;
+pub mod run;
 pub mod topology;
 
 pub use fleet::HostsFleet;

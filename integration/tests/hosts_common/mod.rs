@@ -28,6 +28,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_local-cluster");
 /// One fleet at a time: the machine has few cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds the one-fleet-at-a-time lock.
+pub fn serial() -> parking_lot::MutexGuard<'static, ()> {
+    SERIAL.lock()
+}
+
 pub struct Setup {
     pub fleet: HostsFleet,
     _dir: tempfile::TempDir,
@@ -51,19 +56,8 @@ impl Setup {
             _dir: dir,
             _serial: serial,
         };
-        let started = Instant::now();
-        for hd in ["healthd-1", "healthd-2"] {
-            for mta in ["mta-1", "mta-2", "mta-3"] {
-                wait_healthd_state(&setup, hd, mta, "up").await;
-            }
-        }
-        let all = setup.fleet.addresses_of(&["mta-1", "mta-2", "mta-3"]);
-        setup
-            .fleet
-            .wait_answers(&all, Duration::from_secs(90))
-            .await
+        let took = (setup.fleet.wait_ready(Duration::from_secs(90)).await)
             .unwrap_or_else(|e| setup.fail(e));
-        let took = started.elapsed();
         println!(
             "{test}: fleet up on {} hosts, every MTA up and answered after {took:.1?}",
             setup.fleet.topology.hosts.len()
@@ -162,35 +156,7 @@ impl Setup {
 
 /// The state healthd `hd` reports for `mta`, asked from the client host.
 pub async fn healthd_state(setup: &Setup, hd: &str, mta: &str) -> Option<String> {
-    let url = format!(
-        "https://{}:{}/v1/fleet",
-        setup.fleet.host(hd).ipv4,
-        configs::HEALTHD_PORT
-    );
-    let token = setup.fleet.secrets.admin_token.clone();
-    let ca = std::fs::read(setup.fleet.files.ca()).ok()?;
-    let mta = mta.to_string();
-    inside::run_in(&setup.client_ns(), move || async move {
-        let client = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-            .timeout(Duration::from_secs(3))
-            .build()?;
-        let feed: fleet::feed::FleetHealth = client
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let state = (feed.clusters.iter().flat_map(|c| c.mtas.iter()))
-            .find(|m| m.name == mta)
-            .map(|m| m.state.as_str().to_string());
-        state.ok_or_else(|| anyhow::anyhow!("{mta} is not in the feed"))
-    })
-    .await
-    .ok()
+    setup.fleet.healthd_state(hd, mta).await
 }
 
 pub async fn wait_healthd_state(setup: &Setup, hd: &str, mta: &str, state: &str) {
