@@ -99,6 +99,52 @@ pub struct Cluster {
     pub credentials: Vec<Credential>,
     #[serde(default)]
     pub mtas: Vec<Mta>,
+    /// The domain of the per-message return paths (`<id>@<bounce_domain>`)
+    /// that out-of-band bounces and complaints come back to; default: the
+    /// cluster hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_domain: Option<String>,
+    /// Where every MTA of the cluster sends its events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One `[[clusters.webhooks]]`: an endpoint that receives the cluster's
+/// events as signed JSON batches.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Names the endpoint in metrics, status and the cursor file.
+    pub name: String,
+    /// `https://…`; `http://` only for a loopback host (tests).
+    pub url: String,
+    /// The event types sent; absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<crate::event::EventType>>,
+    /// The HMAC-SHA256 signing secret (plain text for now).
+    pub secret: String,
+    /// Events per POST at most.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch may wait to fill before it is sent.
+    #[serde(default = "default_linger", with = "crate::config::duration")]
+    pub linger: std::time::Duration,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_linger() -> std::time::Duration {
+    std::time::Duration::from_millis(500)
+}
+
+impl Webhook {
+    pub fn wants(&self, kind: crate::event::EventType) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|types| types.contains(&kind))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -203,6 +249,11 @@ impl Fleet {
 }
 
 impl Cluster {
+    /// Where VERP return paths point: `bounce_domain`, else `hostname`.
+    pub fn bounce_domain_or<'a>(&'a self, hostname: &'a str) -> &'a str {
+        self.bounce_domain.as_deref().unwrap_or(hostname)
+    }
+
     /// The domains a credential may send as.
     pub fn allowed_domains<'a>(&'a self, credential: &'a Credential) -> &'a [String] {
         credential.domains.as_deref().unwrap_or(&self.domains)

@@ -184,6 +184,7 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
                 ),
             );
         }
+        check_events(&mut c, cluster, &cpath);
         for (mi, mta) in cluster.mtas.iter().enumerate() {
             let path = cpath.key("mtas").index(mi);
             let name_ok = !mta.name.is_empty()
@@ -252,6 +253,87 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
         }
     }
     c.problems
+}
+
+/// A cluster's `bounce_domain` and `[[clusters.webhooks]]`.
+fn check_events(c: &mut Checker<'_>, cluster: &crate::model::Cluster, cpath: &KeyPath) {
+    if let Some(domain) = &cluster.bounce_domain {
+        c.dns_name(&cpath.key("bounce_domain"), domain);
+    }
+    let mut names = HashMap::new();
+    for (wi, hook) in cluster.webhooks.iter().enumerate() {
+        let path = cpath.key("webhooks").index(wi);
+        let name_ok = !hook.name.is_empty()
+            && hook.name.len() <= 63
+            && hook
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            c.report(
+                &path.key("name"),
+                format!(
+                    "webhook name `{}` must be 1 to 63 letters, digits, `-` or `_`",
+                    hook.name
+                ),
+            );
+        }
+        c.unique(&mut names, &hook.name, path.key("name"), "webhook name");
+        if let Err(why) = check_webhook_url(&hook.url) {
+            c.report(&path.key("url"), why);
+        }
+        if hook.secret.len() < 16 {
+            c.report(
+                &path.key("secret"),
+                "the signing secret must be at least 16 characters",
+            );
+        }
+        if !(1..=10_000).contains(&hook.batch_size) {
+            c.report(
+                &path.key("batch_size"),
+                "batch_size must be between 1 and 10000",
+            );
+        }
+        if hook.linger > std::time::Duration::from_secs(60) {
+            c.report(&path.key("linger"), "linger must be at most 60s");
+        }
+        if hook.events.as_ref().is_some_and(|e| e.is_empty()) {
+            c.report(
+                &path.key("events"),
+                "an empty event list sends nothing: leave `events` out to send every type",
+            );
+        }
+    }
+}
+
+/// `https://host[:port]/path`, or `http://` to a loopback host.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("`{url}` is not a URL (https://host/path)"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            if port.parse::<u16>().is_err() && !authority.ends_with(']') {
+                return Err(format!("`{url}` has a bad port `{port}`"));
+            }
+            host
+        }
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || authority.contains('@') {
+        return Err(format!("`{url}` needs a host and no user info"));
+    }
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "`{url}`: webhooks use https (http only to a loopback host, for tests)"
+        )),
+        other => Err(format!("`{url}`: unknown scheme `{other}` (use https)")),
+    }
 }
 
 fn in_zone(name: &str, origin: &str) -> bool {

@@ -300,9 +300,13 @@ admin_listen = "{admin}"
 [tls]
 certificate = "tls/cluster.pem"
 key = "tls/cluster-key.pem"
+
+[events]
+dir = {events}
 "#,
         name = mta.name,
         spool = quoted(&spool),
+        events = quoted(&layout.root.join("var").join(&mta.name).join("events")),
         admin = plan.mta_admin_addr(mta.ipv4),
     );
     if delivery {
@@ -317,7 +321,6 @@ timeout = "10s"
 retry_initial = "2s"
 retry_max = "30s"
 max_age = "1h"
-events_file = {events}
 
 [[delivery.dkim]]
 domain = "{domain}"
@@ -327,12 +330,6 @@ algorithm = "ed25519-sha256"
 "#,
             resolver = plan.resolver_addr(),
             sink_port = plan.ports.sink,
-            events = quoted(
-                &layout
-                    .root
-                    .join("logs")
-                    .join(format!("{}-events.jsonl", mta.name))
-            ),
             domain = plan.sender_domain,
             selector = DKIM_SELECTOR,
         ));

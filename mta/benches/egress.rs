@@ -277,7 +277,14 @@ async fn spool_path(messages: usize) {
         spool.clone(),
         config,
         HOSTNAME.into(),
-        Events::new(None).unwrap(),
+        Events::open(
+            &mta::events::EventsConfig {
+                dir: spool.dir().with_extension("events"),
+                ..Default::default()
+            },
+            "bench",
+        )
+        .unwrap(),
         EgressMetrics::default(),
     )
     .unwrap();
@@ -346,10 +353,17 @@ async fn held_engine(spool: Arc<Spool>) -> (mta::delivery::EngineHandle, EgressM
         .insert("sink.test".into(), format!("{}:2525", ip(27)));
     let metrics = EgressMetrics::default();
     let engine = Engine::new(
-        spool,
+        spool.clone(),
         config,
         HOSTNAME.into(),
-        Events::new(None).unwrap(),
+        Events::open(
+            &mta::events::EventsConfig {
+                dir: spool.dir().with_extension("events"),
+                ..Default::default()
+            },
+            "bench",
+        )
+        .unwrap(),
         metrics.clone(),
     )
     .unwrap();

@@ -42,6 +42,15 @@ pub struct NodeConfig {
     pub planned_stop: crate::planned_stop::PlannedStopConfig,
     /// Where `vault:` references (DKIM keys, credential hashes) are read.
     pub vault: Option<fleet::vault::VaultConfig>,
+    /// The event log and the webhooks' sending.
+    #[serde(default)]
+    pub events: crate::events::EventsConfig,
+    /// Mail to the cluster's bounce domain on port 25: DSNs and ARF reports.
+    #[serde(default)]
+    pub bounces: crate::bounces::BouncesConfig,
+    /// sha256 (hex) of the token the admin API (`/api/admin/…`) requires
+    /// as `Authorization: Bearer`; absent: the admin API is off.
+    pub admin_token_sha256: Option<String>,
 }
 
 /// `[smtp]`: limits of SMTP submission (most apply to HTTP injection too).
@@ -172,6 +181,18 @@ impl Settings {
                     message,
                 }],
             })?;
+        node.events
+            .prepare(config_file)
+            .map_err(|(key, message)| ConfigError {
+                file: config_file.display().to_string(),
+                problems: vec![Problem {
+                    line: None,
+                    key,
+                    message,
+                }],
+            })?;
+        crate::events::classify::Classifier::load(node.events.bounce_rules.as_deref())
+            .map_err(|message| ConfigError::single(&config_file.display().to_string(), &message))?;
         // Keys that cannot be read or parsed fail `--check` and a reload.
         let dkim = crate::dkim::Dkim::load_with(&node.delivery.dkim, &secrets)
             .map_err(|m| problem(config_file, "delivery.dkim", m))?;
@@ -225,6 +246,13 @@ impl Settings {
     /// This node's cluster in the fleet.
     pub fn cluster(&self) -> Option<&fleet::Cluster> {
         self.fleet.cluster(&self.cluster_id)
+    }
+
+    /// The domain of the cluster's VERP return paths.
+    pub fn bounce_domain(&self) -> String {
+        self.cluster()
+            .map(|c| c.bounce_domain_or(&self.hostname).to_ascii_lowercase())
+            .unwrap_or_else(|| self.hostname.clone())
     }
 }
 

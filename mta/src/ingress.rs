@@ -28,6 +28,8 @@ pub struct Ingress {
     pub metrics: IngressMetrics,
     pub readiness: Arc<Readiness>,
     pub control: Control,
+    /// Where Reception and Rejection events go.
+    pub events: Arc<crate::events::Events>,
     /// Why the spool cannot take mail, as its last health check said.
     spool_problem: Mutex<Option<String>>,
 }
@@ -39,8 +41,10 @@ impl Ingress {
         readiness: Arc<Readiness>,
         metrics: IngressMetrics,
         control: Control,
+        events: Arc<crate::events::Events>,
     ) -> Arc<Ingress> {
         Arc::new(Ingress {
+            events,
             auth: Authenticator::new(live.clone()),
             live,
             spool,
@@ -65,14 +69,14 @@ impl Ingress {
     /// only once it is durable.
     pub async fn submit(&self, submission: Submission<'_>) -> Result<MessageId, SpoolError> {
         let settings = self.live.get();
-        let data = submission.with_trace_headers(&settings);
+        let data: bytes::Bytes = submission.with_trace_headers(&settings).into();
         let size = data.len() as u64;
         let result = self
             .spool
             .accept(NewMessage {
                 sender: submission.sender.to_string(),
                 recipients: submission.recipients.to_vec(),
-                data: data.into(),
+                data: data.clone(),
                 cluster: submission.principal.cluster.clone(),
                 credential: submission.principal.username.clone(),
                 via: submission.via.protocol(),
@@ -83,7 +87,9 @@ impl Ingress {
         match &result {
             Ok(id) => {
                 self.metrics.accepted(&listener, size);
-                // The spool writes the Reception event.
+                // Recorded before this task yields: the queue cannot have
+                // attempted the message yet, so Reception comes first.
+                self.reception(id, &submission, &data);
                 tracing::debug!(
                     id = %id,
                     peer = %submission.peer,
@@ -98,6 +104,61 @@ impl Ingress {
             }
         }
         result
+    }
+
+    /// One Reception event per recipient of a message the spool accepted.
+    fn reception(&self, id: &MessageId, submission: &Submission<'_>, data: &[u8]) {
+        use crate::events::{Event, EventType, PeerAddress, Response};
+        let meta = crate::events::meta::of_message(
+            data,
+            &submission.principal.cluster,
+            &submission.principal.username,
+        );
+        let now = crate::events::now_secs();
+        for recipient in submission.recipients {
+            let mut event = Event::new(EventType::Reception);
+            event.id = id.0.clone();
+            event.envelope_sender = submission.sender.to_string();
+            event.sender = submission.sender.to_string();
+            event.recipient = recipient.clone();
+            event.queue = fleet::event::domain_of(recipient);
+            event.peer_address = Some(PeerAddress {
+                name: submission.via.helo().to_string(),
+                addr: submission.peer.to_string(),
+            });
+            event.response = Response::new(250, format!("2.0.0 OK queued as {id}"));
+            event.timestamp = now;
+            event.created = now;
+            event.reception_protocol = Some(submission.via.reception_protocol().into());
+            event.size = data.len() as u64;
+            event.meta = meta.clone();
+            self.events.emit(event);
+        }
+    }
+
+    /// A Rejection event: the session refused something (failed AUTH, a
+    /// policy refusal) with `reply`.
+    pub fn rejection(&self, refused: Refused<'_>) {
+        use crate::events::{Event, EventType, PeerAddress, Response};
+        let mut event = Event::new(EventType::Rejection);
+        event.sender = refused.sender.to_string();
+        event.envelope_sender = refused.sender.to_string();
+        event.recipient = refused.recipient.to_string();
+        event.queue = fleet::event::domain_of(refused.recipient);
+        event.peer_address = Some(PeerAddress {
+            name: refused.helo.to_string(),
+            addr: refused.peer.to_string(),
+        });
+        let (code, text) = refused
+            .reply
+            .split_once(' ')
+            .and_then(|(code, text)| Some((code.parse().ok()?, text)))
+            .unwrap_or((0, refused.reply));
+        event.response = Response::new(code, text);
+        event.reception_protocol = Some(refused.protocol.into());
+        event.meta.cluster = self.live.get().cluster_id.clone();
+        event.meta.credential = refused.credential.map(str::to_string);
+        self.events.emit(event);
     }
 
     /// Keeps [`Ingress::spool_health`] and the `spool` readiness concern
@@ -175,6 +236,20 @@ impl Ingress {
     }
 }
 
+/// What a Rejection event says.
+pub struct Refused<'a> {
+    pub peer: SocketAddr,
+    pub helo: &'a str,
+    /// `ESMTP` or `HTTP`.
+    pub protocol: &'static str,
+    /// The credential tried or used, when there was one.
+    pub credential: Option<&'a str>,
+    pub sender: &'a str,
+    pub recipient: &'a str,
+    /// The reply sent, `550 5.7.1 …`.
+    pub reply: &'a str,
+}
+
 /// How a message came in.
 #[derive(Debug, Clone, Copy)]
 pub enum Via<'a> {
@@ -193,6 +268,22 @@ impl Via<'_> {
         match self {
             Via::Smtp { .. } => "smtp",
             Via::Http { .. } => "http",
+        }
+    }
+
+    /// The EHLO name, empty over HTTP.
+    pub fn helo(&self) -> &str {
+        match self {
+            Via::Smtp { helo, .. } => helo,
+            Via::Http { .. } => "",
+        }
+    }
+
+    /// An event's `reception_protocol`.
+    pub fn reception_protocol(&self) -> &'static str {
+        match self {
+            Via::Smtp { .. } => "ESMTP",
+            Via::Http { .. } => "HTTP",
         }
     }
 
@@ -380,6 +471,8 @@ pub struct IngressMetrics {
     messages: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
     rejected: Family<Labels, Counter>,
+    /// Mail to the bounce domain (DSNs, ARF reports, dropped).
+    pub bounces: crate::bounces::BounceMetrics,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -392,6 +485,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 impl IngressMetrics {
     pub fn register(registry: &mut Registry) -> IngressMetrics {
         let metrics = IngressMetrics::default();
+        metrics.bounces.register(registry);
         let registry = registry.sub_registry_with_prefix("ingress");
         registry.register(
             "connections",

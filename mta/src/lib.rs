@@ -1,6 +1,8 @@
 //! mta: SMTP submission and HTTP injection into a durable spool, then delivery.
 
+pub mod admin;
 pub mod auth;
+pub mod bounces;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
@@ -16,8 +18,10 @@ pub mod smtp;
 pub mod spool;
 pub mod throttle;
 pub mod tls;
+pub mod webhook;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use fleet::control::Control;
 use fleet::daemon::{Daemon, Service};
@@ -79,17 +83,31 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
     let spool = spool::Spool::open(&settings.node.spool_dir).await?;
+    let events = events::Events::open(&settings.node.events, &settings.node.node)
+        .map_err(anyhow::Error::msg)?;
     let delivery_config = settings.node.delivery.clone();
     let hello_name = settings.hostname.clone();
     let secrets = settings.secrets.clone();
+    let webhook_metrics = webhook::WebhookMetrics::default();
+    let webhooks = webhook::Webhooks::new(
+        events.log().clone(),
+        settings.node.events.clone(),
+        webhook_metrics.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut service = Service::new(control, settings);
     let ingress_metrics = ingress::IngressMetrics::register(&mut service.registry);
     let egress_metrics = queue::EgressMetrics::default();
     egress_metrics.register(&mut service.registry);
     spool.register_metrics(&mut service.registry);
+    events.log().register_metrics(&mut service.registry);
+    webhook_metrics.register(&mut service.registry);
+    let engine_cell = Arc::new(std::sync::OnceLock::new());
+    let admin_routes = admin::routes(service.live.clone(), engine_cell.clone());
+    let status_hooks = webhooks.clone();
     let started = service.start(
         listeners.admin,
-        axum::Router::new(),
+        admin_routes,
         {
             let secrets = secrets.clone();
             move || Settings::load_with(&config_file, secrets.clone())
@@ -103,6 +121,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
                     "mtas": s.fleet.mta_count(),
                     "vault": s.secrets.status(),
                     "spool_quarantined": spool.quarantined(),
+                    "webhooks": status_hooks.status(),
                 })
             }
         },
@@ -112,15 +131,21 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         secrets,
         started.control.clone(),
     ));
-    // Delivery first: Reception events and the queue are in place before
-    // the first client connects.
+    // Delivery first: the queue is in place before the first client connects.
     let egress = delivery::start_for_node(
         spool.clone(),
         delivery_config,
         hello_name,
+        events.clone(),
         egress_metrics,
         started.live.clone(),
     )?;
+    let _ = engine_cell.set(egress.engine.clone());
+    tokio::spawn(
+        webhooks
+            .clone()
+            .follow(started.live.clone(), started.control.shutdown.clone()),
+    );
     let shutdown = started.control.shutdown.clone();
     let egress_stopped = tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -132,6 +157,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         started.readiness.clone(),
         ingress_metrics,
         started.control.clone(),
+        events.clone(),
     );
     let tasks = &started.control.tasks;
     tasks.spawn(ingress.clone().watch_spool_health());
@@ -151,6 +177,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let _ = egress_stopped.await;
     let closing = spool.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+    let _ = tokio::task::spawn_blocking(move || events.close()).await;
     Ok(())
 }
 

@@ -27,19 +27,23 @@ async fn delivers_through_the_domain_mx() {
     .await;
     let mut egress = Egress::start(configs(net, "unlimited", Some(dns.addr()), FAST_RETRY)).await;
     let id = egress.inject("someone@example.test", "via-mx").await;
-    let reception = egress.event(&id, EventKind::Reception).await;
-    assert_eq!(reception.recipient, "someone@example.test");
     let delivery = egress.event(&id, EventKind::Delivery).await;
-    assert_eq!(delivery.mx_host.as_deref(), Some("mx.example.test"));
-    assert_eq!(delivery.code, 250, "{delivery:?}");
-    assert_eq!(
-        delivery.peer_address.as_deref(),
-        Some(format!("{}:{MX_PORT}", ip(net, 25)).as_str())
-    );
+    assert_eq!(delivery.recipient, "someone@example.test");
+    assert_eq!(delivery.queue, "example.test");
+    assert_eq!(delivery.envelope_sender, "app@yourdomain.com");
+    // VERP: the return path on the wire names the message.
+    assert_eq!(delivery.sender, format!("{id}@c-a1b2c3d4.unmta.net"));
+    assert_eq!(delivery.delivery_protocol.as_deref(), Some("ESMTP"));
+    assert_eq!(delivery.meta.cluster, "a1b2c3d4");
+    assert_eq!(Some(delivery.site.as_str()), Some("mx.example.test"));
+    assert_eq!(delivery.response.code, 250, "{delivery:?}");
+    let peer = delivery.peer_address.clone().expect("a peer address");
+    assert_eq!(peer.addr, format!("{}:{MX_PORT}", ip(net, 25)));
+    assert_eq!(peer.name, "mx.example.test");
     let got = sink.wait_for(1, LIMIT).await.unwrap();
     let received = with_marker(&got, "via-mx").expect("the message at the MX");
     assert_eq!(received.rcpt_to, vec!["someone@example.test".to_string()]);
-    assert_eq!(received.mail_from, "app@yourdomain.com");
+    assert_eq!(received.mail_from, format!("{id}@c-a1b2c3d4.unmta.net"));
     assert!(received.tls, "opportunistic STARTTLS was not used");
     assert_eq!(received.helo, "c-a1b2c3d4.unmta.net");
     fleet::testkit::process::eventually(LIMIT, "the spool empties", || {
@@ -71,7 +75,7 @@ async fn prefers_the_lowest_mx_and_falls_back_to_the_next() {
     for n in 0..3 {
         let id = egress.inject("a@pref.test", &format!("pref-{n}")).await;
         let d = egress.event(&id, EventKind::Delivery).await;
-        assert_eq!(d.mx_host.as_deref(), Some("mx1.pref.test"));
+        assert_eq!(Some(d.site.as_str()), Some("mx1.pref.test"));
     }
     assert_eq!(best.messages().len(), 3);
     assert!(backup.messages().is_empty());
@@ -82,8 +86,8 @@ async fn prefers_the_lowest_mx_and_falls_back_to_the_next() {
     drop(best);
     let id = egress.inject("a@pref.test", "fallback").await;
     let d = egress.event(&id, EventKind::Delivery).await;
-    assert_eq!(d.mx_host.as_deref(), Some("mx2.pref.test"));
-    assert_eq!(d.attempts, 1);
+    assert_eq!(Some(d.site.as_str()), Some("mx2.pref.test"));
+    assert_eq!(d.num_attempts, 1);
     let got = backup.wait_for(1, LIMIT).await.unwrap();
     assert!(with_marker(&got, "fallback").is_some());
     egress.stop().await;
@@ -97,7 +101,7 @@ async fn without_mx_the_domain_address_is_used() {
     let mut egress = Egress::start(configs(net, "unlimited", Some(dns.addr()), FAST_RETRY)).await;
     let id = egress.inject("x@plain.test", "a-fallback").await;
     let d = egress.event(&id, EventKind::Delivery).await;
-    assert_eq!(d.mx_host.as_deref(), Some("plain.test"));
+    assert_eq!(Some(d.site.as_str()), Some("plain.test"));
     assert!(with_marker(&sink.wait_for(1, LIMIT).await.unwrap(), "a-fallback").is_some());
     egress.stop().await;
 }
@@ -109,12 +113,15 @@ async fn a_null_mx_and_a_missing_domain_bounce_at_once() {
     let mut egress = Egress::start(configs(net, "unlimited", Some(dns.addr()), FAST_RETRY)).await;
     let id = egress.inject("x@nomail.test", "null-mx").await;
     let bounce = egress.event(&id, EventKind::Bounce).await;
-    assert!(bounce.response.contains("null MX"), "{bounce:?}");
-    assert!(bounce.response.contains("5.1.10"), "{bounce:?}");
-    assert_eq!(bounce.attempts, 1);
+    assert!(bounce.response.content.contains("null MX"), "{bounce:?}");
+    assert!(bounce.response.content.contains("5.1.10"), "{bounce:?}");
+    assert_eq!(bounce.num_attempts, 1);
     let id = egress.inject("x@missing.test", "nxdomain").await;
     let bounce = egress.event(&id, EventKind::Bounce).await;
-    assert!(bounce.response.contains("does not exist"), "{bounce:?}");
+    assert!(
+        bounce.response.content.contains("does not exist"),
+        "{bounce:?}"
+    );
     assert_eq!(egress.metrics.permanent.get(), 2);
     assert_eq!(egress.metrics.transient.get(), 0);
     egress.stop().await;
@@ -136,12 +143,12 @@ async fn a_temporary_failure_is_retried_until_delivered() {
     let mut egress = Egress::start(configs).await;
     let id = egress.inject("r@retry.test", "retry").await;
     let first = egress.event(&id, EventKind::TransientFailure).await;
-    assert_eq!(first.code, 451, "{first:?}");
-    assert_eq!(first.attempts, 1);
+    assert_eq!(first.response.code, 451, "{first:?}");
+    assert_eq!(first.num_attempts, 1);
     let second = egress.event(&id, EventKind::TransientFailure).await;
-    assert_eq!(second.attempts, 2);
+    assert_eq!(second.num_attempts, 2);
     let delivered = egress.event(&id, EventKind::Delivery).await;
-    assert_eq!(delivered.attempts, 3);
+    assert_eq!(delivered.num_attempts, 3);
     // Backoff: 100 ms then 200 ms (±10 %) between the attempts.
     let codes: Vec<u16> = sink.attempts().iter().map(|a| a.code).collect();
     assert_eq!(codes, vec![451, 451, 250]);
@@ -176,9 +183,9 @@ async fn a_permanent_failure_bounces_without_retry() {
     let mut egress = Egress::start(configs).await;
     let id = egress.inject("r@reject.test", "reject").await;
     let bounce = egress.event(&id, EventKind::Bounce).await;
-    assert_eq!(bounce.code, 550, "{bounce:?}");
+    assert_eq!(bounce.response.code, 550, "{bounce:?}");
     assert_eq!(
-        bounce.mx_host.as_deref(),
+        Some(bounce.site.as_str()),
         Some(ip(net, 25).to_string().as_str())
     );
     assert!(sink.messages().is_empty());
@@ -210,9 +217,9 @@ async fn a_message_expires_after_the_maximum_age_with_a_dsn() {
     let mut egress = Egress::start(configs).await;
     let id = egress.inject("r@busy.test", "expire").await;
     let expired = egress.event(&id, EventKind::Expiration).await;
-    assert!(expired.queue_time_ms >= 1000, "{expired:?}");
-    assert!(expired.attempts >= 3, "{expired:?}");
-    assert!(expired.response.contains("expired"), "{expired:?}");
+    assert!(expired.timestamp > expired.created, "{expired:?}");
+    assert!(expired.num_attempts >= 3, "{expired:?}");
+    assert!(expired.response.content.contains("expired"), "{expired:?}");
     assert!(always_busy.attempts().len() >= 3);
     assert_eq!(egress.metrics.expired.get(), 1);
     // The sender hears of it, from the null sender.
@@ -247,7 +254,10 @@ async fn a_route_sends_a_domain_to_its_smart_host() {
     let mut egress = Egress::start(configs).await;
     let id = egress.inject("who@routed.test", "routed").await;
     let d = egress.event(&id, EventKind::Delivery).await;
-    assert_eq!(d.peer_address, Some(format!("{}:{MX_PORT}", ip(net, 30))));
+    assert_eq!(
+        d.peer_address.as_ref().map(|p| p.addr.clone()),
+        Some(format!("{}:{MX_PORT}", ip(net, 30)))
+    );
     assert!(with_marker(&smart.wait_for(1, LIMIT).await.unwrap(), "routed").is_some());
     egress.stop().await;
 }

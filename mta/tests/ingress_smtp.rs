@@ -670,6 +670,7 @@ async fn the_session_runs_on_an_in_memory_pipe() {
         fleet::admin::Readiness::new(),
         mta::ingress::IngressMetrics::default(),
         control.clone(),
+        mta::events::Events::open(&settings.node.events, "pipe").unwrap(),
     );
     let (client, server) = tokio::io::duplex(64 * 1024);
     let ctx = mta::smtp::session::Context {

@@ -226,8 +226,8 @@ fn mta_toml(topology: &Topology, host: &Host) -> String {
          shutdown_grace = \"5s\"\n\n\
          [tls]\ncertificate = \"tls/cluster.pem\"\nkey = \"tls/cluster-key.pem\"\n\n\
          [planned_stop]\nmax_wait = \"30s\"\npoll = \"100ms\"\n\n\
+         [events]\ndir = \"var/{name}/events\"\n\n\
          [delivery]\nnameservers = [\"{dns}\"]\n\
-         events_file = \"var/{name}/events.log\"\n\
          retry_initial = \"1s\"\nretry_max = \"2s\"\n",
         name = host.name,
         v4 = host.ipv4,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -51,8 +51,6 @@ pub struct DeliveryConfig {
     /// Send a delivery status notification to the envelope sender on a
     /// bounce or an expiry.
     pub dsn: bool,
-    /// Event lines (JSON) go here; default: the log, target `mta::events`.
-    pub events_file: Option<PathBuf>,
     /// Recipient domain -> `host:port` smart host, instead of its MX.
     pub routes: BTreeMap<String, String>,
     /// DKIM keys by signing domain.
@@ -97,7 +95,6 @@ impl Default for DeliveryConfig {
             retry_max: Duration::from_secs(8 * 3600),
             max_age: Duration::from_secs(7 * 86_400),
             dsn: false,
-            events_file: None,
             routes: BTreeMap::new(),
             dkim: Vec::new(),
         }
@@ -166,9 +163,6 @@ impl DeliveryConfig {
                 "delivery.retry_initial".into(),
                 "retry_initial must be above zero and not above retry_max".into(),
             ));
-        }
-        if let Some(file) = &self.events_file {
-            self.events_file = Some(fleet::config::resolve(config_file, file));
         }
         for key in &mut self.dkim {
             key.key.resolve_path(config_file);

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dkim::Dkim;
-use crate::events::{Event, EventKind, Events};
+use crate::events::{Event, EventType as EventKind, Events, PeerAddress, Response};
 use crate::queue::metrics::EgressMetrics;
 use crate::queue::{Dispatch, LimitSource, Requeue, Scheduler};
 use crate::spool::{now_ms, Job, Spool, StoredMessage};
@@ -31,14 +31,19 @@ pub use config::DeliveryConfig;
 use route::{NoRoute, Router};
 use smtp::{Connector, Reply};
 
-/// Where an attempt went and what it got.
+/// Where an attempt went and what it got: what its events report.
 #[derive(Debug, Clone, Default)]
-struct Reached {
-    host: Option<String>,
-    peer: Option<String>,
+pub struct Reached {
+    pub host: Option<String>,
+    pub peer: Option<String>,
     /// The SMTP reply code; 0 when decided here.
-    code: u16,
-    text: String,
+    pub code: u16,
+    pub text: String,
+    /// The egress pool and source the attempt left through, when the
+    /// cluster has egress sources (the events' `egress_pool` and
+    /// `egress_source`): whoever picks the source sets them here.
+    pub egress_pool: Option<String>,
+    pub egress_source: Option<String>,
 }
 
 impl Reached {
@@ -69,6 +74,10 @@ pub struct Engine {
     dkim: arc_swap::ArcSwap<Dkim>,
     config: DeliveryConfig,
     tasks: TaskTracker,
+    /// The domain of VERP return paths (`<id>@<domain>`); none: the
+    /// envelope sender goes on the wire as given.
+    bounce_domain: parking_lot::RwLock<Option<String>>,
+    sweeps: crate::queue::sweep::Sweeps,
 }
 
 /// The running queue and delivery engine.
@@ -115,8 +124,9 @@ impl Engine {
             config.connections_per_destination,
             config.timeout,
         );
-        spool.attach_events(events.clone());
         Ok(Arc::new(Engine {
+            bounce_domain: parking_lot::RwLock::new(None),
+            sweeps: Default::default(),
             spool,
             requeue: Requeue::default(),
             events,
@@ -138,7 +148,8 @@ impl Engine {
             initial,
             self.config.max_in_flight,
             self.metrics.clone(),
-        );
+        )
+        .with_sweeps(self.sweeps.clone());
         let handle = if self.config.hold {
             tracing::warn!("delivery is on hold: messages stay in the spool");
             tokio::spawn(async {})
@@ -165,27 +176,54 @@ impl Engine {
         &self.metrics
     }
 
+    /// Return paths become `<id>@<domain>` from now on (VERP).
+    pub fn set_bounce_domain(&self, domain: Option<String>) {
+        *self.bounce_domain.write() = domain;
+    }
+
+    /// The envelope sender on the wire: the VERP address, or the null
+    /// sender for a message sent from it.
+    fn return_path(&self, message: &StoredMessage, job: &Job) -> String {
+        match &*self.bounce_domain.read() {
+            Some(domain) if !message.sender.is_empty() => format!("{}@{domain}", job.id()),
+            _ => message.sender.clone(),
+        }
+    }
+
     fn event(&self, kind: EventKind, message: &StoredMessage, job: &Job, reached: Reached) {
-        let now = now_ms();
-        self.events.emit(Event {
-            kind,
-            id: job.id().0,
-            sender: message.sender.clone(),
-            recipient: message
-                .recipients
-                .get(job.rcpt as usize)
-                .cloned()
-                .unwrap_or_default(),
-            cluster: message.cluster.clone(),
-            mx_host: reached.host,
-            peer_address: reached.peer,
-            code: reached.code,
-            response: reached.text,
-            queue_time_ms: now.saturating_sub(message.received_ms),
-            attempts: job.attempts,
-            size: message.data.len(),
-            timestamp: now,
+        let recipient = message
+            .recipients
+            .get(job.rcpt as usize)
+            .cloned()
+            .unwrap_or_default();
+        let mut event = Event::new(kind);
+        event.id = job.id().0;
+        event.sender = self.return_path(message, job);
+        event.envelope_sender = message.sender.clone();
+        event.queue = fleet::event::domain_of(&recipient);
+        event.recipient = recipient;
+        event.site = reached.host.clone().unwrap_or_default();
+        event.peer_address = reached.peer.map(|addr| PeerAddress {
+            name: reached.host.clone().unwrap_or_default(),
+            addr,
         });
+        event.delivery_protocol = reached.host.is_some().then(|| "ESMTP".to_string());
+        event.response = Response::new(reached.code, reached.text);
+        event.created = message.received_ms / 1000;
+        event.num_attempts = job.attempts as u32;
+        event.egress_pool = reached.egress_pool;
+        event.egress_source = reached.egress_source;
+        event.reception_protocol = Some(
+            match message.via.as_str() {
+                "http" => "HTTP",
+                _ => "ESMTP",
+            }
+            .to_string(),
+        );
+        event.size = message.data.len() as u64;
+        event.meta =
+            crate::events::meta::of_message(&message.data, &message.cluster, &message.credential);
+        self.events.emit(event);
     }
 
     async fn deliver(self: Arc<Self>, mut job: Job) {
@@ -279,10 +317,11 @@ impl Engine {
         let Ok(to) = recipient.parse::<Address>() else {
             return permanent(format!("550 5.1.3 `{recipient}` is not a valid address"));
         };
-        let from = if message.sender.is_empty() {
+        let return_path = self.return_path(message, job);
+        let from = if return_path.is_empty() {
             None
         } else {
-            match message.sender.parse::<Address>() {
+            match return_path.parse::<Address>() {
                 Ok(from) => Some(from),
                 Err(_) => {
                     return permanent(format!(
@@ -341,6 +380,7 @@ impl Engine {
                     peer: peer.clone(),
                     code,
                     text,
+                    ..Reached::default()
                 };
                 match reply {
                     Reply::Accepted { code, text } => {
@@ -372,6 +412,66 @@ impl Engine {
         let report = dsn::build(message, job, kind, why, self.connector_hello());
         if let Err(e) = self.spool.accept(report).await {
             tracing::error!(id = %job.id(), "cannot queue the delivery status notification: {e}");
+        }
+    }
+
+    /// Bounces every queued recipient `selector` matches with `reason`
+    /// (AdminBounce events, and DSNs when configured); returns how many.
+    pub async fn admin_bounce(
+        &self,
+        selector: crate::queue::sweep::BounceSelector,
+        reason: String,
+    ) -> Result<usize, String> {
+        if self.config.hold {
+            return Err("delivery is on hold ([delivery] hold = true): nothing is swept".into());
+        }
+        let (done, count) = tokio::sync::oneshot::channel();
+        self.sweeps.push(crate::queue::sweep::BounceOrder {
+            selector,
+            reason,
+            done,
+        });
+        match tokio::time::timeout(Duration::from_secs(120), count).await {
+            Ok(Ok(n)) => Ok(n),
+            _ => Err("the queue did not finish the admin bounce within 120s".into()),
+        }
+    }
+
+    /// Bounces the jobs an order matches, puts the others back.
+    async fn sweep(self: Arc<Self>, jobs: Vec<Job>, orders: Vec<crate::queue::sweep::BounceOrder>) {
+        let mut counts = vec![0usize; orders.len()];
+        for job in jobs {
+            let Ok(message) = self.spool.load(&job).await else {
+                self.requeue.push(job);
+                continue;
+            };
+            let recipient = message
+                .recipients
+                .get(job.rcpt as usize)
+                .map_or("", String::as_str);
+            let Some(at) = orders
+                .iter()
+                .position(|o| o.selector.matches(&job, &message.cluster, recipient))
+            else {
+                self.requeue.push(job);
+                continue;
+            };
+            counts[at] += 1;
+            self.spool.done(&job);
+            self.metrics.permanent.inc();
+            let why = format!("bounced by the administrator: {}", orders[at].reason);
+            self.event(
+                EventKind::AdminBounce,
+                &message,
+                &job,
+                Reached::here(why.clone()),
+            );
+            self.notify_sender(&message, &job, EventKind::AdminBounce, &why)
+                .await;
+        }
+        for (order, n) in orders.into_iter().zip(counts) {
+            tracing::info!(selector = ?order.selector, bounced = n, "admin bounce: {}", order.reason);
+            let _ = order.done.send(n);
         }
     }
 
@@ -421,18 +521,22 @@ impl Dispatch for Arc<Engine> {
         self.tasks
             .spawn(self.clone().report_delayed(job, wait, limit));
     }
+
+    fn sweep(&self, jobs: Vec<Job>, orders: Vec<crate::queue::sweep::BounceOrder>) {
+        self.tasks.spawn(self.clone().sweep(jobs, orders));
+    }
 }
 
-/// Starts delivery for this node: events as configured, the rate limit of
-/// the node's cluster, followed on every reload.
+/// Starts delivery for this node: events to `events`, the rate limit and
+/// the bounce domain of the node's cluster, followed on every reload.
 pub fn start_for_node(
     spool: Arc<Spool>,
     config: DeliveryConfig,
     hello_name: String,
+    events: Arc<Events>,
     metrics: EgressMetrics,
     live: Arc<fleet::Live<crate::Settings>>,
 ) -> anyhow::Result<EngineHandle> {
-    let events = Events::new(config.events_file.as_deref()).map_err(anyhow::Error::msg)?;
     let engine =
         Engine::new(spool, config, hello_name, events, metrics).map_err(anyhow::Error::msg)?;
     let limit_of = move |settings: &crate::Settings| {
@@ -452,8 +556,17 @@ pub fn start_for_node(
             engine.use_dkim(dkim_live.get().dkim.clone());
         }
     });
+    let bounce_domain_of = |settings: &crate::Settings| Some(settings.bounce_domain());
+    engine.set_bounce_domain(bounce_domain_of(&live.get()));
     let initial = limit_of(&live.get());
     let changed = live.subscribe();
+    let mut reloads = live.subscribe();
+    let (follower, following) = (engine.clone(), live.clone());
+    tokio::spawn(async move {
+        while reloads.changed().await.is_ok() {
+            follower.set_bounce_domain(bounce_domain_of(&following.get()));
+        }
+    });
     let current = Box::new(move || limit_of(&live.get()));
     Ok(engine.start(initial, LimitSource { changed, current }))
 }
@@ -474,6 +587,8 @@ impl EngineHandle {
         if let Err(e) = self.engine.spool.sync().await {
             tracing::error!("cannot sync the spool at shutdown: {e}");
         }
+        let events = self.engine.events.clone();
+        let _ = tokio::task::spawn_blocking(move || events.close()).await;
         finished
     }
 }

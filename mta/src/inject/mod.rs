@@ -80,6 +80,15 @@ async fn inject(
         Ok(principal) => principal,
         Err(_) => {
             ingress.metrics.auth_failure(&listener);
+            ingress.rejection(crate::ingress::Refused {
+                peer: peer.addr,
+                helo: "",
+                protocol: "HTTP",
+                credential: Some(&username),
+                sender: "",
+                recipient: "",
+                reply: "401 authentication credentials invalid",
+            });
             tracing::info!(peer = %peer.addr, "HTTP authentication failed");
             tokio::time::sleep(limits.auth_failure_delay).await;
             return unauthorized("authentication credentials invalid");
@@ -127,6 +136,16 @@ async fn inject(
         Err(Refusal::Invalid(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(Refusal::Policy(policy)) => {
             ingress.metrics.rejected(&listener, "policy");
+            let reply = format!("422 {policy}");
+            ingress.rejection(crate::ingress::Refused {
+                peer: peer.addr,
+                helo: "",
+                protocol: "HTTP",
+                credential: Some(&principal.username),
+                sender: &request.envelope_sender,
+                recipient: "",
+                reply: &reply,
+            });
             error(StatusCode::UNPROCESSABLE_ENTITY, policy.to_string())
         }
         Err(Refusal::TooLarge(message)) => {

@@ -24,6 +24,7 @@ use crate::throttle::Throttle;
 pub use metrics::EgressMetrics;
 
 pub mod metrics;
+pub mod sweep;
 
 /// Where recipients come back after a transient failure.
 #[derive(Clone, Default)]
@@ -71,6 +72,11 @@ pub trait Dispatch: Send + 'static {
     fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit);
     /// The recipient at the head waits `wait` for the rate limit.
     fn delayed(&self, job: Job, wait: Duration, limit: RateLimit);
+    /// Queued recipients that admin bounce `orders` may concern: bounce the
+    /// matching ones, put the others back (through the requeue).
+    fn sweep(&self, jobs: Vec<Job>, orders: Vec<sweep::BounceOrder>) {
+        drop((jobs, orders));
+    }
 }
 
 /// How the queue learns the rate limit: a version that changes on reload,
@@ -89,6 +95,7 @@ pub struct Scheduler {
     head_delayed: bool,
     slots: Arc<Semaphore>,
     metrics: EgressMetrics,
+    sweeps: sweep::Sweeps,
 }
 
 /// A rate limiter wakes the queue a little after the instant it names, so
@@ -112,7 +119,39 @@ impl Scheduler {
             head_delayed: false,
             slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
             metrics,
+            sweeps: sweep::Sweeps::default(),
         }
+    }
+
+    /// Admin bounce orders come in here.
+    pub fn with_sweeps(mut self, sweeps: sweep::Sweeps) -> Scheduler {
+        self.sweeps = sweeps;
+        self
+    }
+
+    /// Takes every queued recipient the pending orders may concern out of
+    /// the queue and hands them, with the orders, to `dispatch`.
+    fn sweep(&mut self, dispatch: &impl Dispatch) {
+        let orders = self.sweeps.take();
+        if orders.is_empty() {
+            return;
+        }
+        let candidate = |job: &Job| orders.iter().any(|o| o.selector.may_match(job));
+        let (mut taken, kept): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|Due(job)| job)
+            .partition(|job| candidate(job));
+        self.heap = kept.into_iter().map(Due).collect();
+        let ready = std::mem::take(&mut self.ready);
+        for job in ready {
+            if candidate(&job) {
+                taken.push(job);
+            } else {
+                self.ready.push_back(job);
+            }
+        }
+        dispatch.sweep(taken, orders);
     }
 
     fn intake(&mut self, now: u64) {
@@ -155,6 +194,7 @@ impl Scheduler {
             }
             let now = now_ms();
             self.intake(now);
+            self.sweep(&dispatch);
             let mut wake = self
                 .heap
                 .peek()
@@ -223,6 +263,7 @@ impl Scheduler {
                 }
                 _ = self.spool.arrived().notified() => {}
                 _ = self.requeue.inner.1.notified() => {}
+                _ = self.sweeps.notified() => {}
                 _ = sleep => {}
                 _ = slot => {}
             }

@@ -87,6 +87,8 @@ struct Transaction {
     sender: String,
     recipients: Vec<String>,
     smtputf8: bool,
+    /// Without AUTH on the bounce port: only the bounce domain may receive.
+    bounce: bool,
 }
 
 struct Session<'a> {
@@ -110,6 +112,19 @@ impl<'a> Session<'a> {
             auth_failures: 0,
             errors: 0,
         }
+    }
+
+    /// Records a Rejection event for `reply`.
+    fn refused(&self, credential: Option<&str>, sender: &str, recipient: &str, reply: &str) {
+        self.ctx.ingress.rejection(crate::ingress::Refused {
+            peer: self.ctx.peer,
+            helo: self.helo.as_deref().unwrap_or_default(),
+            protocol: "ESMTP",
+            credential,
+            sender,
+            recipient,
+            reply,
+        });
     }
 
     fn limits(&self) -> &crate::config::SmtpConfig {
@@ -198,7 +213,14 @@ impl<'a> Session<'a> {
             Ok(request) => request,
             Err(error) => return self.error(conn, &syntax_reply(error)),
         };
+        let plaintext_bounce = self.on_bounce_port()
+            && self.ctx.settings.node.bounces.allow_plaintext
+            && matches!(
+                request,
+                Request::Mail { .. } | Request::Rcpt { .. } | Request::Data
+            );
         if !self.tls
+            && !plaintext_bounce
             && !matches!(
                 request,
                 Request::Ehlo { .. }
@@ -347,6 +369,12 @@ impl<'a> Session<'a> {
             }
             Err(_) => {
                 self.ctx.ingress.metrics.auth_failure(&self.ctx.listener());
+                self.refused(
+                    Some(&username),
+                    "",
+                    "",
+                    "535 5.7.8 Authentication credentials invalid",
+                );
                 self.auth_failures += 1;
                 tracing::info!(peer = %self.ctx.peer, failures = self.auth_failures, "authentication failed");
                 tokio::time::sleep(self.limits().auth_failure_delay).await;
@@ -409,6 +437,9 @@ impl<'a> Session<'a> {
         if self.helo.is_none() {
             return self.error(conn, "503 5.5.1 Send EHLO first");
         }
+        if self.principal.is_none() && self.on_bounce_port() {
+            return self.bounce_mail(conn, sender, flags);
+        }
         let Some(principal) = &self.principal else {
             return self.error(conn, "530 5.7.0 Authentication required");
         };
@@ -431,13 +462,42 @@ impl<'a> Session<'a> {
                 .ingress
                 .metrics
                 .rejected(&self.ctx.listener(), "policy");
-            conn.reply(&format!("550 5.7.1 {error}"));
+            let reply = format!("550 5.7.1 {error}");
+            let credential = principal.username.clone();
+            self.refused(Some(&credential), &sender, "", &reply);
+            conn.reply(&reply);
             return Next::Continue;
         }
         self.transaction = Some(Transaction {
             sender,
             recipients: Vec::new(),
             smtputf8,
+            bounce: false,
+        });
+        conn.reply("250 2.1.0 Sender OK");
+        Next::Continue
+    }
+
+    fn on_bounce_port(&self) -> bool {
+        self.ctx.port == self.ctx.settings.node.bounces.port
+    }
+
+    /// MAIL without AUTH on the bounce port: a transaction whose recipients
+    /// must all be at the cluster's bounce domain.
+    fn bounce_mail<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        sender: String,
+        flags: u64,
+    ) -> Next {
+        if self.transaction.is_some() {
+            return self.error(conn, "503 5.5.1 Nested MAIL command");
+        }
+        self.transaction = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+            smtputf8: flags & MAIL_SMTPUTF8 != 0,
+            bounce: true,
         });
         conn.reply("250 2.1.0 Sender OK");
         Next::Continue
@@ -466,6 +526,22 @@ impl<'a> Session<'a> {
             conn.reply(&format!("452 4.5.3 Too many recipients: at most {max}"));
             return Next::Continue;
         }
+        if transaction.bounce {
+            let domain = self.ctx.settings.bounce_domain();
+            if !crate::bounces::is_bounce_address(&recipient, &domain) {
+                let reply = format!(
+                    "550 5.7.1 Relaying denied: without AUTH only mail to @{domain} is accepted"
+                );
+                let sender = transaction.sender.clone();
+                self.ctx
+                    .ingress
+                    .metrics
+                    .rejected(&self.ctx.listener(), "relay");
+                self.refused(None, &sender, &recipient, &reply);
+                conn.reply(&reply);
+                return Next::Continue;
+            }
+        }
         transaction.recipients.push(recipient);
         conn.reply("250 2.1.5 Recipient OK");
         Next::Continue
@@ -486,7 +562,10 @@ impl<'a> Session<'a> {
         }
         conn.reply("354 Start mail input; end with <CRLF>.<CRLF>");
         let limits = self.limits();
-        let max_size = limits.max_message_size;
+        let max_size = match transaction.bounce {
+            true => self.ctx.settings.node.bounces.max_size,
+            false => limits.max_message_size,
+        };
         let received = data::receive(
             conn,
             DataLimits {
@@ -546,13 +625,33 @@ impl<'a> Session<'a> {
                 return Next::Close;
             }
         };
+        if transaction.bounce {
+            let settings = &self.ctx.settings;
+            crate::bounces::receive(
+                &self.ctx.ingress.events,
+                &self.ctx.ingress.metrics.bounces,
+                crate::bounces::Inbound {
+                    peer: self.ctx.peer,
+                    helo: self.helo.as_deref().unwrap_or_default(),
+                    recipients: &transaction.recipients,
+                    data: &message,
+                    cluster: &settings.cluster_id,
+                    bounce_domain: &settings.bounce_domain(),
+                },
+            );
+            conn.reply("250 2.0.0 OK report taken");
+            return Next::Continue;
+        }
         let Some(principal) = &self.principal else {
             return Next::Close;
         };
         let facts = policy::inspect(&message);
         if let Err(error) = policy::check_from(principal, &facts) {
             metrics.rejected(&listener, "policy");
-            conn.reply(&format!("550 5.7.1 {error}"));
+            let reply = format!("550 5.7.1 {error}");
+            let rcpt = transaction.recipients.first().map_or("", String::as_str);
+            self.refused(Some(&principal.username), &transaction.sender, rcpt, &reply);
+            conn.reply(&reply);
             return Next::Continue;
         }
         let message = facts.strip_return_path(message);

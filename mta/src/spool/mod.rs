@@ -182,7 +182,6 @@ pub struct Spool {
     arrivals: Mutex<Vec<Job>>,
     arrived: Notify,
     probe: Mutex<Option<(Instant, Result<(), String>)>>,
-    events: std::sync::OnceLock<Arc<crate::events::Events>>,
     /// What recovery moved aside at open.
     quarantined: Vec<Quarantined>,
 }
@@ -260,7 +259,6 @@ impl Spool {
             arrivals: Mutex::new(recovered.jobs),
             arrived: Notify::new(),
             probe: Mutex::new(None),
-            events: std::sync::OnceLock::new(),
             quarantined: recovered.quarantined,
         }))
     }
@@ -318,26 +316,8 @@ impl Spool {
             .unwrap_or_else(|e| e.into_inner())
             .extend(jobs);
         self.arrived.notify_one();
+        // The caller records the Reception event (the ingress does).
         let id = record::message_id(seq);
-        if let Some(events) = self.events.get() {
-            for recipient in &message.recipients {
-                events.emit(crate::events::Event {
-                    kind: crate::events::EventKind::Reception,
-                    id: id.0.clone(),
-                    sender: message.sender.clone(),
-                    recipient: recipient.clone(),
-                    cluster: message.cluster.clone(),
-                    mx_host: None,
-                    peer_address: Some(message.peer.to_string()),
-                    code: 250,
-                    response: format!("accepted via {}", message.via),
-                    queue_time_ms: 0,
-                    attempts: 0,
-                    size: message.data.len(),
-                    timestamp: received_ms,
-                });
-            }
-        }
         Ok(id)
     }
 
@@ -379,11 +359,6 @@ impl Spool {
             });
         let _ = std::fs::remove_file(&path);
         result
-    }
-
-    /// Reception events go to `events` from now on.
-    pub fn attach_events(&self, events: Arc<crate::events::Events>) {
-        let _ = self.events.set(events);
     }
 
     /// New (and, after open, recovered) recipients for the queue.

@@ -125,12 +125,15 @@ impl Egress {
         let spool = Spool::open(&settings.node.spool_dir).await.expect("spool");
         let delivery = settings.node.delivery.clone();
         let hello = settings.hostname.clone();
+        let events = mta::events::Events::open(&settings.node.events, &settings.node.node)
+            .expect("the event log opens");
         let live = Live::new(settings);
         let metrics = EgressMetrics::default();
         let handle = mta::delivery::start_for_node(
             spool.clone(),
             delivery,
             hello,
+            events,
             metrics.clone(),
             live.clone(),
         )

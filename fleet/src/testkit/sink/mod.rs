@@ -22,6 +22,11 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_SIZE: usize = 64 * 1024 * 1024;
 
 /// How the sink answers delivery attempts.
+///
+/// Whatever the behaviour, a recipient whose local part starts with
+/// `reject-` is refused at RCPT with `550 5.1.1 … User unknown`, and one
+/// starting with `tempfail-` gets `451 4.7.1 … try again later` at its first
+/// two RCPTs (then the behaviour applies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Behaviour {
     /// `250` for every recipient and message.
@@ -154,6 +159,31 @@ impl Shared {
         let tries = store.tries.entry(key.to_string()).or_default();
         *tries += 1;
         *tries <= n
+    }
+
+    /// The per-recipient answer at RCPT, when the address asks for one.
+    pub(crate) fn recipient_answer(&self, rcpt: &str) -> Option<String> {
+        let local = rcpt
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if local.starts_with("reject-") {
+            return Some(format!(
+                "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in the test sink\r\n"
+            ));
+        }
+        if local.starts_with("tempfail-") {
+            let mut store = self.lock();
+            let tries = store.tries.entry(format!("rcpt:{rcpt}")).or_default();
+            *tries += 1;
+            if *tries <= 2 {
+                return Some(format!(
+                    "451 4.7.1 <{rcpt}>: greylisted by the test sink, try again later\r\n"
+                ));
+            }
+        }
+        None
     }
 
     pub(crate) fn record_attempt(&self, attempt: Attempt) {

@@ -175,10 +175,13 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 (Some(_), Some(_)) if shared.behaviour == Behaviour::Reject => {
                     reply(&mut conn, "550 5.1.1 rejected by the test sink\r\n").await?
                 }
-                (Some(t), Some(rcpt)) => {
-                    t.rcpt_to.push(rcpt);
-                    reply(&mut conn, "250 2.1.5 recipient ok\r\n").await?;
-                }
+                (Some(t), Some(rcpt)) => match shared.recipient_answer(&rcpt) {
+                    Some(answer) => reply(&mut conn, &answer).await?,
+                    None => {
+                        t.rcpt_to.push(rcpt);
+                        reply(&mut conn, "250 2.1.5 recipient ok\r\n").await?;
+                    }
+                },
             },
             "DATA" => {
                 let Some(t) = transaction.take().filter(|t| !t.rcpt_to.is_empty()) else {

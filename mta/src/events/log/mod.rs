@@ -1,0 +1,524 @@
+//! The durable per-node event log.
+//!
+//! Events are appended by one writer thread to segment files
+//! `events-<first sequence, 16 hex>.log`, one line each:
+//! `<sequence, 16 hex> <crc32 of the JSON, 8 hex> <JSON>\n`. Every event
+//! waiting when the thread comes round is written in one go and made durable
+//! by one `fdatasync` (a group commit, as the spool does); only then is it
+//! *committed*: readers (the webhooks) and subscribers see it. On open, a
+//! torn or damaged tail (a `kill -9` in the middle of a write) is cut off at
+//! the last whole line, so a committed event is never lost nor read twice,
+//! and numbering goes on from the last one. A segment is closed after
+//! `segment_bytes` or an hour; closed segments older than the retention are
+//! deleted. Files are created mode 0600.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fleet::event::Event;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, watch};
+
+/// A segment is closed after this long even when small, so retention can
+/// delete old events hour by hour.
+const SEGMENT_AGE: Duration = Duration::from_secs(3600);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
+const MAX_GROUP: usize = 8192;
+
+pub struct LogSettings {
+    /// Prefix of every event id.
+    pub node: String,
+    pub retention: Duration,
+    pub segment_bytes: u64,
+}
+
+#[derive(Clone, Default)]
+struct Metrics {
+    recorded: Counter,
+    write_errors: Counter,
+    bytes: Gauge,
+    segments: Gauge,
+}
+
+pub struct EventLog {
+    dir: PathBuf,
+    tx: Mutex<Option<Sender<Event>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    committed: watch::Receiver<u64>,
+    subscribers: broadcast::Sender<Arc<Event>>,
+    metrics: Metrics,
+}
+
+/// The file name of the segment whose first event is `first`.
+fn segment_name(first: u64) -> String {
+    format!("events-{first:016x}.log")
+}
+
+/// Every segment in `dir`, oldest first, by first sequence.
+pub fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let hex = name.strip_prefix("events-")?.strip_suffix(".log")?;
+            Some((u64::from_str_radix(hex, 16).ok()?, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// One line of a segment: its sequence and event, or why it is not one.
+fn parse_line(line: &[u8]) -> Result<(u64, Event), String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
+    let text = text.strip_suffix('\n').ok_or("no line end")?;
+    let (seq, rest) = text.split_once(' ').ok_or("no sequence")?;
+    let (crc, json) = rest.split_once(' ').ok_or("no checksum")?;
+    let seq = u64::from_str_radix(seq, 16).map_err(|_| "bad sequence")?;
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| "bad checksum")?;
+    if crc32fast::hash(json.as_bytes()) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let event = serde_json::from_str(json).map_err(|e| format!("bad event: {e}"))?;
+    Ok((seq, event))
+}
+
+fn encode_line(seq: u64, event: &Event, out: &mut Vec<u8>) {
+    let json = serde_json::to_vec(event).unwrap_or_default();
+    let _ = write!(out, "{seq:016x} {:08x} ", crc32fast::hash(&json));
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+}
+
+fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Reads `path`, cuts a torn or damaged tail, returns its last sequence.
+fn recover_segment(path: &Path) -> Result<Option<u64>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let (mut good, mut last, mut line) = (0u64, None, Vec::new());
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        match parse_line(&line) {
+            Ok((seq, _)) => {
+                good += n as u64;
+                last = Some(seq);
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "event log {}: cutting a damaged tail at byte {good} ({why})",
+                    path.display()
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
+                file.set_len(good)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
+                break;
+            }
+        }
+    }
+    Ok(last)
+}
+
+impl EventLog {
+    /// Opens (creating) the log in `dir`, repairing a torn tail.
+    pub fn open(dir: &Path, settings: LogSettings) -> Result<Arc<EventLog>, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the event log {}: {e}", dir.display()))?;
+        let existing = segments(dir);
+        let mut last = None;
+        for (_, path) in existing.iter().rev() {
+            if let Some(seq) = recover_segment(path)? {
+                last = Some(seq);
+                break;
+            }
+        }
+        // A fresh log numbers from the clock, so ids never repeat even if
+        // the directory is wiped.
+        let next = match last {
+            Some(seq) => seq + 1,
+            None => now_micros().max(1),
+        };
+        let metrics = Metrics::default();
+        let (committed_tx, committed) = watch::channel(next - 1);
+        let subscribers = broadcast::channel(1 << 16).0;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            settings,
+            next,
+            active: None,
+            committed: committed_tx,
+            subscribers: subscribers.clone(),
+            metrics: metrics.clone(),
+            last_housekeeping: Instant::now() - HOUSEKEEPING_EVERY,
+        };
+        let handle = std::thread::Builder::new()
+            .name("event-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("cannot start the event log writer: {e}"))?;
+        Ok(Arc::new(EventLog {
+            dir: dir.to_path_buf(),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            committed,
+            subscribers,
+            metrics,
+        }))
+    }
+
+    /// Queues `event` for the next group commit.
+    pub fn append(&self, event: Event) {
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.subscribers.subscribe()
+    }
+
+    /// The sequence of the last committed event, followed as it moves.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Commits what is queued and stops the writer.
+    pub fn close(&self) {
+        drop(self.tx.lock().take());
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        registry.register(
+            "events_recorded",
+            "Events committed to the durable event log",
+            m.recorded.clone(),
+        );
+        registry.register(
+            "events_log_write_errors",
+            "Group commits of the event log that failed (their events are lost)",
+            m.write_errors.clone(),
+        );
+        registry.register(
+            "events_log_bytes",
+            "Bytes in the event log's segments",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "events_log_segments",
+            "Segment files of the event log",
+            m.segments.clone(),
+        );
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+struct Active {
+    file: File,
+    len: u64,
+    opened: Instant,
+}
+
+struct Writer {
+    dir: PathBuf,
+    settings: LogSettings,
+    next: u64,
+    active: Option<Active>,
+    committed: watch::Sender<u64>,
+    subscribers: broadcast::Sender<Arc<Event>>,
+    metrics: Metrics,
+    last_housekeeping: Instant,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Event>) {
+        loop {
+            let first = match rx.recv_timeout(HOUSEKEEPING_EVERY) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.housekeeping();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                self.housekeeping();
+            }
+        }
+    }
+
+    fn commit(&mut self, mut batch: Vec<Event>) {
+        let first = self.next;
+        let mut buf = Vec::with_capacity(batch.len() * 512);
+        for event in &mut batch {
+            event.event_id = format!("{}-{:016x}", self.settings.node, self.next);
+            encode_line(self.next, event, &mut buf);
+            self.next += 1;
+        }
+        if let Err(error) = self.write(first, &buf) {
+            self.metrics.write_errors.inc();
+            tracing::error!(
+                "cannot write {} events to the event log {}: {error}",
+                batch.len(),
+                self.dir.display()
+            );
+            return;
+        }
+        self.metrics.recorded.inc_by(batch.len() as u64);
+        self.metrics.bytes.inc_by(buf.len() as i64);
+        self.committed.send_replace(self.next - 1);
+        if self.subscribers.receiver_count() > 0 {
+            for event in batch {
+                let _ = self.subscribers.send(Arc::new(event));
+            }
+        }
+    }
+
+    /// Appends `buf` (events from `first` on) and syncs; on failure the
+    /// segment is cut back so no torn line stays in the middle of it.
+    fn write(&mut self, first: u64, buf: &[u8]) -> std::io::Result<()> {
+        let rotate = self.active.as_ref().is_some_and(|a| {
+            a.len > 0
+                && (a.len + buf.len() as u64 > self.settings.segment_bytes
+                    || a.opened.elapsed() >= SEGMENT_AGE)
+        });
+        if rotate {
+            self.active = None;
+        }
+        if self.active.is_none() {
+            let path = self.dir.join(segment_name(first));
+            let file = create_private(&path)?;
+            File::open(&self.dir)?.sync_all()?;
+            self.metrics.segments.inc();
+            self.active = Some(Active {
+                len: file.metadata()?.len(),
+                file,
+                opened: Instant::now(),
+            });
+        }
+        let Some(active) = &mut self.active else {
+            return Err(std::io::Error::other("no segment open"));
+        };
+        let result = active
+            .file
+            .write_all(buf)
+            .and_then(|()| active.file.sync_data());
+        match result {
+            Ok(()) => {
+                active.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = active.file.set_len(active.len);
+                Err(error)
+            }
+        }
+    }
+
+    /// Closes an old active segment and deletes segments past retention.
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = Instant::now();
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.len > 0 && a.opened.elapsed() >= SEGMENT_AGE)
+        {
+            self.active = None;
+        }
+        let all = segments(&self.dir);
+        let newest = all.last().map(|(first, _)| *first);
+        let mut bytes = 0u64;
+        let mut count = 0i64;
+        for (first, path) in &all {
+            let meta = std::fs::metadata(path).ok();
+            let age = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if Some(*first) != newest && age > self.settings.retention {
+                match std::fs::remove_file(path) {
+                    Ok(()) => tracing::info!("event log: {} expired", path.display()),
+                    Err(e) => tracing::warn!("cannot delete {}: {e}", path.display()),
+                }
+                continue;
+            }
+            bytes += meta.map(|m| m.len()).unwrap_or_default();
+            count += 1;
+        }
+        self.metrics.bytes.set(bytes as i64);
+        self.metrics.segments.set(count);
+    }
+}
+
+/// Reads committed events in order from a position, for one webhook.
+pub struct LogReader {
+    dir: PathBuf,
+    /// The last sequence handed out (or skipped).
+    after: u64,
+    /// Where the next line starts: the segment's first sequence and an offset.
+    pos: Option<(u64, u64)>,
+    committed: watch::Receiver<u64>,
+}
+
+impl LogReader {
+    /// Events after sequence `after`.
+    pub fn new(log: &EventLog, after: u64) -> LogReader {
+        LogReader {
+            dir: log.dir.clone(),
+            after,
+            pos: None,
+            committed: log.committed(),
+        }
+    }
+
+    pub fn after(&self) -> u64 {
+        self.after
+    }
+
+    pub fn committed(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Waits until an event after the position is committed.
+    pub async fn wait(&mut self) {
+        let after = self.after;
+        let _ = self.committed.wait_for(|c| *c > after).await;
+    }
+
+    /// Up to `max` committed events after the position, in order (file I/O:
+    /// call it off the async workers).
+    pub fn read(&mut self, max: usize) -> Result<Vec<(u64, Event)>, String> {
+        let committed = self.committed();
+        let mut out = Vec::new();
+        while out.len() < max && self.after < committed {
+            let all = segments(&self.dir);
+            let (first, offset) = match self.pos {
+                Some((first, offset)) if all.iter().any(|(f, _)| *f == first) => (first, offset),
+                _ => match all
+                    .iter()
+                    .rev()
+                    .find(|(f, _)| *f <= self.after + 1)
+                    .or(all.first())
+                {
+                    Some((first, _)) => (*first, 0),
+                    None => return Ok(out),
+                },
+            };
+            let path = self.dir.join(segment_name(first));
+            let end = self.read_segment(&path, first, offset, committed, max, &mut out)?;
+            if out.len() >= max || self.after >= committed {
+                break;
+            }
+            // The end of this segment: on to the next one, if there is one.
+            match all.iter().find(|(f, _)| *f > first) {
+                Some((next, _)) if end => self.pos = Some((*next, 0)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads whole committed lines of one segment; true at its end.
+    fn read_segment(
+        &mut self,
+        path: &Path,
+        first: u64,
+        offset: u64,
+        committed: u64,
+        max: usize,
+        out: &mut Vec<(u64, Event)>,
+    ) -> Result<bool, String> {
+        let mut file =
+            File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut reader = BufReader::with_capacity(64 << 10, file);
+        let (mut offset, mut line) = (offset, Vec::new());
+        let at_end = loop {
+            if out.len() >= max {
+                break false;
+            }
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break true;
+            }
+            match parse_line(&line) {
+                Ok((seq, _)) if seq > committed => break false,
+                Ok((seq, _)) if seq <= self.after => {}
+                Ok((seq, event)) => {
+                    self.after = seq;
+                    out.push((seq, event));
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "event log {}: skipping a bad line at byte {offset}: {why}",
+                        path.display()
+                    );
+                }
+            }
+            offset += n as u64;
+        };
+        self.pos = Some((first, offset));
+        Ok(at_end)
+    }
+}
+
+#[cfg(test)]
+mod tests;
