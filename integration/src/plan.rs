@@ -60,6 +60,9 @@ pub struct Plan {
     pub password: String,
     pub admin_token: String,
     pub api_token: String,
+    /// lb-dns's bearer token for healthd's feed (healthd keeps its sha256).
+    #[serde(default = "fresh_token")]
+    pub feed_token: String,
     pub rate_limit: String,
     pub mtas: usize,
     pub address: Ipv4Addr,
@@ -72,6 +75,10 @@ fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rng.random::<u8>()))
         .collect()
+}
+
+fn fresh_token() -> String {
+    random_hex(16)
 }
 
 fn random_password() -> String {
@@ -93,6 +100,7 @@ impl Plan {
             password: random_password(),
             admin_token: random_hex(16),
             api_token: random_hex(16),
+            feed_token: fresh_token(),
             rate_limit: "unlimited".to_string(),
             mtas: 3,
             address: Ipv4Addr::LOCALHOST,

@@ -51,19 +51,22 @@ pub async fn addresses(server: SocketAddr, hostname: &str) -> anyhow::Result<Vec
     }
 }
 
-/// healthd's whole feed.
-pub async fn feed(healthd_url: &str) -> anyhow::Result<FleetHealth> {
+/// healthd's whole feed, read with `token` (a follower's or the admin's).
+pub async fn feed(healthd_url: &str, token: &str) -> anyhow::Result<FleetHealth> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
     let url = format!("{healthd_url}/v1/fleet");
-    let response = client.get(&url).send().await?.error_for_status()?;
+    let request = client.get(&url).bearer_auth(token);
+    let response = request.send().await?.error_for_status()?;
     Ok(response.json().await?)
 }
 
 /// What the cluster looks like now, in words when it is not ready yet.
 pub struct Expectation<'a> {
     pub healthd_url: &'a str,
+    /// A token that may read the feed.
+    pub token: &'a str,
     pub dns: SocketAddr,
     pub hostname: &'a str,
     /// Every MTA of the fleet file: name, address, drained.
@@ -74,7 +77,7 @@ impl Expectation<'_> {
     /// `Ok(())` when every MTA is up (or drained, when the fleet drains it)
     /// and lb-dns answers exactly the up ones; else what is still missing.
     pub async fn check(&self) -> Result<(), String> {
-        let health = feed(self.healthd_url)
+        let health = feed(self.healthd_url, self.token)
             .await
             .map_err(|e| format!("healthd feed: {e}"))?;
         let states: Vec<_> = health.clusters.iter().flat_map(|c| c.mtas.iter()).collect();

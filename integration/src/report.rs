@@ -152,8 +152,8 @@ pub fn details(info: &ClusterInfo) -> String {
     );
     let _ = writeln!(
         out,
-        "  health          curl -s {}/v1/fleet",
-        info.healthd.url
+        "  health          curl -s -H 'Authorization: Bearer {}' {}/v1/fleet",
+        info.healthd.admin_token, info.healthd.url
     );
     let _ = writeln!(
         out,

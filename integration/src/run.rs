@@ -198,6 +198,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         let last = last.clone();
         let expectation = Expectation {
             healthd_url: &healthd_url,
+            token: &plan.admin_token,
             dns: plan.dns_addr(),
             hostname: &hostname,
             mtas: expected_mtas,

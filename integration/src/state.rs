@@ -250,11 +250,13 @@ fleet_file = "fleet.toml"
 listen = ["{dns}"]
 admin_listen = "{admin}"
 healthd = ["{healthd}"]
+healthd_token = "{token}"
 state_file = "var/lb-dns/state.json"
 "#,
         dns = plan.dns_addr(),
         admin = plan.lb_dns_admin_addr(),
         healthd = plan.healthd_url(),
+        token = plan.feed_token,
     );
     write_private(&layout.config("lb-dns"), &text)
 }
@@ -267,9 +269,15 @@ listen = "{listen}"
 ca_file = "tls/ca.pem"
 admin_token_sha256 = "{admin}"
 state_file = "var/healthd/state.json"
+
+# The feed answers only its followers (and the admin token).
+[[followers]]
+name = "lb-dns"
+token_sha256 = "{feed}"
 "#,
         listen = plan.healthd_addr(),
         admin = sha256_hex(&plan.admin_token),
+        feed = sha256_hex(&plan.feed_token),
     );
     write_private(&layout.config("healthd"), &text)
 }

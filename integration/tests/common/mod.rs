@@ -173,7 +173,7 @@ impl Cluster {
 
     /// healthd's state of `name` (`up`, `down`, ...).
     pub async fn health(&self, name: &str) -> Option<String> {
-        let feed = integration::ready::feed(&self.info.healthd.url)
+        let feed = integration::ready::feed(&self.info.healthd.url, &self.info.healthd.admin_token)
             .await
             .ok()?;
         feed.clusters
