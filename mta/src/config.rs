@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Limits of the SMTP and HTTP ingress.
     #[serde(default)]
     pub smtp: SmtpConfig,
+    /// Limits of HTTP injection (`[inject]`).
+    #[serde(default)]
+    pub inject: crate::inject::InjectConfig,
     /// How this node delivers: DNS, retries, smart-host routes, DKIM keys.
     #[serde(default)]
     pub delivery: crate::delivery::DeliveryConfig,

@@ -10,6 +10,7 @@ pub mod events;
 pub mod from_header;
 pub mod ingress;
 pub mod inject;
+pub mod memory;
 pub mod message;
 pub mod planned_stop;
 pub mod policy;
@@ -80,6 +81,7 @@ impl Listeners {
 
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
+    memory::release_large_buffers();
     let config_file = settings.config_file.clone();
     let grace = settings.node.shutdown_grace;
     let spool = spool::Spool::open(&settings.node.spool_dir).await?;

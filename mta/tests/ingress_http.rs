@@ -118,20 +118,26 @@ async fn builder_with_everything_and_per_recipient_substitutions() {
     assert_eq!(body["failed_recipients"], json!(["not-an-address"]));
     node.stop().await;
 
-    // One message for a and b, one for c with its own values.
+    // One message per recipient (each has its own To:), rendered with the
+    // global values, then the recipient's, then its name.
     let mut messages = fixture.spooled().await;
-    messages.sort_by_key(|m| m.recipients.len());
-    assert_eq!(messages.len(), 2);
-    assert_eq!(messages[0].recipients, ["c@example.com"]);
-    assert_eq!(messages[1].recipients, ["a@example.com", "b@example.com"]);
-    let own = mail_parser::MessageParser::new()
-        .parse(&messages[0].data[..])
-        .unwrap();
-    let shared = mail_parser::MessageParser::new()
-        .parse(&messages[1].data[..])
-        .unwrap();
+    messages.sort_by(|a, b| a.recipients.cmp(&b.recipients));
+    assert_eq!(messages.len(), 3);
+    let parse = |i: usize| {
+        mail_parser::MessageParser::new()
+            .parse(&messages[i].data[..])
+            .unwrap()
+    };
+    let (a, b, own) = (parse(0), parse(1), parse(2));
+    assert_eq!(messages[2].recipients, ["c@example.com"]);
     assert_eq!(own.subject(), Some("Hi Cee #3"));
-    assert_eq!(shared.subject(), Some("Hi everyone #1"));
+    assert_eq!(a.subject(), Some("Hi everyone #1"));
+    assert_eq!(b.subject(), Some("Hi Bee #1"));
+    assert_eq!(
+        b.to().unwrap().first().unwrap().name(),
+        Some("Bee"),
+        "To: has the recipient's name"
+    );
     assert_eq!(own.body_text(0).unwrap().trim_end(), "Dear Cee");
     assert_eq!(own.header_raw("X-Campaign").map(str::trim), Some("c-3"));
     assert_eq!(
@@ -143,7 +149,10 @@ async fn builder_with_everything_and_per_recipient_substitutions() {
         Some("The Sender")
     );
     assert!(own.body_html(0).unwrap().contains("Dear Cee"));
-    let attachment = own.attachment(0).unwrap();
+    let attachment = own
+        .attachments()
+        .find(|a| a.attachment_name() == Some("hello.bin"))
+        .unwrap();
     assert_eq!(attachment.contents(), b"hello world");
     assert_eq!(attachment.attachment_name(), Some("hello.bin"));
 }

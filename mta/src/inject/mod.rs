@@ -2,13 +2,19 @@
 //! `/ready`, on the HTTPS listener.
 //!
 //! Answers: 200 with counts (per-recipient failures inside), 400 naming the
-//! bad field, 401 with `WWW-Authenticate`, 413 for a body or message over
-//! the limits, 422 for the domain rules, 503 while the spool cannot take mail.
+//! bad field, 401 with `WWW-Authenticate`, 413 for a body, a recipient list
+//! or a message over the limits, 422 for the domain rules, headers only
+//! MTAs write and templates that do not compile, 503 while the spool
+//! cannot take mail.
+//!
+//! Messages are rendered one at a time and spooled as they are rendered,
+//! with at most `max_message_size` bytes (or 64 messages) waiting for the
+//! spool at once: a request never holds all its messages.
 
 pub mod build;
 pub mod model;
 pub mod server;
-pub mod subst;
+pub mod template;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,13 +27,37 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use base64::Engine;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http_body_util::BodyExt;
+use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::config::Settings;
 use crate::ingress::{Ingress, Submission, Via};
-use build::{Group, Refusal, Rendered};
+use build::{Group, Refusal, RenderError};
 use model::InjectResponse;
+
+/// `[inject]` in the node config: limits of `POST /api/inject/v1`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectConfig {
+    /// Recipients in one request; past it, 413 with the number.
+    pub max_recipients_per_request: usize,
+    /// Template instructions one message may run (MiniJinja fuel).
+    pub template_fuel: u64,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            max_recipients_per_request: 1000,
+            template_fuel: 100_000,
+        }
+    }
+}
+
+/// Messages waiting for the spool at once, besides the byte bound.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// The client's address and the port it reached, set per connection.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +143,8 @@ async fn inject(
             format!("the request body is larger than {limit} bytes"),
         );
     }
-    let body = match read_body(request.into_body(), limit, limits.data_timeout).await {
+    let expected = declared.unwrap_or(0).min(limit);
+    let body = match read_body(request.into_body(), limit, expected, limits.data_timeout).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
             ingress.metrics.rejected(&listener, "size");
@@ -126,12 +157,12 @@ async fn inject(
             return error(StatusCode::BAD_REQUEST, format!("request body: {reason}"))
         }
     };
-    let request = match model::parse(&body) {
+    let mut request = match model::parse(&body) {
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     drop(body);
-    match deliver(&ingress, &settings, &request, &principal, peer, via).await {
+    match deliver(&ingress, &settings, &mut request, &principal, peer, via).await {
         Ok((status, response)) => (status, Json(response)).into_response(),
         Err(Refusal::Invalid(message)) => error(StatusCode::BAD_REQUEST, message),
         Err(Refusal::Policy(policy)) => {
@@ -148,6 +179,10 @@ async fn inject(
             });
             error(StatusCode::UNPROCESSABLE_ENTITY, policy.to_string())
         }
+        Err(Refusal::Unprocessable(message)) => {
+            ingress.metrics.rejected(&listener, "policy");
+            error(StatusCode::UNPROCESSABLE_ENTITY, message)
+        }
         Err(Refusal::TooLarge(message)) => {
             ingress.metrics.rejected(&listener, "size");
             error(StatusCode::PAYLOAD_TOO_LARGE, message)
@@ -155,18 +190,35 @@ async fn inject(
     }
 }
 
-/// Builds every message, then spools them; answers with the counts.
+/// Renders the messages one by one and spools each as it is rendered;
+/// answers with the counts. A refusal of the first message (size, domain
+/// rules) refuses the request before anything is stored; a later message
+/// that fails fails only its recipients.
 async fn deliver(
     ingress: &Ingress,
     settings: &Settings,
-    request: &model::InjectRequest,
+    request: &mut model::InjectRequest,
     principal: &Principal,
     peer: Peer,
     via: Via<'static>,
 ) -> Result<(StatusCode, InjectResponse), Refusal> {
     let limits = &settings.node.smtp;
-    let prepared = build::prepare(request, principal, limits.max_line_length)?;
-    let (groups, bad) = build::plan(&request.recipients, limits.max_recipients);
+    let inject = &settings.node.inject;
+    if request.recipients.len() > inject.max_recipients_per_request {
+        return Err(Refusal::TooLarge(format!(
+            "the request has {} recipients, more than the {} allowed in one request (inject.max_recipients_per_request)",
+            request.recipients.len(),
+            inject.max_recipients_per_request
+        )));
+    }
+    let bounds = build::Limits {
+        max_line: limits.max_line_length,
+        max_message_size: limits.max_message_size,
+        fuel: inject.template_fuel,
+    };
+    let prepared = build::prepare(request, principal, bounds)?;
+    let sender = prepared.sender();
+    let (groups, bad) = prepared.plan(limits.max_recipients);
     let mut response = InjectResponse::default();
     for recipient in bad {
         response.fail_count += 1;
@@ -179,51 +231,57 @@ async fn deliver(
             );
         response.errors.push(format!("{}: {why}", recipient.email));
     }
-    // Build all first: a policy or size refusal refuses the whole request
-    // before anything is stored.
-    let mut built: Vec<(&Group<'_>, Rendered)> = Vec::with_capacity(groups.len());
-    for group in &groups {
-        match prepared.render(group, principal, &settings.hostname) {
-            Ok(rendered) if rendered.data.len() > limits.max_message_size => {
-                return Err(Refusal::TooLarge(format!(
-                    "the message is {} bytes, more than the {} allowed",
-                    rendered.data.len(),
-                    limits.max_message_size
-                )));
-            }
-            Ok(rendered) => built.push((group, rendered)),
-            Err(build::RenderError::Policy(policy)) => return Err(Refusal::Policy(policy)),
-            Err(other) => fail(&mut response, group, &other.to_string()),
-        }
-    }
-    let recipients: Vec<Vec<String>> = built
-        .iter()
-        .map(|(group, _)| group.recipients.iter().map(|r| r.email.clone()).collect())
-        .collect();
-    let stored = futures_util::future::join_all(built.iter().zip(&recipients).map(
-        |((_, rendered), recipients)| {
-            ingress.submit(Submission {
-                principal,
-                sender: &request.envelope_sender,
-                recipients,
-                data: &rendered.data,
-                has_message_id: rendered.has_message_id,
-                has_date: rendered.has_date,
-                via,
-                peer: peer.addr,
-            })
-        },
-    ))
-    .await;
+    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight_bytes = 0usize;
     let mut spool_failed = false;
-    for ((group, _), result) in built.iter().zip(stored) {
-        match result {
-            Ok(_) => response.success_count += group.recipients.len(),
-            Err(e) => {
-                spool_failed = true;
-                fail(&mut response, group, &format!("not stored: {e}"));
+    let mut last_size = 0usize;
+    for (index, group) in groups.iter().enumerate() {
+        // Room for a message like the last one before rendering the next.
+        while !in_flight.is_empty()
+            && (in_flight.len() >= MAX_IN_FLIGHT
+                || in_flight_bytes + last_size > limits.max_message_size)
+        {
+            if let Some((group, size, result)) = in_flight.next().await {
+                in_flight_bytes -= size;
+                spool_failed |= settle(&mut response, group, result);
             }
         }
+        let rendered = match prepared.render(group, principal) {
+            Ok(rendered) => rendered,
+            Err(RenderError::TooLarge(max)) if index == 0 => {
+                return Err(Refusal::TooLarge(format!(
+                    "the rendered message would be larger than the {max} bytes allowed"
+                )))
+            }
+            Err(RenderError::Policy(policy)) if index == 0 => return Err(Refusal::Policy(policy)),
+            Err(other) => {
+                fail(&mut response, group, &other.to_string());
+                continue;
+            }
+        };
+        let size = rendered.data.len();
+        last_size = size;
+        in_flight_bytes += size;
+        let recipients: Vec<String> = group.recipients.iter().map(|r| r.email.clone()).collect();
+        in_flight.push(async move {
+            let result = ingress
+                .submit(Submission {
+                    principal,
+                    sender,
+                    recipients: &recipients,
+                    data: &rendered.data,
+                    has_message_id: rendered.has_message_id,
+                    has_date: rendered.has_date,
+                    via,
+                    peer: peer.addr,
+                })
+                .await
+                .map(|_| ());
+            (group, size, result)
+        });
+    }
+    while let Some((group, _, result)) = in_flight.next().await {
+        spool_failed |= settle(&mut response, group, result);
     }
     let status = if spool_failed && response.success_count == 0 {
         StatusCode::SERVICE_UNAVAILABLE
@@ -231,6 +289,24 @@ async fn deliver(
         StatusCode::OK
     };
     Ok((status, response))
+}
+
+/// Counts one spooled group; true when the spool refused it.
+fn settle(
+    response: &mut InjectResponse,
+    group: &Group<'_>,
+    result: Result<(), crate::spool::SpoolError>,
+) -> bool {
+    match result {
+        Ok(()) => {
+            response.success_count += group.recipients.len();
+            false
+        }
+        Err(e) => {
+            fail(response, group, &format!("not stored: {e}"));
+            true
+        }
+    }
 }
 
 fn fail(response: &mut InjectResponse, group: &Group<'_>, why: &str) {
@@ -263,11 +339,17 @@ enum BodyError {
 
 /// Reads up to `limit` bytes. A larger body is read to its end (so the
 /// client hears the 413) unless it goes far past the limit.
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+async fn read_body(
+    body: Body,
+    limit: usize,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
     let hard_cap = limit.saturating_mul(4);
     let read = async {
         let mut body = body;
-        let mut data = Vec::new();
+        // The declared length (bounded by the limit): no doubling growth.
+        let mut data = Vec::with_capacity(expected);
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;

@@ -9,8 +9,8 @@ use std::marker::PhantomData;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Placeholder name to value, for `{{ name }}`.
-pub type Substitutions = BTreeMap<String, SubstitutionValue>;
+/// Template variable name to value (any JSON value: loops work over lists).
+pub type Substitutions = BTreeMap<String, serde_json::Value>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +20,9 @@ pub struct InjectRequest {
     pub content: Content,
     #[serde(default)]
     pub substitutions: Substitutions,
+    /// `"Jinja"` (default) or `"Static"` (no templating).
+    #[serde(default)]
+    pub template_dialect: super::template::Dialect,
 }
 
 /// `"user@example.com"` or `{"email", "name", "substitutions"}`.
@@ -101,6 +104,9 @@ pub struct Builder {
     pub text_body: Option<String>,
     #[serde(default)]
     pub html_body: Option<String>,
+    /// A `text/x-amp-html` part, between the text and the HTML.
+    #[serde(default)]
+    pub amp_html_body: Option<String>,
     #[serde(default)]
     pub reply_to: Option<Mailbox>,
     #[serde(default)]
@@ -157,41 +163,6 @@ pub struct Attachment {
     /// `data` is base64 (else it is the content as text).
     #[serde(default)]
     pub base64: bool,
-}
-
-/// A substitution value: a string, number or boolean, kept as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubstitutionValue(pub String);
-
-impl<'de> Deserialize<'de> for SubstitutionValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Scalar;
-        impl Visitor<'_> for Scalar {
-            type Value = SubstitutionValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(SubstitutionValue(v.to_string()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(SubstitutionValue(v))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(SubstitutionValue(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(SubstitutionValue(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(SubstitutionValue(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(SubstitutionValue(v.to_string()))
-            }
-        }
-        d.deserialize_any(Scalar)
-    }
 }
 
 /// Deserializes `Out` from a string (`From<String>`) or from a map read as
@@ -284,8 +255,8 @@ mod tests {
             "substitutions": {"g": "v"}}"#,
         )
         .unwrap();
-        assert_eq!(request.recipients[0].substitutions["n"].0, "3");
-        assert_eq!(request.recipients[0].substitutions["ok"].0, "true");
+        assert_eq!(request.recipients[0].substitutions["n"], 3);
+        assert_eq!(request.recipients[0].substitutions["ok"], true);
         assert!(matches!(request.content, Content::Rfc5322(_)));
     }
 
@@ -306,8 +277,8 @@ mod tests {
         );
         assert!(e.starts_with("content.subject"), "{e}");
         let e = err(
-            r#"{"envelope_sender": "a@b", "recipients": ["x@y"], "content": "x", "substitutions": {"k": [1]}}"#,
+            r#"{"envelope_sender": "a@b", "recipients": ["x@y"], "content": "x", "template_dialect": "Mustache"}"#,
         );
-        assert!(e.starts_with("substitutions.k"), "{e}");
+        assert!(e.starts_with("template_dialect"), "{e}");
     }
 }

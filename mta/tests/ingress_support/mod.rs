@@ -49,9 +49,26 @@ pub struct Fixture {
 impl Fixture {
     /// Node `mta-1` on 127.1.`n`.11; `smtp` is extra `[smtp]` lines.
     pub fn new(n: u8, smtp: &str) -> Fixture {
+        let delivery = format!(
+            r#"# Nothing is delivered, nothing leaves loopback: recipients stay queued.
+[delivery]
+hold = true
+nameservers = ["127.1.{n}.53:53"]
+routes = {{ "example.com" = "127.1.{n}.25:25" }}
+dsn = false
+retry_initial = "1h"
+"#
+        );
+        Fixture::at([127, 1, n], smtp, &delivery)
+    }
+
+    /// Node `mta-1` on `net`.11 with its own `[delivery]` section (and
+    /// whatever sections follow it).
+    pub fn at(net: [u8; 3], smtp: &str, delivery: &str) -> Fixture {
+        let [a, b, n] = net;
         let dir = tempfile::tempdir().unwrap();
-        let ip = Ipv4Addr::new(127, 1, n, 11);
-        let other = Ipv4Addr::new(127, 1, n, 12);
+        let ip = Ipv4Addr::new(a, b, n, 11);
+        let other = Ipv4Addr::new(a, b, n, 12);
         let (hash, other_hash) = hashes();
         let ca = LocalCa::new("ingress test CA").unwrap();
         let issued = ca.issue(&[HOSTNAME, &ip.to_string()]).unwrap();
@@ -66,7 +83,7 @@ impl Fixture {
 origin = "unmta.net"
 primary_ns = "ns1.unmta.net"
 hostmaster = "hostmaster.unmta.net"
-nameservers = [{{ name = "ns1.unmta.net", ipv4 = "127.1.{n}.53" }}]
+nameservers = [{{ name = "ns1.unmta.net", ipv4 = "{a}.{b}.{n}.53" }}]
 
 [ports]
 smtp = [{}, {}, {}]
@@ -108,7 +125,7 @@ domains = ["beta.example.org"]
 fleet_file = "fleet.toml"
 node = "mta-1"
 spool_dir = "spool"
-admin_listen = "127.1.{n}.1:0"
+admin_listen = "{a}.{b}.{n}.1:0"
 shutdown_grace = "5s"
 
 [tls]
@@ -119,13 +136,7 @@ key = "key.pem"
 auth_failure_delay = "10ms"
 {smtp}
 
-# Nothing is delivered, nothing leaves loopback: recipients stay queued.
-[delivery]
-hold = true
-nameservers = ["127.1.{n}.53:53"]
-routes = {{ "example.com" = "127.1.{n}.25:25" }}
-dsn = false
-retry_initial = "1h"
+{delivery}
 "#
             ),
         )
