@@ -311,10 +311,23 @@ key = "tls/cluster-key.pem"
 
 [events]
 dir = {events}
+
+# Bounces and complaints to the cluster hostname come in on the port that
+# stands for 25 here.
+[bounces]
+port = {bounce_port}
 "#,
         name = mta.name,
         spool = quoted(&spool),
         events = quoted(&layout.root.join("var").join(&mta.name).join("events")),
+        bounce_port = plan
+            .ports
+            .smtp
+            .iter()
+            .copied()
+            .find(|p| *p % 1000 == 25)
+            .or(plan.ports.smtp.first().copied())
+            .unwrap_or(25),
         admin = plan.mta_admin_addr(mta.ipv4),
     );
     if delivery {
