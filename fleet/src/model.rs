@@ -178,6 +178,7 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Account {
     pub name: String,
+    /// 64 hex digits, or a Vault reference to them (read by healthd).
     pub token_sha256: String,
     pub clusters: Vec<String>,
 }

@@ -235,9 +235,13 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
             path.key("name"),
             "account name",
         );
-        let token_ok = account.token_sha256.len() == 64
-            && account.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
-        if !token_ok {
+        // A Vault reference is read by healthd when it loads.
+        let token = &account.token_sha256;
+        if crate::secret::VaultRef::is_reference(token) {
+            if let Err(message) = crate::secret::VaultRef::parse(token) {
+                c.report(&path.key("token_sha256"), message);
+            }
+        } else if !crate::secret::is_sha256_hex(token) || token.trim() != token {
             c.report(
                 &path.key("token_sha256"),
                 "token_sha256 must be 64 hex digits (sha256 of the token)",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::config::{load_toml, resolve};
+use fleet::secret::SecretStore;
 use fleet::telemetry::LogFormat;
 use fleet::{load_fleet, ConfigError, Fleet};
 use serde::Deserialize;
@@ -40,6 +41,9 @@ pub struct NodeConfig {
     /// How often and how strictly MTAs are probed.
     #[serde(default)]
     pub probe: ProbeConfig,
+    /// Where `vault:` references are read: `admin_token_sha256`, the
+    /// followers' and the fleet accounts' `token_sha256` may be references.
+    pub vault: Option<fleet::vault::VaultConfig>,
 }
 
 /// `[[followers]]`: a reader of the feed and its token's sha256 (hex).
@@ -139,10 +143,21 @@ pub struct Settings {
     pub tls: Arc<rustls::ClientConfig>,
     /// The HTTPS listener's configuration, when `[tls]` names one.
     pub listen_tls: Option<Arc<rustls::ServerConfig>>,
+    /// What was read from Vault; kept across reloads.
+    pub secrets: Arc<SecretStore>,
 }
 
 impl Settings {
+    /// Loads with a fresh secret store (`--check`, the first start).
     pub fn load(config_file: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with(config_file, SecretStore::new())
+    }
+
+    /// Loads, reading every Vault reference afresh through `secrets`.
+    pub fn load_with(
+        config_file: &Path,
+        secrets: Arc<SecretStore>,
+    ) -> Result<Settings, ConfigError> {
         let mut node: NodeConfig = load_toml(config_file)?;
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.ca_file = resolve(config_file, &node.ca_file);
@@ -155,6 +170,7 @@ impl Settings {
         let mut problems: Vec<(String, String)> = (node.probe.problems().into_iter())
             .map(|message| ("probe".to_string(), message))
             .collect();
+        problems.extend(resolve_tokens(&mut node, config_file, &secrets));
         problems.extend(follower_problems(&node.followers));
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -178,13 +194,21 @@ impl Settings {
                     .map_err(|message| ConfigError::single(&file, format!("tls: {message}")))?,
             ),
         };
-        let fleet = load_fleet(&node.fleet_file)?;
+        let mut fleet = load_fleet(&node.fleet_file)?;
+        let problems = fleet::secret::resolve_account_tokens(&mut fleet, &secrets);
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                file: node.fleet_file.display().to_string(),
+                problems,
+            });
+        }
         Ok(Settings {
             config_file: config_file.to_path_buf(),
             node,
             fleet,
             tls,
             listen_tls,
+            secrets,
         })
     }
 
@@ -197,6 +221,32 @@ impl Settings {
             .chain(followers)
             .any(|known| known.trim().eq_ignore_ascii_case(&digest))
     }
+}
+
+/// Reads the token hashes written as Vault references (through `[vault]`).
+fn resolve_tokens(
+    node: &mut NodeConfig,
+    config_file: &Path,
+    secrets: &SecretStore,
+) -> Vec<(String, String)> {
+    if let Some(vault) = &mut node.vault {
+        vault.resolve_paths(config_file);
+    }
+    if let Err(message) = secrets.configure(node.vault.as_ref()) {
+        return vec![("vault".to_string(), message)];
+    }
+    let mut problems = Vec::new();
+    if let Some(admin) = &mut node.admin_token_sha256 {
+        if let Err(message) = fleet::secret::resolve_text(admin, secrets) {
+            problems.push(("admin_token_sha256".to_string(), message));
+        }
+    }
+    for (i, follower) in node.followers.iter_mut().enumerate() {
+        if let Err(message) = fleet::secret::resolve_text(&mut follower.token_sha256, secrets) {
+            problems.push((format!("followers[{i}].token_sha256"), message));
+        }
+    }
+    problems
 }
 
 /// Every follower has a name of its own and a sha256 in hex.

@@ -62,6 +62,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         );
     }
     let listen_tls = settings.listen_tls.clone();
+    let secrets = settings.secrets.clone();
     let mut service = Service::new(control, settings);
     service.admin_tls = listen_tls;
     metrics.register(&mut service.registry);
@@ -98,7 +99,10 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let started = service.start(
         listeners.admin,
         router,
-        move || Settings::load(&config_file),
+        {
+            let secrets = secrets.clone();
+            move || Settings::load_with(&config_file, secrets.clone())
+        },
         move |s: &Settings| {
             serde_json::json!({
                 "zone": s.fleet.zone.origin,
@@ -106,9 +110,11 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
                 "mtas": s.fleet.mta_count(),
                 "generation": status_board.generation(),
                 "instance": status_board.instance(),
+                "vault": s.secrets.status(),
             })
         },
     );
+    fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
     started.control.tasks.spawn(scheduler.run(shutdown));
     started.until_shutdown(grace).await;
     Ok(())

@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
     pub shutdown_grace: std::time::Duration,
+    /// Where `vault:` references are read (`healthd_token` may be one).
+    pub vault: Option<fleet::vault::VaultConfig>,
 }
 
 fn default_tcp_idle() -> std::time::Duration {
@@ -70,15 +72,37 @@ pub struct Settings {
     pub config_file: PathBuf,
     pub node: NodeConfig,
     pub fleet: Fleet,
+    /// What was read from Vault; kept across reloads.
+    pub secrets: std::sync::Arc<fleet::secret::SecretStore>,
 }
 
 impl Settings {
+    /// Loads with a fresh secret store (`--check`, the first start).
     pub fn load(config_file: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with(config_file, fleet::secret::SecretStore::new())
+    }
+
+    /// Loads, reading every Vault reference afresh through `secrets`.
+    pub fn load_with(
+        config_file: &Path,
+        secrets: std::sync::Arc<fleet::secret::SecretStore>,
+    ) -> Result<Settings, ConfigError> {
         let mut node: NodeConfig = load_toml(config_file)?;
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.state_file = node.state_file.map(|p| resolve(config_file, &p));
         node.healthd_ca_file = node.healthd_ca_file.map(|p| resolve(config_file, &p));
         let file = config_file.display().to_string();
+        if let Some(vault) = &mut node.vault {
+            vault.resolve_paths(config_file);
+        }
+        secrets
+            .configure(node.vault.as_ref())
+            .map_err(|message| ConfigError::single(&file, format!("vault: {message}")))?;
+        if let Some(token) = &mut node.healthd_token {
+            fleet::secret::resolve_text(token, &secrets).map_err(|message| {
+                ConfigError::single(&file, format!("healthd_token: {message}"))
+            })?;
+        }
         crate::feed_client::FeedLink::from_node(&node)
             .map_err(|message| ConfigError::single(&file, message))?;
         let fleet = load_fleet(&node.fleet_file)?;
@@ -86,6 +110,7 @@ impl Settings {
             config_file: config_file.to_path_buf(),
             node,
             fleet,
+            secrets,
         })
     }
 }

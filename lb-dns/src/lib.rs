@@ -198,10 +198,14 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let answers = engine.answers.clone();
     let status_health = health.clone();
     let status_answers = answers.clone();
+    let secrets = service.live.get().secrets.clone();
     let started = service.start(
         listeners.admin,
         axum::Router::new(),
-        move || Settings::load(&config_file),
+        {
+            let secrets = secrets.clone();
+            move || Settings::load_with(&config_file, secrets.clone())
+        },
         move |s: &Settings| {
             let answers = status_answers.load();
             serde_json::json!({
@@ -216,9 +220,11 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
                 })).collect::<Vec<_>>(),
                 "mtas": s.fleet.mta_count(),
                 "health": status_health.report(),
+                "vault": s.secrets.status(),
             })
         },
     );
+    fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
     let control = started.control.clone();
     started
         .readiness

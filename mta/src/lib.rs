@@ -128,11 +128,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
             }
         },
     );
-    secrets.attach_readiness(started.readiness.clone());
-    started.control.tasks.spawn(fleet::secret::refresh_loop(
-        secrets,
-        started.control.clone(),
-    ));
+    fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
     // Delivery first: the queue is in place before the first client connects.
     let egress = delivery::start_for_node(
         spool.clone(),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
-pub use store::{forbid_core_dumps, refresh_loop, ReadStatus, SecretStore, StoreStatus};
+pub use store::{forbid_core_dumps, refresh_loop, watch, ReadStatus, SecretStore, StoreStatus};
 
 /// Bytes of a secret: zeroized on drop, redacted when printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -328,6 +328,52 @@ impl<T: Clone + Into<String>> Serialize for Secret<T> {
             (None, None) => serializer.serialize_str(""),
         }
     }
+}
+
+/// A text setting that may be written as a reference: replaced in place by
+/// the (trimmed) text Vault holds. Plain text is left as it is.
+pub fn resolve_text(text: &mut String, store: &SecretStore) -> Result<(), String> {
+    if !VaultRef::is_reference(text) {
+        return Ok(());
+    }
+    let reference = VaultRef::parse(text)?;
+    let value = store.read(&reference)?;
+    let value = value
+        .as_str()
+        .map_err(|_| format!("{reference}: the value is not UTF-8 text"))?;
+    *text = value.trim().to_string();
+    Ok(())
+}
+
+/// 64 hex digits: a sha256 as the configs hold token hashes.
+pub fn is_sha256_hex(text: &str) -> bool {
+    let text = text.trim();
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads the accounts' `token_sha256` written as references (healthd, the
+/// only reader of accounts); every problem with its key.
+pub fn resolve_account_tokens(
+    fleet: &mut crate::Fleet,
+    store: &SecretStore,
+) -> Vec<crate::Problem> {
+    let mut problems = Vec::new();
+    for (i, account) in fleet.accounts.iter_mut().enumerate() {
+        let key = format!("accounts[{i}].token_sha256");
+        let result = resolve_text(&mut account.token_sha256, store).and_then(|()| {
+            is_sha256_hex(&account.token_sha256)
+                .then_some(())
+                .ok_or_else(|| "the value read is not 64 hex digits (a sha256)".to_string())
+        });
+        if let Err(message) = result {
+            problems.push(crate::Problem {
+                line: None,
+                key,
+                message,
+            });
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

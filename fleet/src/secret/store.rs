@@ -310,6 +310,15 @@ pub async fn refresh_loop(store: Arc<SecretStore>, control: Control) {
     }
 }
 
+/// What a daemon's `run` does with its store: `/ready` follows Vault's
+/// reachability and [`refresh_loop`] runs until shutdown.
+pub fn watch(store: &Arc<SecretStore>, readiness: Arc<Readiness>, control: &Control) {
+    store.attach_readiness(readiness);
+    control
+        .tasks
+        .spawn(refresh_loop(store.clone(), control.clone()));
+}
+
 /// No core file of this process (it holds secrets): RLIMIT_CORE 0 and not
 /// dumpable. Once per process.
 pub fn forbid_core_dumps() {
