@@ -138,6 +138,40 @@ impl Listeners {
     }
 }
 
+/// One thread per UDP socket, each answering until `stop`.
+fn start_udp(
+    sockets: Vec<UdpSocket>,
+    handler: &Arc<Handler>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let socket = socket.into_std()?;
+        let handler = handler.clone();
+        let stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("lb-dns-udp-{i}"))
+            .spawn(move || udp::serve(socket, handler, stop))
+            .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
+        threads.push(thread);
+    }
+    Ok(threads)
+}
+
+/// Waits for the UDP threads (they see the stop within `IDLE_CHECK`).
+async fn join_udp(threads: Vec<std::thread::JoinHandle<()>>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a UDP thread panicked");
+            }
+        }
+    });
+    if joined.await.is_err() {
+        tracing::error!("cannot join the UDP threads");
+    }
+}
+
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
@@ -244,17 +278,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     // Stops the UDP threads on shutdown, or when this future is dropped.
     let udp_stop = control.shutdown.child_token();
     let _udp_stop_on_drop = udp_stop.clone().drop_guard();
-    let mut udp_threads = Vec::new();
-    for (i, socket) in listeners.udp.into_iter().enumerate() {
-        let socket = socket.into_std()?;
-        let handler = handler.clone();
-        let stop = udp_stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("lb-dns-udp-{i}"))
-            .spawn(move || udp::serve(socket, handler, stop))
-            .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
-        udp_threads.push(thread);
-    }
+    let udp_threads = start_udp(listeners.udp, &handler, &udp_stop)?;
     let limits = tcp::TcpLimits {
         max_connections: tcp_max_connections,
         idle: tcp_idle,
@@ -270,16 +294,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     started.readiness.ready("dns");
     started.until_shutdown(grace).await;
     udp_stop.cancel();
-    let joined = tokio::task::spawn_blocking(move || {
-        for thread in udp_threads {
-            if thread.join().is_err() {
-                tracing::error!("a UDP thread panicked");
-            }
-        }
-    });
-    if joined.await.is_err() {
-        tracing::error!("cannot join the UDP threads");
-    }
+    join_udp(udp_threads).await;
     Ok(())
 }
 

@@ -233,20 +233,7 @@ impl Responder {
         let question = q.question_end - HEADER;
         let opt = if q.edns.is_some() { opt_len(cookie) } else { 0 };
         let fixed = HEADER + question + opt;
-        let (body, counts, truncated) = if fixed + wire.body.len() <= limit {
-            (wire.body.len(), wire.counts, false)
-        } else {
-            let room = limit.saturating_sub(fixed);
-            let fit = wire
-                .answer_ends
-                .iter()
-                .take_while(|&&end| usize::from(end) <= room)
-                .count();
-            let len = fit
-                .checked_sub(1)
-                .map_or(0, |i| usize::from(wire.answer_ends[i]));
-            (len, [fit as u16, 0, 0], true)
-        };
+        let (body, counts, truncated) = fit(wire, limit.saturating_sub(fixed));
         let ar = counts[2] + u16::from(q.edns.is_some());
         write_header(
             out,
@@ -274,6 +261,23 @@ impl Responder {
             truncated,
         }
     }
+}
+
+/// How much of `wire` fits in `room` bytes: all of it, or the answer
+/// records that fit (the other sections dropped) with TC.
+fn fit(wire: &crate::answers::Wire, room: usize) -> (usize, [u16; 3], bool) {
+    if wire.body.len() <= room {
+        return (wire.body.len(), wire.counts, false);
+    }
+    let fit = wire
+        .answer_ends
+        .iter()
+        .take_while(|&&end| usize::from(end) <= room)
+        .count();
+    let len = fit
+        .checked_sub(1)
+        .map_or(0, |i| usize::from(wire.answer_ends[i]));
+    (len, [fit as u16, 0, 0], true)
 }
 
 /// What makes two replies "identical" for RRL: the name and type of a
