@@ -121,7 +121,8 @@ pub struct Webhook {
     /// The event types sent; absent: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<crate::event::EventType>>,
-    /// The HMAC-SHA256 signing secret (plain text for now).
+    /// The HMAC-SHA256 signing secret, or a Vault reference to it (read by
+    /// the cluster's MTAs).
     pub secret: String,
     /// Events per POST at most.
     #[serde(default = "default_batch_size")]

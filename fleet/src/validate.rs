@@ -286,7 +286,12 @@ fn check_events(c: &mut Checker<'_>, cluster: &crate::model::Cluster, cpath: &Ke
         if let Err(why) = check_webhook_url(&hook.url) {
             c.report(&path.key("url"), why);
         }
-        if hook.secret.len() < 16 {
+        if crate::secret::VaultRef::is_reference(&hook.secret) {
+            // Read (and its length checked) by the cluster's MTAs.
+            if let Err(message) = crate::secret::VaultRef::parse(&hook.secret) {
+                c.report(&path.key("secret"), message);
+            }
+        } else if hook.secret.len() < 16 {
             c.report(
                 &path.key("secret"),
                 "the signing secret must be at least 16 characters",

@@ -259,8 +259,9 @@ impl Settings {
     }
 }
 
-/// Reads the password hashes of this node's cluster written as Vault
-/// references (only its own: an MTA's Vault policy need not reach others).
+/// Reads the password hashes and webhook signing secrets of this node's
+/// cluster written as Vault references (only its own: an MTA's Vault
+/// policy need not reach others).
 fn resolve_credentials(
     fleet: &mut Fleet,
     node: &NodeConfig,
@@ -279,6 +280,20 @@ fn resolve_credentials(
             problems.push(Problem {
                 line: None,
                 key: format!("clusters[{index}].credentials[{number}].password"),
+                message,
+            });
+        }
+    }
+    for (number, hook) in fleet.clusters[index].webhooks.iter_mut().enumerate() {
+        let result = fleet::secret::resolve_text(&mut hook.secret, secrets).and_then(|()| {
+            (hook.secret.len() >= 16)
+                .then_some(())
+                .ok_or_else(|| "the signing secret read must be at least 16 characters".into())
+        });
+        if let Err(message) = result {
+            problems.push(Problem {
+                line: None,
+                key: format!("clusters[{index}].webhooks[{number}].secret"),
                 message,
             });
         }

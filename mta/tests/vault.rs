@@ -380,3 +380,53 @@ async fn a_node_refuses_to_start_naming_the_reference_it_cannot_read() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn webhook_signing_secrets_come_from_vault() {
+    let net = 6;
+    let bao = Bao::start(&ip(net, 1).to_string(), BAO_PORT).await.unwrap();
+    bao.put(
+        "webhooks/ops",
+        &[("secret", "a-signing-secret-from-vault"), ("short", "tiny")],
+    )
+    .await
+    .unwrap();
+    let configs = vault_configs(net, &bao, &token_auth(&bao, "1m"), false);
+    let webhook = |secret: &str| {
+        let secret = secret.to_string();
+        move |doc: &mut toml_edit::DocumentMut| {
+            let mut hook = toml_edit::Table::new();
+            hook["name"] = value("ops");
+            hook["url"] = value("http://127.7.6.80:8080/events");
+            hook["secret"] = value(secret);
+            let mut hooks = toml_edit::ArrayOfTables::new();
+            hooks.push(hook);
+            doc["clusters"][0]["webhooks"] = toml_edit::Item::ArrayOfTables(hooks);
+        }
+    };
+    configs
+        .edit(
+            "fleet.toml",
+            webhook("vault:secret/data/webhooks/ops#secret"),
+        )
+        .unwrap();
+    let settings = mta::Settings::load(&configs.path("mta.toml")).unwrap();
+    assert_eq!(
+        settings.cluster().unwrap().webhooks[0].secret,
+        "a-signing-secret-from-vault"
+    );
+    configs
+        .edit(
+            "fleet.toml",
+            webhook("vault:secret/data/webhooks/ops#short"),
+        )
+        .unwrap();
+    let error = mta::Settings::load(&configs.path("mta.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("clusters[0].webhooks[0].secret") && error.contains("at least 16"),
+        "{error}"
+    );
+    assert!(!error.contains("tiny"), "{error}");
+}
