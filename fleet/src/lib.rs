@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod egress;
 pub mod event;
 pub mod feed;
 pub mod live;
@@ -22,6 +23,7 @@ pub mod validate;
 pub mod vault;
 
 pub use control::Control;
+pub use egress::{EgressPool, EgressRoute, EgressSource, PoolEntry};
 pub use live::Live;
 pub use load::{load_fleet, parse_fleet, ConfigError, Problem};
 pub use model::{Account, Cluster, Credential, Fleet, Mta, Webhook, WhenAllDown};

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::{EgressPool, EgressSource, PoolEntry, DEFAULT_POOL};
 use crate::rate::RateLimit;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -107,6 +108,12 @@ pub struct Cluster {
     /// Where every MTA of the cluster sends its events.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// Where delivery connections leave from; none: directly from the MTA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_sources: Vec<EgressSource>,
+    /// The sources with weights; default: every source, weight 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_pool: Option<EgressPool>,
 }
 
 /// One `[[clusters.webhooks]]`: an endpoint that receives the cluster's
@@ -262,11 +269,20 @@ impl Cluster {
     }
 
     /// The addresses mail of this cluster leaves from, as receivers see
-    /// them (lb-dns publishes them as the cluster's SPF record): every MTA's
-    /// IPv4 and IPv6 address, drained and down ones included (they may still
-    /// be delivering what they queued), in fleet order without duplicates.
+    /// them (lb-dns publishes them as the cluster's SPF record): with egress
+    /// sources, their `source_address`es; else every MTA's IPv4 and IPv6
+    /// address, drained and down ones included (they may still be
+    /// delivering what they queued). In fleet order without duplicates.
     pub fn mail_source_addresses(&self) -> Vec<IpAddr> {
         let mut addresses: Vec<IpAddr> = Vec::new();
+        if !self.egress_sources.is_empty() {
+            for source in &self.egress_sources {
+                if !addresses.contains(&source.source_address) {
+                    addresses.push(source.source_address);
+                }
+            }
+            return addresses;
+        }
         for mta in &self.mtas {
             for ip in [Some(IpAddr::V4(mta.ipv4)), mta.ipv6.map(IpAddr::V6)]
                 .into_iter()
@@ -278,5 +294,26 @@ impl Cluster {
             }
         }
         addresses
+    }
+
+    /// The pool delivery uses: `egress_pool`, or every source with weight 1
+    /// under the name `default`; `None` when the cluster has no sources.
+    pub fn effective_egress_pool(&self) -> Option<EgressPool> {
+        if self.egress_sources.is_empty() {
+            return None;
+        }
+        Some(self.egress_pool.clone().unwrap_or_else(|| {
+            EgressPool {
+                name: DEFAULT_POOL.to_string(),
+                entries: self
+                    .egress_sources
+                    .iter()
+                    .map(|source| PoolEntry {
+                        name: source.name.clone(),
+                        weight: 1,
+                    })
+                    .collect(),
+            }
+        }))
     }
 }

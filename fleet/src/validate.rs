@@ -7,6 +7,8 @@ use crate::load::Problem;
 use crate::locate::{KeyPath, Locator};
 use crate::model::Fleet;
 
+mod egress;
+
 struct Checker<'a> {
     locator: &'a Locator<'a>,
     problems: Vec<Problem>,
@@ -224,6 +226,7 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
                 );
             }
         }
+        egress::check_cluster(&mut c, cluster, &cpath);
     }
 
     let mut account_names = HashMap::new();

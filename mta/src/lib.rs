@@ -144,6 +144,10 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
             .clone()
             .follow(started.live.clone(), started.control.shutdown.clone()),
     );
+    egress
+        .engine
+        .egress()
+        .attach_readiness(started.readiness.clone());
     let shutdown = started.control.shutdown.clone();
     let egress_stopped = tokio::spawn(async move {
         shutdown.cancelled().await;

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod example_configs;
 pub mod pki;
 pub mod process;
+pub mod proxies;
 pub mod sink;
 
 pub use bao::Bao;

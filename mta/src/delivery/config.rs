@@ -55,6 +55,8 @@ pub struct DeliveryConfig {
     pub routes: BTreeMap<String, String>,
     /// DKIM keys by signing domain.
     pub dkim: Vec<DkimKey>,
+    /// Egress sources: where their rate limits are kept, their back-off.
+    pub egress: super::egress::EgressConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +99,7 @@ impl Default for DeliveryConfig {
             dsn: false,
             routes: BTreeMap::new(),
             dkim: Vec::new(),
+            egress: super::egress::EgressConfig::default(),
         }
     }
 }
@@ -162,6 +165,16 @@ impl DeliveryConfig {
             return Err((
                 "delivery.retry_initial".into(),
                 "retry_initial must be above zero and not above retry_max".into(),
+            ));
+        }
+        if let Some(url) = &self.egress.redis {
+            super::egress::shared::SharedThrottles::new(url, self.egress.redis_timeout)
+                .map_err(|m| ("delivery.egress.redis".to_string(), m))?;
+        }
+        if self.egress.source_backoff.is_zero() || self.egress.redis_timeout.is_zero() {
+            return Err((
+                "delivery.egress".into(),
+                "source_backoff and redis_timeout must be above zero".into(),
             ));
         }
         for key in &mut self.dkim {

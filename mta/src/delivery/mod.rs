@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod dsn;
+pub mod egress;
 
 pub mod route;
 pub mod smtp;
@@ -25,9 +26,10 @@ use tokio_util::task::TaskTracker;
 use crate::dkim::Dkim;
 use crate::events::{Event, EventType as EventKind, Events, PeerAddress, Response};
 use crate::queue::metrics::EgressMetrics;
-use crate::queue::{Dispatch, LimitSource, Requeue, Scheduler};
+use crate::queue::{Dispatch, Held, LimitSource, Requeue, Scheduler};
 use crate::spool::{now_ms, Job, Spool, StoredMessage};
 pub use config::DeliveryConfig;
+use egress::{Egress, Hold, Via};
 use route::{NoRoute, Router};
 use smtp::{Connector, Reply};
 
@@ -61,6 +63,9 @@ enum Outcome {
     Delivered(Reached),
     Transient(Reached),
     Permanent(Reached),
+    /// The egress source failed before the destination was reached: back
+    /// to the queue for another source, no attempt counted.
+    SourceDown(String),
 }
 
 pub struct Engine {
@@ -73,6 +78,7 @@ pub struct Engine {
     /// The signers of the settings in service (replaced on reload).
     dkim: arc_swap::ArcSwap<Dkim>,
     config: DeliveryConfig,
+    egress: Arc<Egress>,
     tasks: TaskTracker,
     /// The domain of VERP return paths (`<id>@<domain>`); none: the
     /// envelope sender goes on the wire as given.
@@ -124,6 +130,7 @@ impl Engine {
             config.connections_per_destination,
             config.timeout,
         );
+        let egress = Arc::new(Egress::new(&config.egress, metrics.sources.clone())?);
         Ok(Arc::new(Engine {
             bounce_domain: parking_lot::RwLock::new(None),
             sweeps: Default::default(),
@@ -135,6 +142,7 @@ impl Engine {
             connector,
             dkim: arc_swap::ArcSwap::from_pointee(Dkim::default()),
             config,
+            egress,
             tasks: TaskTracker::new(),
         }))
     }
@@ -174,6 +182,11 @@ impl Engine {
 
     pub fn metrics(&self) -> &EgressMetrics {
         &self.metrics
+    }
+
+    /// The egress sources this node sends through.
+    pub fn egress(&self) -> &Arc<Egress> {
+        &self.egress
     }
 
     /// Return paths become `<id>@<domain>` from now on (VERP).
@@ -226,7 +239,7 @@ impl Engine {
         self.events.emit(event);
     }
 
-    async fn deliver(self: Arc<Self>, mut job: Job) {
+    async fn deliver(self: Arc<Self>, mut job: Job, via: Option<Via>) {
         self.metrics.in_flight.inc();
         let message = match self.spool.load(&job).await {
             Ok(message) => message,
@@ -248,10 +261,19 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let outcome = self.attempt(&message, &job).await;
+        let outcome = self.attempt(&message, &job, via.as_ref()).await;
         self.metrics
             .attempt_seconds
             .observe(started.elapsed().as_secs_f64());
+        if let Outcome::SourceDown(why) = outcome {
+            if let Some(via) = &via {
+                self.egress.source_failed(via, &why);
+            }
+            // Due as it was: the queue gives it another source at once.
+            self.requeue.push(job);
+            self.metrics.in_flight.dec();
+            return;
+        }
         job.attempts = job.attempts.saturating_add(1);
         match outcome {
             Outcome::Delivered(reached) => {
@@ -302,11 +324,12 @@ impl Engine {
                     self.requeue.push(job);
                 }
             }
+            Outcome::SourceDown(_) => unreachable!("handled above"),
         }
         self.metrics.in_flight.dec();
     }
 
-    async fn attempt(&self, message: &StoredMessage, job: &Job) -> Outcome {
+    async fn attempt(&self, message: &StoredMessage, job: &Job, via: Option<&Via>) -> Outcome {
         let permanent = |text: String| Outcome::Permanent(Reached::here(text));
         let Some(recipient) = message.recipients.get(job.rcpt as usize) else {
             return permanent("the spool record has no such recipient".into());
@@ -371,8 +394,13 @@ impl Engine {
             for addr in &target.addrs {
                 let reply = self
                     .connector
-                    .send(*addr, &target.host, &envelope, data)
+                    .send(*addr, &target.host, &envelope, data, via)
                     .await;
+                if let Some(via) = via {
+                    if !matches!(reply, Reply::SourceDown(_)) {
+                        self.egress.source_worked(via);
+                    }
+                }
                 let host = Some(target.host.clone());
                 let peer = Some(addr.to_string());
                 let reached = |code, text| Reached {
@@ -380,7 +408,8 @@ impl Engine {
                     peer: peer.clone(),
                     code,
                     text,
-                    ..Reached::default()
+                    egress_pool: via.map(|v| v.pool.to_string()),
+                    egress_source: via.map(|v| v.source.name.to_string()),
                 };
                 match reply {
                     Reply::Accepted { code, text } => {
@@ -396,6 +425,7 @@ impl Engine {
                         tracing::debug!(host = %target.host, %addr, "unreachable: {text}");
                         last = Some(reached(0, text));
                     }
+                    Reply::SourceDown(text) => return Outcome::SourceDown(text),
                 }
             }
         }
@@ -479,14 +509,17 @@ impl Engine {
         self.connector.hello()
     }
 
-    async fn report_delayed(self: Arc<Self>, job: Job, wait: Duration, limit: RateLimit) {
+    async fn report_delayed(self: Arc<Self>, job: Job, wait: Duration, why: Held) {
         let Ok(message) = self.spool.load(&job).await else {
             return;
         };
-        let text = format!(
-            "held by the node's rate limit {limit}: next permit in {} ms",
-            wait.as_millis()
-        );
+        let text = match why {
+            Held::NodeLimit(limit) => format!(
+                "held by the node's rate limit {limit}: next permit in {} ms",
+                wait.as_millis()
+            ),
+            Held::Egress(why) => format!("{why}: next try in {} ms", wait.as_millis()),
+        };
         self.event(EventKind::Delayed, &message, &job, Reached::here(text));
     }
 }
@@ -509,17 +542,21 @@ fn humantime_duration(d: Duration) -> String {
 }
 
 impl Dispatch for Arc<Engine> {
-    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit) {
+    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit, via: Option<Via>) {
         let engine = self.clone();
         self.tasks.spawn(async move {
-            engine.deliver(job).await;
+            engine.deliver(job, via).await;
             drop(slot);
         });
     }
 
-    fn delayed(&self, job: Job, wait: Duration, limit: RateLimit) {
+    fn delayed(&self, job: Job, wait: Duration, why: Held) {
         self.tasks
-            .spawn(self.clone().report_delayed(job, wait, limit));
+            .spawn(self.clone().report_delayed(job, wait, why));
+    }
+
+    async fn source(&self) -> Result<Option<Via>, Hold> {
+        self.egress.choose().await
     }
 
     fn sweep(&self, jobs: Vec<Job>, orders: Vec<crate::queue::sweep::BounceOrder>) {
@@ -559,16 +596,29 @@ pub fn start_for_node(
     let bounce_domain_of = |settings: &crate::Settings| Some(settings.bounce_domain());
     engine.set_bounce_domain(bounce_domain_of(&live.get()));
     let initial = limit_of(&live.get());
+    // The sources are in place before the queue asks for one.
+    engine
+        .egress
+        .update(live.get().cluster())
+        .map_err(anyhow::Error::msg)?;
     let changed = live.subscribe();
     let mut reloads = live.subscribe();
     let (follower, following) = (engine.clone(), live.clone());
+    let (egress_reloads, egress_live) = (live.subscribe(), live.clone());
     tokio::spawn(async move {
         while reloads.changed().await.is_ok() {
             follower.set_bounce_domain(bounce_domain_of(&following.get()));
         }
     });
     let current = Box::new(move || limit_of(&live.get()));
-    Ok(engine.start(initial, LimitSource { changed, current }))
+    let handle = engine.start(initial, LimitSource { changed, current });
+    tokio::spawn(egress::follow_reloads(
+        engine.egress.clone(),
+        move || egress_live.get().cluster().cloned(),
+        egress_reloads,
+        handle.stop.clone(),
+    ));
+    Ok(handle)
 }
 
 impl EngineHandle {

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::config::StartTls;
+use super::egress::connect::{open, OpenError};
+use super::egress::Via;
 
 /// What one attempt at one address came to.
 #[derive(Debug, Clone)]
@@ -29,6 +30,9 @@ pub enum Reply {
     Permanent { code: u16, text: String },
     /// No SMTP answer: connection, TLS or timeout; the next address may work.
     Unreachable(String),
+    /// The egress source failed (its proxy is down or refuses): another
+    /// source should carry the message.
+    SourceDown(String),
 }
 
 struct Idle {
@@ -51,8 +55,11 @@ pub struct Connector {
     per_destination: usize,
     timeout: Duration,
     epoch: Instant,
-    destinations: Mutex<HashMap<(SocketAddr, String), Arc<Destination>>>,
+    destinations: Mutex<HashMap<DestinationKey, Arc<Destination>>>,
 }
+
+/// Connections are pooled per address, host name and egress source.
+type DestinationKey = (SocketAddr, String, Option<Arc<str>>);
 
 /// Destinations unused this long are dropped (with their connections).
 const FORGET: Duration = Duration::from_secs(300);
@@ -86,10 +93,11 @@ impl Connector {
         &self.hello_text
     }
 
-    fn destination(&self, addr: SocketAddr, host: &str) -> Arc<Destination> {
+    fn destination(&self, addr: SocketAddr, host: &str, via: Option<&Via>) -> Arc<Destination> {
         let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.epoch.elapsed().as_secs();
-        if let Some(d) = map.get(&(addr, host.to_string())) {
+        let key = (addr, host.to_string(), via.map(|v| v.source.name.clone()));
+        if let Some(d) = map.get(&key) {
             d.last_used.store(now, Ordering::Relaxed);
             return d.clone();
         }
@@ -105,45 +113,50 @@ impl Connector {
             last_used: AtomicU64::new(now),
             tls_broken: AtomicBool::new(false),
         });
-        map.insert((addr, host.to_string()), d.clone());
+        map.insert(key, d.clone());
         d
     }
 
-    /// A new connection: greeting, EHLO, and STARTTLS when offered.
+    /// A new connection (through `via`'s source when given): greeting,
+    /// EHLO with the source's name, and STARTTLS when offered.
     async fn connect(
         &self,
         destination: &Destination,
         addr: SocketAddr,
         host: &str,
-    ) -> Result<AsyncSmtpConnection, String> {
+        via: Option<&Via>,
+    ) -> Result<AsyncSmtpConnection, OpenError> {
         let use_tls = self.starttls == StartTls::Opportunistic
             && !destination.tls_broken.load(Ordering::Relaxed);
-        let open = async {
-            let stream = TcpStream::connect(addr)
+        let source_hello = via
+            .and_then(|v| v.source.hello.clone())
+            .map(ClientId::Domain);
+        let hello = source_hello.as_ref().unwrap_or(&self.hello);
+        let stream = open(via.map(|v| &v.source.route), addr, self.timeout).await?;
+        let session = async {
+            let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
                 .await
-                .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let mut conn =
-                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
-                    .await
-                    .map_err(|e| format!("{addr} did not greet: {e}"))?;
+                .map_err(|e| format!("{addr} did not greet: {e}"))?;
             if use_tls && conn.can_starttls() {
                 let tls = TlsParameters::builder(host.to_string())
                     .dangerous_accept_invalid_certs(true)
                     .dangerous_accept_invalid_hostnames(true)
                     .build_rustls()
                     .map_err(|e| format!("TLS settings for {host}: {e}"))?;
-                if let Err(e) = conn.starttls(tls, &self.hello).await {
+                if let Err(e) = conn.starttls(tls, hello).await {
                     destination.tls_broken.store(true, Ordering::Relaxed);
                     return Err(format!("STARTTLS with {addr} failed: {e}; plaintext next"));
                 }
             }
             Ok(conn)
         };
-        match tokio::time::timeout(self.timeout, open).await {
+        match tokio::time::timeout(self.timeout, session).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no session with {addr} within {:?}", self.timeout)),
+            Ok(Err(e)) => Err(OpenError::Destination(e)),
+            Err(_) => Err(OpenError::Destination(format!(
+                "no session with {addr} within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -157,15 +170,17 @@ impl Connector {
         None
     }
 
-    /// One SMTP transaction with the server at `addr` (named `host`).
+    /// One SMTP transaction with the server at `addr` (named `host`),
+    /// through `via`'s egress source when given.
     pub async fn send(
         &self,
         addr: SocketAddr,
         host: &str,
         envelope: &Envelope,
         data: &[u8],
+        via: Option<&Via>,
     ) -> Reply {
-        let destination = self.destination(addr, host);
+        let destination = self.destination(addr, host, via);
         let Ok(_slot) = destination.slots.clone().acquire_owned().await else {
             return Reply::Unreachable("the destination was closed".into());
         };
@@ -177,9 +192,10 @@ impl Connector {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => match self.connect(&destination, addr, host).await {
+                None => match self.connect(&destination, addr, host, via).await {
                     Ok(conn) => conn,
-                    Err(e) => {
+                    Err(OpenError::Source(e)) => return Reply::SourceDown(e),
+                    Err(OpenError::Destination(e)) => {
                         if tls_retry && destination.tls_broken.load(Ordering::Relaxed) {
                             tls_retry = false;
                             continue;

@@ -22,6 +22,8 @@ pub struct EgressMetrics {
     pub attempt_seconds: Histogram,
     /// Reception to delivery.
     pub delivery_seconds: Histogram,
+    /// Per egress source.
+    pub sources: crate::delivery::egress::metrics::SourceMetrics,
 }
 
 impl Default for EgressMetrics {
@@ -37,6 +39,7 @@ impl Default for EgressMetrics {
             delayed: Counter::default(),
             attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 14)),
+            sources: Default::default(),
         }
     }
 }
@@ -93,5 +96,6 @@ impl EgressMetrics {
             "Time from reception to delivery",
             self.delivery_seconds.clone(),
         );
+        self.sources.register(registry);
     }
 }

@@ -19,6 +19,7 @@ use fleet::RateLimit;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::egress::{Hold, Via};
 use crate::spool::{now_ms, Job, Spool};
 use crate::throttle::Throttle;
 pub use metrics::EgressMetrics;
@@ -69,14 +70,29 @@ impl Ord for Due {
 
 /// What the queue hands a due, permitted recipient to.
 pub trait Dispatch: Send + 'static {
-    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit);
-    /// The recipient at the head waits `wait` for the rate limit.
-    fn delayed(&self, job: Job, wait: Duration, limit: RateLimit);
+    /// `via`: the egress source [`Dispatch::source`] gave for it.
+    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit, via: Option<Via>);
+    /// The recipient at the head waits `wait`, for `why`.
+    fn delayed(&self, job: Job, wait: Duration, why: Held);
+    /// An egress source with a permit for the next recipient (`Ok(None)`:
+    /// none needed), or how long the queue must wait for one.
+    fn source(&self) -> impl std::future::Future<Output = Result<Option<Via>, Hold>> + Send {
+        async { Ok(None) }
+    }
     /// Queued recipients that admin bounce `orders` may concern: bounce the
     /// matching ones, put the others back (through the requeue).
     fn sweep(&self, jobs: Vec<Job>, orders: Vec<sweep::BounceOrder>) {
         drop((jobs, orders));
     }
+}
+
+/// Why the recipient at the head of the queue waits.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// The node's rate limit (the cluster's `rate_limit`).
+    NodeLimit(RateLimit),
+    /// No egress source is in service with a permit; the reason in words.
+    Egress(String),
 }
 
 /// How the queue learns the rate limit: a version that changes on reload,
@@ -93,6 +109,8 @@ pub struct Scheduler {
     ready: VecDeque<Job>,
     throttle: Throttle,
     head_delayed: bool,
+    /// No egress source has a permit before this instant.
+    sources_held_until: Option<tokio::time::Instant>,
     slots: Arc<Semaphore>,
     metrics: EgressMetrics,
     sweeps: sweep::Sweeps,
@@ -117,6 +135,7 @@ impl Scheduler {
             ready: VecDeque::new(),
             throttle: Throttle::new(limit),
             head_delayed: false,
+            sources_held_until: None,
             slots: Arc::new(Semaphore::new(max_in_flight.max(1))),
             metrics,
             sweeps: sweep::Sweeps::default(),
@@ -206,25 +225,44 @@ impl Scheduler {
                     need_slot = true;
                     break;
                 };
-                match self.throttle.check() {
-                    Ok(()) => {
-                        self.ready.pop_front();
-                        self.head_delayed = false;
-                        dispatch.dispatch(job, slot);
-                    }
-                    Err(wait) => {
-                        drop(slot);
+                if let Some(until) = self.sources_held_until {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if !left.is_zero() {
                         limited = true;
-                        if !self.head_delayed {
-                            self.head_delayed = true;
-                            self.metrics.delayed.inc();
-                            dispatch.delayed(job, wait, self.throttle.limit());
-                        }
-                        let wait = wait + wait / LIMIT_MARGIN_DIVISOR;
-                        wake = Some(wake.map_or(wait, |w| w.min(wait)));
+                        wake = Some(wake.map_or(left, |w| w.min(left)));
                         break;
                     }
+                    self.sources_held_until = None;
                 }
+                let held = match self.throttle.check() {
+                    Ok(()) => match dispatch.source().await {
+                        Ok(via) => {
+                            self.ready.pop_front();
+                            self.head_delayed = false;
+                            dispatch.dispatch(job, slot, via);
+                            continue;
+                        }
+                        Err(hold) => {
+                            let wait = hold.wait + hold.wait / LIMIT_MARGIN_DIVISOR;
+                            self.sources_held_until = Some(tokio::time::Instant::now() + wait);
+                            (wait, Held::Egress(hold.why))
+                        }
+                    },
+                    Err(wait) => (
+                        wait + wait / LIMIT_MARGIN_DIVISOR,
+                        Held::NodeLimit(self.throttle.limit()),
+                    ),
+                };
+                drop(slot);
+                limited = true;
+                let (wait, why) = held;
+                if !self.head_delayed {
+                    self.head_delayed = true;
+                    self.metrics.delayed.inc();
+                    dispatch.delayed(job, wait, why);
+                }
+                wake = Some(wake.map_or(wait, |w| w.min(wait)));
+                break;
             }
             self.metrics
                 .scheduled
@@ -256,6 +294,8 @@ impl Scheduler {
                             tracing::info!(%before, now = %limit, "delivery rate limit changed");
                             self.head_delayed = false;
                         }
+                        // The egress sources may have changed too.
+                        self.sources_held_until = None;
                     } else {
                         // The configuration source is gone: keep the limit.
                         limits_open = false;

@@ -13,11 +13,11 @@ struct Recorder {
 }
 
 impl Dispatch for Recorder {
-    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit) {
+    fn dispatch(&self, job: Job, slot: OwnedSemaphorePermit, _via: Option<Via>) {
         let _ = self.tx.send((job, Instant::now()));
         drop(slot);
     }
-    fn delayed(&self, job: Job, _wait: Duration, _limit: RateLimit) {
+    fn delayed(&self, job: Job, _wait: Duration, _why: Held) {
         self.delayed.lock().unwrap().push(job.seq);
     }
 }

@@ -74,6 +74,8 @@ pub struct Received {
     /// Whether the transaction ran over TLS.
     pub tls: bool,
     pub helo: String,
+    /// The address the message came from (a proxy's, through one).
+    pub peer: SocketAddr,
 }
 
 impl Received {

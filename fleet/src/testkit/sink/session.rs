@@ -102,6 +102,7 @@ fn path(argument: &str, prefix: &str) -> Option<String> {
 }
 
 async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
     let mut conn: Conn = BufReader::new(Box::new(stream));
     let mut tls = false;
     let mut helo = String::new();
@@ -192,7 +193,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let Some(data) = read_data(&mut conn).await? else {
                     return Ok(());
                 };
-                let answer = finish(shared, t, data, tls, &helo).await;
+                let answer = finish(shared, t, data, (tls, &helo, peer)).await;
                 reply(&mut conn, &answer).await?;
             }
             "RSET" => {
@@ -245,8 +246,7 @@ async fn finish(
     shared: &Shared,
     transaction: Transaction,
     data: Result<Vec<u8>, usize>,
-    tls: bool,
-    helo: &str,
+    (tls, helo, peer): (bool, &str, std::net::SocketAddr),
 ) -> String {
     let data = match data {
         Ok(data) => data,
@@ -260,6 +260,7 @@ async fn finish(
         file: None,
         tls,
         helo: helo.to_string(),
+        peer,
     };
     let message_id = received.header("Message-ID");
     let key = message_id
