@@ -286,7 +286,11 @@ async fn a_proxy_killed_mid_run_loses_and_duplicates_nothing() {
         .collect();
     let unique: HashSet<&String> = subjects.iter().collect();
     let peers = by_peer(&got);
-    let after: Vec<&Received> = got.iter().skip(before + 50).collect();
+    // What a relayed before it died may still land just after the kill.
+    let after: Vec<&Received> = got
+        .iter()
+        .filter(|m| m.arrived_at > killed_at + Duration::from_secs(1))
+        .collect();
     println!(
         "acknowledged {}, delivered {} ({} unique); per source address: {peers:?}; \
          {before} had arrived when a was killed, all {total} {:?} later",
@@ -295,7 +299,13 @@ async fn a_proxy_killed_mid_run_loses_and_duplicates_nothing() {
         unique.len(),
         got.iter().map(|m| m.arrived_at).max().unwrap() - killed_at,
     );
-    assert_eq!(subjects.len(), total, "delivered exactly once each");
+    assert_eq!(
+        subjects.len(),
+        total,
+        "delivered exactly once each: {} unique of {} delivered",
+        unique.len(),
+        subjects.len()
+    );
     assert_eq!(unique.len(), total);
     assert!(unique.iter().all(|s| acknowledged.contains(*s)));
     assert!(peers.get(&IpAddr::V4(out(net, 10))).copied().unwrap_or(0) > 0);
@@ -393,4 +403,40 @@ async fn three_mtas_share_one_source_limit_through_redis_and_without_it() {
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// A source's `rate_limit` holds its mail in the queue (a `Delayed` event
+/// says why), and a reload with a new limit lets the held mail go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_source_limit_releases_the_held_mail() {
+    let net = 44;
+    let sink = sink(net, 25, Behaviour::Accept).await;
+    let sources = source("warming", out(net, 10), "  rate_limit = \"1/hr\"");
+    let mut egress = Egress::start(configs_with(net, &sources, "")).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(egress.inject("r@proxied.test", &format!("held-{n}")).await);
+    }
+    egress.event(&ids[0], EventKind::Delivery).await;
+    let delayed = egress.event(&ids[1], EventKind::Delayed).await;
+    assert!(
+        delayed
+            .response
+            .content
+            .contains("rate limit 1/hr of egress source warming"),
+        "{:?}",
+        delayed.response
+    );
+    assert_eq!(sink.messages().len(), 1);
+    let fleet = egress.configs.path("fleet.toml");
+    let text = std::fs::read_to_string(&fleet).unwrap();
+    std::fs::write(
+        &fleet,
+        text.replace("rate_limit = \"1/hr\"", "rate_limit = \"100/s\""),
+    )
+    .unwrap();
+    egress.reload();
+    let got = sink.wait_for(5, LIMIT).await.unwrap();
+    assert!(got.iter().all(|m| m.peer.ip() == IpAddr::V4(out(net, 10))));
+    egress.stop().await;
 }

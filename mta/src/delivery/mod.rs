@@ -604,21 +604,21 @@ pub fn start_for_node(
     let changed = live.subscribe();
     let mut reloads = live.subscribe();
     let (follower, following) = (engine.clone(), live.clone());
-    let (egress_reloads, egress_live) = (live.subscribe(), live.clone());
     tokio::spawn(async move {
         while reloads.changed().await.is_ok() {
             follower.set_bounce_domain(bounce_domain_of(&following.get()));
         }
     });
-    let current = Box::new(move || limit_of(&live.get()));
-    let handle = engine.start(initial, LimitSource { changed, current });
-    tokio::spawn(egress::follow_reloads(
-        engine.egress.clone(),
-        move || egress_live.get().cluster().cloned(),
-        egress_reloads,
-        handle.stop.clone(),
-    ));
-    Ok(handle)
+    let egress = engine.egress.clone();
+    let current = Box::new(move || {
+        let settings = live.get();
+        // The queue reads the settings here after a reload: the cluster's
+        // egress sources are applied on the same path, so the next source
+        // it asks for comes from the reloaded pool.
+        egress.apply_reload(settings.cluster());
+        limit_of(&settings)
+    });
+    Ok(engine.start(initial, LimitSource { changed, current }))
 }
 
 impl EngineHandle {

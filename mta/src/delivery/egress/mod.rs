@@ -262,6 +262,16 @@ impl Egress {
             .clone()
     }
 
+    /// [`Egress::update`] after a reload: a pool that cannot be applied
+    /// is logged and the previous one stays.
+    pub fn apply_reload(&self, cluster: Option<&Cluster>) {
+        if let Err(error) = self.update(cluster) {
+            tracing::error!(
+                "the reloaded egress sources cannot be applied, the previous ones stay: {error}"
+            );
+        }
+    }
+
     /// Whether this node has sources at all.
     pub fn has_sources(&self) -> bool {
         !self.pool.read().sources.is_empty()
@@ -415,27 +425,6 @@ impl Egress {
         } else {
             let notes: Vec<&str> = degraded.values().map(String::as_str).collect();
             readiness.degraded(CONCERN, notes.join("; "));
-        }
-    }
-}
-
-/// Applies the cluster's sources after every reload (`changed` moves),
-/// until `stop`; a pool that cannot be applied leaves the old one.
-pub async fn follow_reloads(
-    egress: Arc<Egress>,
-    cluster: impl Fn() -> Option<Cluster> + Send + 'static,
-    mut changed: tokio::sync::watch::Receiver<u64>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            result = changed.changed() => if result.is_err() { return },
-        }
-        if let Err(error) = egress.update(cluster().as_ref()) {
-            tracing::error!(
-                "the reloaded egress sources cannot be applied, the previous ones stay: {error}"
-            );
         }
     }
 }
