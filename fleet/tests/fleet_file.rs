@@ -159,3 +159,52 @@ fn hash_password_prints_a_verifiable_argon2id_hash() {
     assert!(fleet::password::verify_password(phc, "correct horse"));
     assert!(!fleet::password::verify_password(phc, "correct horse\n"));
 }
+
+#[test]
+fn webhooks_and_bounce_domains_are_checked_with_their_place() {
+    let example = std::fs::read_to_string(repo_configs().join("fleet.toml")).unwrap();
+    let hook = |url: &str, extra: &str| {
+        example.replace(
+            "# A single-MTA cluster without a rate limit.",
+            &format!(
+                "  [[clusters.webhooks]]\n  name = \"app\"\n  url = \"{url}\"\n  \
+                 secret = \"0123456789abcdef\"\n{extra}\n# A single-MTA cluster without a rate limit."
+            ),
+        )
+    };
+    let good = fleet::parse_fleet(
+        &hook(
+            "https://hooks.example.com/x",
+            "  events = [\"Delivery\", \"OOB\"]",
+        ),
+        "fleet.toml",
+    )
+    .expect("a good webhook loads");
+    let webhook = &good.clusters[0].webhooks[0];
+    assert!(webhook.wants(fleet::event::EventType::Oob));
+    assert!(!webhook.wants(fleet::event::EventType::Reception));
+    assert_eq!(webhook.batch_size, 100);
+    fleet::parse_fleet(&hook("http://127.0.0.1:8080/x", ""), "fleet.toml")
+        .expect("http to loopback loads");
+    let cases = [
+        (hook("http://hooks.example.com/x", ""), "clusters[0].webhooks[0].url: `http://hooks.example.com/x`: webhooks use https"),
+        (hook("ftp://x/y", ""), "unknown scheme `ftp`"),
+        (hook("https:///nohost", ""), "needs a host"),
+        (hook("https://h.example/x", "  batch_size = 0"), "batch_size must be between 1 and 10000"),
+        (hook("https://h.example/x", "  events = [\"Sent\"]"), "unknown variant `Sent`"),
+        (hook("https://h.example/x", "  events = []"), "an empty event list sends nothing"),
+        (hook("https://h.example/x", "").replace("secret = \"0123456789abcdef\"", "secret = \"short\""), "at least 16 characters"),
+        (hook("https://h.example/x", "\n  [[clusters.webhooks]]\n  name = \"app\"\n  url = \"https://h.example/y\"\n  secret = \"0123456789abcdef\""), "duplicate webhook name `app`"),
+        (example.replace("# bounce_domain = \"c-a1b2c3d4.unmta.net\"", "bounce_domain = \"not a domain\""), "clusters[0].bounce_domain: `not a domain` is not a valid DNS name"),
+    ];
+    for (text, expected) in cases {
+        assert_ne!(
+            text, example,
+            "the case for {expected:?} did not change the file"
+        );
+        let err = fleet::parse_fleet(&text, "fleet.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    }
+}
