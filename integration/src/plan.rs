@@ -20,6 +20,8 @@ pub const SINK_HOST: &str = "mx.sink.test";
 pub const SINK_DOMAINS: [&str; 2] = ["example.com", "example.net"];
 /// The DKIM selector of the sender domain's key.
 pub const DKIM_SELECTOR: &str = "s1";
+/// The selector of the RSA-2048 key that signs next to the ed25519 one.
+pub const DKIM_RSA_SELECTOR: &str = "r1";
 /// How many MTA addresses the cluster certificate names, from the base:
 /// room for `--add-mta` without a new certificate.
 pub const CERT_ADDRESSES: u8 = 16;
@@ -233,6 +235,12 @@ impl Layout {
     }
     pub fn dkim_txt(&self) -> PathBuf {
         self.tls_dir().join(format!("dkim-{DKIM_SELECTOR}.txt"))
+    }
+    pub fn dkim_rsa_key(&self) -> PathBuf {
+        self.tls_dir().join(format!("dkim-{DKIM_RSA_SELECTOR}.pem"))
+    }
+    pub fn dkim_rsa_txt(&self) -> PathBuf {
+        self.tls_dir().join(format!("dkim-{DKIM_RSA_SELECTOR}.txt"))
     }
     pub fn config(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.toml"))

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::StartArgs;
 use crate::info::ClusterInfo;
 use crate::ops::{self, Request};
-use crate::plan::{Layout, Plan, DKIM_SELECTOR, SINK_DOMAINS, SINK_HOST};
+use crate::plan::{Layout, Plan, SINK_DOMAINS, SINK_HOST};
 use crate::ready::Expectation;
 use crate::state::{self, MtaEntry};
 use crate::supervisor::{send_signal, Spec, Supervisor};
@@ -44,9 +44,9 @@ fn specs(plan: &Plan, layout: &Layout, mtas: &[MtaEntry]) -> Vec<Spec> {
     }
     dns_args.push("--a".into());
     dns_args.push(format!("{SINK_HOST}={}", plan.address).into());
-    if let Ok(txt) = state::dkim_txt(layout) {
+    for (selector, txt) in state::dkim_records(layout) {
         dns_args.push("--txt".into());
-        dns_args.push(format!("{DKIM_SELECTOR}._domainkey.{}={txt}", plan.sender_domain).into());
+        dns_args.push(format!("{selector}._domainkey.{}={txt}", plan.sender_domain).into());
     }
     let mut specs = vec![
         Spec {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use sha2::Digest;
 use toml_edit::{value, Array, DocumentMut};
 
-use crate::plan::{write_private, Layout, Plan, CERT_ADDRESSES, DKIM_SELECTOR};
+use crate::plan::{write_private, Layout, Plan, CERT_ADDRESSES, DKIM_RSA_SELECTOR, DKIM_SELECTOR};
 
 /// One MTA of the fleet file.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,12 @@ pub fn prepare(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Result
     }
     if !layout.dkim_key().exists() {
         write_dkim_key(layout)?;
+    }
+    if !layout.dkim_rsa_key().exists() {
+        let (pem, txt) = mta::dkim::generate_rsa_2048()
+            .map_err(|e| anyhow::anyhow!("cannot generate the RSA DKIM key: {e}"))?;
+        write_private(&layout.dkim_rsa_key(), &pem)?;
+        write_private(&layout.dkim_rsa_txt(), &txt)?;
     }
     if layout.fleet_file().exists() {
         update_fleet(layout, plan, rate_given)?;
@@ -98,7 +104,22 @@ fn write_dkim_key(layout: &Layout) -> anyhow::Result<()> {
     )
 }
 
-/// The DKIM TXT record's text, from the state dir.
+/// The DKIM TXT records (selector, text) from the state dir: ed25519 and
+/// RSA-2048, both signing every message.
+pub fn dkim_records(layout: &Layout) -> Vec<(&'static str, String)> {
+    [
+        (DKIM_SELECTOR, layout.dkim_txt()),
+        (DKIM_RSA_SELECTOR, layout.dkim_rsa_txt()),
+    ]
+    .into_iter()
+    .filter_map(|(selector, path)| {
+        let text = std::fs::read_to_string(path).ok()?;
+        Some((selector, text.trim().to_string()))
+    })
+    .collect()
+}
+
+/// The ed25519 DKIM TXT record's text, from the state dir.
 pub fn dkim_txt(layout: &Layout) -> anyhow::Result<String> {
     let path = layout.dkim_txt();
     std::fs::read_to_string(&path)
@@ -348,11 +369,18 @@ domain = "{domain}"
 selector = "{selector}"
 key = "tls/dkim-{selector}.pem"
 algorithm = "ed25519-sha256"
+
+[[delivery.dkim]]
+domain = "{domain}"
+selector = "{rsa_selector}"
+key = "tls/dkim-{rsa_selector}.pem"
+algorithm = "rsa-sha256"
 "#,
             resolver = plan.resolver_addr(),
             sink_port = plan.ports.sink,
             domain = plan.sender_domain,
             selector = DKIM_SELECTOR,
+            rsa_selector = DKIM_RSA_SELECTOR,
         ));
     }
     text
@@ -406,6 +434,9 @@ mod tests {
         assert!(dkim_txt(&layout)
             .unwrap()
             .starts_with("v=DKIM1; k=ed25519; p="));
+        let records = dkim_records(&layout);
+        assert_eq!(records.len(), 2);
+        assert!(records[1].1.starts_with("v=DKIM1; k=rsa; p="));
     }
 
     #[test]

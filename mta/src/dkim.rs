@@ -1,13 +1,15 @@
 //! DKIM signing (RFC 6376, RFC 8463) with mail-auth: a message whose From:
-//! domain has a key in `[[delivery.dkim]]` gets a DKIM-Signature header,
-//! rsa-sha256 or ed25519-sha256, relaxed/relaxed. mail-auth's `ring`
-//! backend: an RSA-2048 signature costs about 1.2 ms of CPU (twice faster
-//! than its pure-Rust backend), ed25519 about 0.04 ms.
+//! domain has keys in `[[delivery.dkim]]` gets one DKIM-Signature header
+//! per key (RSA-2048 and ed25519 side by side, as RFC 8463 recommends),
+//! relaxed/relaxed. The RSA signature itself is made by the system's
+//! OpenSSL (the code `openssl speed rsa2048` measures: about 0.75 ms for
+//! 2048 bits on the reference machine, where ring took 1.2-1.3 ms); ed25519
+//! by ring (about 0.04 ms).
 
 use std::collections::HashMap;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::crypto::{Algorithm, CryptoError, Ed25519Key, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
@@ -31,14 +33,67 @@ const SIGNED_HEADERS: [&str; 12] = [
     "Content-Transfer-Encoding",
 ];
 
+/// An RSA private key signing with OpenSSL (PKCS#1 v1.5, SHA-256).
+pub struct OpensslRsa {
+    key: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+impl OpensslRsa {
+    /// From PEM, PKCS#1 or PKCS#8.
+    pub fn from_pem(pem: &[u8]) -> Result<OpensslRsa, String> {
+        let key = openssl::pkey::PKey::private_key_from_pem(pem).map_err(|e| e.to_string())?;
+        if key.rsa().is_err() {
+            return Err("not an RSA key".into());
+        }
+        Ok(OpensslRsa { key })
+    }
+}
+
+impl SigningKey for OpensslRsa {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(512);
+        input.write(&mut data);
+        let library = |e: openssl::error::ErrorStack| {
+            mail_auth::Error::Crypto(CryptoError::Library(e.to_string()))
+        };
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &self.key)
+                .map_err(library)?;
+        signer.update(&data).map_err(library)?;
+        signer.sign_to_vec().map_err(library)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::RsaSha256
+    }
+}
+
+/// A new RSA-2048 DKIM key: its PKCS#8 PEM and its DNS TXT record text
+/// (`v=DKIM1; k=rsa; p=...`), as the hosted service generates per domain.
+pub fn generate_rsa_2048() -> Result<(String, String), String> {
+    use base64::Engine;
+    let rsa = openssl::rsa::Rsa::generate(2048).map_err(|e| e.to_string())?;
+    let key = openssl::pkey::PKey::from_rsa(rsa).map_err(|e| e.to_string())?;
+    let pem = key.private_key_to_pem_pkcs8().map_err(|e| e.to_string())?;
+    let public = key.public_key_to_der().map_err(|e| e.to_string())?;
+    let txt = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(public)
+    );
+    Ok((String::from_utf8_lossy(&pem).into_owned(), txt))
+}
+
 enum Signer {
-    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Rsa(DkimSigner<OpensslRsa, Done>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
+/// Every key of every signing domain; each key of a domain signs.
 #[derive(Default)]
 pub struct Dkim {
-    by_domain: HashMap<String, Signer>,
+    by_domain: HashMap<String, Vec<Signer>>,
 }
 
 fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
@@ -58,7 +113,7 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
         .map_err(|e| format!("{place}: not a PEM private key: {e}"))?;
     let signer = match key.algorithm {
         DkimAlgorithm::RsaSha256 => {
-            let rsa = RsaKey::<Sha256>::from_key_der(der)
+            let rsa = OpensslRsa::from_pem(pem.expose())
                 .map_err(|e| format!("{place}: not an RSA key: {e}"))?;
             Signer::Rsa(
                 DkimSigner::from_key(rsa)
@@ -106,9 +161,12 @@ impl Dkim {
 
     /// Keys from files or from Vault through `secrets`.
     pub fn load_with(keys: &[DkimKey], secrets: &SecretStore) -> Result<Dkim, String> {
-        let mut by_domain = HashMap::new();
+        let mut by_domain: HashMap<String, Vec<Signer>> = HashMap::new();
         for key in keys {
-            by_domain.insert(key.domain.to_ascii_lowercase(), load_key(key, secrets)?);
+            by_domain
+                .entry(key.domain.to_ascii_lowercase())
+                .or_default()
+                .push(load_key(key, secrets)?);
         }
         Ok(Dkim { by_domain })
     }
@@ -117,23 +175,28 @@ impl Dkim {
         self.by_domain.is_empty()
     }
 
-    /// The DKIM-Signature header (with its CRLF) to put before `message`,
-    /// or `None` when its From: domain has no key.
+    /// The DKIM-Signature headers (each with its CRLF, one per key of
+    /// the From: domain, in config order) to put before `message`, or
+    /// `None` when its From: domain has no key. CPU work: call it off the
+    /// async workers.
     pub fn sign(&self, message: &[u8]) -> Option<Result<String, String>> {
         if self.by_domain.is_empty() {
             return None;
         }
         let domain = from_domain(message)?;
-        let signer = self.by_domain.get(&domain)?;
-        let signature = match signer {
-            Signer::Rsa(s) => s.sign(message),
-            Signer::Ed25519(s) => s.sign(message),
-        };
-        Some(
-            signature
-                .map(|s| s.to_header())
-                .map_err(|e| format!("DKIM signing for {domain} failed: {e}")),
-        )
+        let signers = self.by_domain.get(&domain)?;
+        let mut headers = String::new();
+        for signer in signers {
+            let signature = match signer {
+                Signer::Rsa(s) => s.sign(message),
+                Signer::Ed25519(s) => s.sign(message),
+            };
+            match signature {
+                Ok(signature) => headers.push_str(&signature.to_header()),
+                Err(e) => return Some(Err(format!("DKIM signing for {domain} failed: {e}"))),
+            }
+        }
+        Some(Ok(headers))
     }
 }
 
