@@ -163,3 +163,104 @@ pub async fn serve_tls(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
+
+/// [`serve`] (or [`serve_tls`] with `tls`) with at most `max` connections
+/// open at once: past it the next connection waits in the kernel's accept
+/// queue until one closes, so a flood cannot exhaust file descriptors.
+pub async fn serve_capped(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    max: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+    let stop = shutdown.clone();
+    match tls {
+        None => {
+            axum::serve(
+                Capped {
+                    inner: listener,
+                    slots,
+                },
+                router,
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        }
+        Some(tls) => {
+            let inner = crate::tls::TlsListener::new(listener, tls, shutdown.clone())?;
+            axum::serve(Capped { inner, slots }, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+    }
+}
+
+/// A listener that holds a slot for every connection it hands out.
+struct Capped<L> {
+    inner: L,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl<L> axum::serve::Listener for Capped<L>
+where
+    L: axum::serve::Listener,
+    L::Io: Unpin,
+{
+    type Io = Slotted<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = match self.slots.clone().acquire_owned().await {
+            Ok(slot) => slot,
+            Err(_) => std::future::pending().await,
+        };
+        let (io, addr) = self.inner.accept().await;
+        (Slotted { io, _slot: slot }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection and the slot it holds until it is dropped.
+pub struct Slotted<T> {
+    io: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Slotted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Slotted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

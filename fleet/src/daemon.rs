@@ -107,6 +107,9 @@ pub struct Service<S> {
     /// Serve the admin listener over TLS with this configuration (healthd's
     /// feed between hosts); plain HTTP when `None`.
     pub admin_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// At most this many open connections on the admin listener (healthd's
+    /// feed and dashboard); unlimited when `None`.
+    pub admin_max_connections: Option<usize>,
 }
 
 impl<S: Send + Sync + 'static> Service<S> {
@@ -120,6 +123,7 @@ impl<S: Send + Sync + 'static> Service<S> {
             readiness: crate::admin::Readiness::new(),
             registry,
             admin_tls: None,
+            admin_max_connections: None,
         }
     }
 
@@ -138,6 +142,7 @@ impl<S: Send + Sync + 'static> Service<S> {
             readiness,
             registry,
             admin_tls,
+            admin_max_connections,
         } = self;
         let status_live = live.clone();
         let state = crate::admin::AdminState {
@@ -153,9 +158,12 @@ impl<S: Send + Sync + 'static> Service<S> {
         let router = crate::admin::admin_router(state).merge(extra);
         let shutdown = control.shutdown.clone();
         control.tasks.spawn(async move {
-            let served = match admin_tls {
-                None => crate::admin::serve(admin, router, shutdown).await,
-                Some(tls) => crate::admin::serve_tls(admin, router, tls, shutdown).await,
+            let served = match (admin_tls, admin_max_connections) {
+                (None, None) => crate::admin::serve(admin, router, shutdown).await,
+                (Some(tls), None) => crate::admin::serve_tls(admin, router, tls, shutdown).await,
+                (tls, Some(max)) => {
+                    crate::admin::serve_capped(admin, router, tls, max, shutdown).await
+                }
             };
             if let Err(error) = served {
                 tracing::error!("admin listener failed: {error}");

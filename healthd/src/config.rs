@@ -44,6 +44,22 @@ pub struct NodeConfig {
     /// Where `vault:` references are read: `admin_token_sha256`, the
     /// followers' and the fleet accounts' `token_sha256` may be references.
     pub vault: Option<fleet::vault::VaultConfig>,
+    /// Open connections on `listen` at most; past it new connections wait
+    /// in the kernel's queue (read at start).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Long polls (`/v1/fleet?after=`, the dashboard's live updates)
+    /// waiting at once; past it 503 with `Retry-After: 1` (read at start).
+    #[serde(default = "default_max_long_polls")]
+    pub max_long_polls: usize,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_long_polls() -> usize {
+    256
 }
 
 /// `[[followers]]`: a reader of the feed and its token's sha256 (hex).

@@ -31,6 +31,23 @@ pub struct FeedState {
     pub live: Arc<Live<Settings>>,
     pub max_wait: Duration,
     pub shutdown: CancellationToken,
+    /// Long polls waiting at once (`max_long_polls`, shared with the
+    /// dashboard); past it a poll is answered 503 at once.
+    pub long_polls: Arc<tokio::sync::Semaphore>,
+}
+
+/// 503 for a long poll over `max_long_polls`: retry in a second.
+pub fn too_many_long_polls() -> Response {
+    let mut response = (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too many long polls waiting (max_long_polls): retry shortly\n",
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +78,9 @@ async fn fleet_feed(
         return unauthenticated();
     }
     if let Some(after) = query.after {
+        let Ok(_slot) = state.long_polls.clone().try_acquire_owned() else {
+            return too_many_long_polls();
+        };
         let mut generations = state.board.subscribe();
         tokio::select! {
             _ = tokio::time::timeout(state.max_wait, generations.wait_for(|g| *g > after)) => {}

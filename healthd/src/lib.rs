@@ -65,6 +65,10 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let secrets = settings.secrets.clone();
     let mut service = Service::new(control, settings);
     service.admin_tls = listen_tls;
+    service.admin_max_connections = Some(service.live.get().node.max_connections);
+    let long_polls = Arc::new(tokio::sync::Semaphore::new(
+        service.live.get().node.max_long_polls,
+    ));
     metrics.register(&mut service.registry);
     let live = service.live.clone();
     let shutdown = service.control.shutdown.clone();
@@ -73,6 +77,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         live: live.clone(),
         max_wait: feed::MAX_WAIT,
         shutdown: shutdown.clone(),
+        long_polls: long_polls.clone(),
     })
     .merge(api::routes(api::ApiState {
         board: board.clone(),
@@ -88,6 +93,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         board.clone(),
         live.clone(),
         shutdown.clone(),
+        long_polls,
     )));
     let scheduler = scheduler::Scheduler::new(
         live.clone(),

@@ -722,5 +722,30 @@ async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
         .unwrap()
         .contains("Max-Age=0"));
 
+    // The cookie is an opaque session id, and signing out ends the session
+    // server-side: the old cookie opens nothing afterwards.
+    let signed = get(&format!("/?token={ACME}"), None).await.unwrap();
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let id = cookie.trim_start_matches("healthd_session=");
+    assert_eq!(id.len(), 64, "{cookie}");
+    assert!(!cookie.contains(&hex::encode(ACME)), "{cookie}");
+    assert_eq!(get("/", Some(&cookie)).await.unwrap().status(), 200);
+    let out = client
+        .post(format!("{base}/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let after = get("/", Some(&cookie)).await.unwrap();
+    assert_eq!(after.status(), 401);
+    assert!(!after.text().await.unwrap().contains("unmta.net"));
+
     setup.healthd.stop().await;
 }

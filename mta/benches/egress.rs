@@ -143,6 +143,7 @@ max_connections_per_ip = 1000
 [delivery]
 nameservers = ["{ns}:53"]
 routes = {{ "sink.test" = "{sink}" }}
+allow_networks = ["127.0.0.0/8"]
 "#,
             admin = ip(1),
             ns = ip(54),
@@ -316,6 +317,7 @@ async fn spool_path(messages: usize) {
     let spool = Spool::open(dir.path()).await.unwrap();
     let mut config = DeliveryConfig {
         nameservers: vec![format!("{}:53", ip(54))],
+        allow_networks: vec!["127.0.0.0/8".into()],
         ..DeliveryConfig::default()
     };
     config
@@ -394,6 +396,7 @@ async fn held_engine(spool: Arc<Spool>) -> (mta::delivery::EngineHandle, EgressM
     let mut config = DeliveryConfig {
         nameservers: vec![format!("{}:53", ip(54))],
         timeout: Duration::from_secs(2),
+        allow_networks: vec!["127.0.0.0/8".into()],
         ..DeliveryConfig::default()
     };
     config

@@ -84,6 +84,33 @@ pub struct SmtpConfig {
     pub auth_failure_delay: Duration,
     /// Unknown or out-of-order commands on one connection before it is closed.
     pub max_command_errors: u32,
+    /// The longest an SMTP session may last, however busy (`421 4.4.2`).
+    #[serde(with = "fleet::config::duration")]
+    pub session_timeout: Duration,
+    /// The longest an SMTP session may go without a successful AUTH.
+    #[serde(with = "fleet::config::duration")]
+    pub pre_auth_timeout: Duration,
+    /// The TLS handshake after STARTTLS (and on the HTTPS listener).
+    #[serde(with = "fleet::config::duration")]
+    pub tls_handshake_timeout: Duration,
+    /// IPv6 clients are counted per prefix of this length (a /64 is one
+    /// host) by `max_connections_per_ip` and the AUTH limits.
+    pub ipv6_client_prefix: u8,
+    /// Failed authentications per client address, and per username, across
+    /// connections within `auth_failure_window`; past it `454 4.7.0` / HTTP
+    /// 429 until the window ends.
+    pub auth_failure_limit: u32,
+    #[serde(with = "fleet::config::duration")]
+    pub auth_failure_window: Duration,
+}
+
+impl SmtpConfig {
+    pub fn anvil_limits(&self) -> crate::anvil::Limits {
+        crate::anvil::Limits {
+            failures: self.auth_failure_limit,
+            window: self.auth_failure_window,
+        }
+    }
 }
 
 impl Default for SmtpConfig {
@@ -99,6 +126,12 @@ impl Default for SmtpConfig {
             max_auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
             max_command_errors: 20,
+            session_timeout: Duration::from_secs(1800),
+            pre_auth_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            ipv6_client_prefix: 64,
+            auth_failure_limit: 10,
+            auth_failure_window: Duration::from_secs(300),
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Ingress {
     pub spool: Arc<Spool>,
     pub auth: Arc<Authenticator>,
     pub limiter: Arc<ConnectionLimiter>,
+    /// Failed authentications across connections.
+    pub anvil: crate::anvil::Anvil,
     pub metrics: IngressMetrics,
     pub readiness: Arc<Readiness>,
     pub control: Control,
@@ -49,6 +51,7 @@ impl Ingress {
             live,
             spool,
             limiter: Arc::default(),
+            anvil: crate::anvil::Anvil::default(),
             metrics,
             readiness,
             control,
@@ -217,7 +220,7 @@ impl Ingress {
             let caps = &settings.node.smtp;
             return Some(
                 match self.limiter.try_acquire(
-                    peer.ip(),
+                    crate::anvil::client_key(peer.ip(), caps.ipv6_client_prefix),
                     caps.max_connections,
                     caps.max_connections_per_ip,
                 ) {
@@ -468,6 +471,7 @@ pub struct IngressMetrics {
     refused: Family<Labels, Counter>,
     tls_handshakes: Family<Labels, Counter>,
     auth_failures: Family<Labels, Counter>,
+    auth_blocked: Family<Labels, Counter>,
     messages: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
     rejected: Family<Labels, Counter>,
@@ -508,6 +512,11 @@ impl IngressMetrics {
             metrics.auth_failures.clone(),
         );
         registry.register(
+            "auth_blocked",
+            "AUTH attempts refused because the client address or username is over auth_failure_limit, by listener",
+            metrics.auth_blocked.clone(),
+        );
+        registry.register(
             "messages",
             "Messages accepted into the spool, by listener",
             metrics.messages.clone(),
@@ -546,6 +555,12 @@ impl IngressMetrics {
 
     pub fn auth_failure(&self, listener: &str) {
         self.auth_failures
+            .get_or_create(&labels(&[("listener", listener)]))
+            .inc();
+    }
+
+    pub fn auth_blocked(&self, listener: &str) {
+        self.auth_blocked
             .get_or_create(&labels(&[("listener", listener)]))
             .inc();
     }

@@ -1,9 +1,11 @@
 //! mta: SMTP submission and HTTP injection into a durable spool, then delivery.
 
 pub mod admin;
+pub mod anvil;
 pub mod auth;
 pub mod bounces;
 pub mod config;
+pub mod deadline;
 pub mod delivery;
 pub mod dkim;
 pub mod events;

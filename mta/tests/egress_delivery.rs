@@ -337,3 +337,67 @@ async fn attempts_to_one_destination_are_bounded() {
     assert_eq!(slow.messages().len(), 6);
     egress.stop().await;
 }
+
+#[tokio::test]
+async fn private_and_loopback_answers_are_not_connected_to_unless_allowed() {
+    let net = 40;
+    let allowed = sink(net, 26, Behaviour::Accept).await;
+    let forbidden = sink(net, 25, Behaviour::Accept).await;
+    let dns = dns(
+        net,
+        vec![
+            Record::mx("inside.test", 10, "mx.inside.test"),
+            Record::a("mx.inside.test", ip(net, 25)),
+            Record::a("private.test", "10.1.2.3".parse().unwrap()),
+            Record::mx("ok.test", 10, "mx.ok.test"),
+            Record::a("mx.ok.test", ip(net, 26)),
+        ],
+    )
+    .await;
+    let configs = configs(net, "unlimited", Some(dns.addr()), FAST_RETRY);
+    // Only the one sink's address is allowed, not the rest of loopback.
+    let node = configs.path("mta.toml");
+    let text = std::fs::read_to_string(&node).unwrap().replace(
+        "allow_networks = [\"127.0.0.0/8\"]",
+        &format!("allow_networks = [\"{}/32\"]", ip(net, 26)),
+    );
+    std::fs::write(&node, text).unwrap();
+    let mut egress = Egress::start(configs).await;
+    let id = egress.inject("x@inside.test", "to-loopback").await;
+    let bounce = egress.event(&id, EventKind::Bounce).await;
+    let forbidden_ip = ip(net, 25).to_string();
+    assert!(
+        bounce.response.content.contains(&forbidden_ip),
+        "{bounce:?}"
+    );
+    assert!(bounce.response.content.contains("loopback"), "{bounce:?}");
+    let id = egress.inject("x@private.test", "to-private").await;
+    let bounce = egress.event(&id, EventKind::Bounce).await;
+    assert!(bounce.response.content.contains("10.1.2.3"), "{bounce:?}");
+    assert!(bounce.response.content.contains("private"), "{bounce:?}");
+    let id = egress.inject("x@ok.test", "allowed").await;
+    egress.event(&id, EventKind::Delivery).await;
+    assert!(with_marker(&allowed.wait_for(1, LIMIT).await.unwrap(), "allowed").is_some());
+    assert!(
+        forbidden.messages().is_empty(),
+        "a forbidden address was reached"
+    );
+    egress.stop().await;
+}
+
+#[tokio::test]
+async fn a_route_that_requires_starttls_never_falls_back_to_plaintext() {
+    let net = 41;
+    let plain = sink(net, 25, Behaviour::Accept).await;
+    let dns = dns(net, vec![Record::a("strict.test", ip(net, 25))]).await;
+    let delivery = format!("{FAST_RETRY}\nroute_starttls = {{ \"strict.test\" = \"required\" }}");
+    let mut egress = Egress::start(configs(net, "unlimited", Some(dns.addr()), &delivery)).await;
+    let id = egress.inject("x@strict.test", "needs-tls").await;
+    let failure = egress.event(&id, EventKind::TransientFailure).await;
+    assert!(
+        failure.response.content.contains("does not offer STARTTLS"),
+        "{failure:?}"
+    );
+    assert!(plain.messages().is_empty(), "sent in plaintext");
+    egress.stop().await;
+}

@@ -5,12 +5,14 @@
 //! `/dashboard/clusters/{id}/live?after=N` and updates without a reload.
 //!
 //! Who may see what is the Clusters API's rule (`auth`), with the token in
-//! an `Authorization: Bearer` header or in the HttpOnly, SameSite=Strict
-//! cookie the login form (or `/?token=…`) sets. What a cluster is comes from
+//! an `Authorization: Bearer` header or kept server-side in a session whose
+//! opaque random id is the HttpOnly, SameSite=Strict cookie the login form
+//! (or `/?token=…`) sets; the cookie never holds the token. What a cluster is comes from
 //! `api::cluster_json`, the API's own JSON.
 
 mod journal;
 mod page;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +34,9 @@ use crate::board::Board;
 use crate::config::Settings;
 
 pub use journal::{Entry, Journal};
+pub use sessions::Sessions;
 
-/// The cookie that keeps the viewer's token (hex-encoded).
+/// The cookie that holds the viewer's session id (never the token).
 pub const COOKIE: &str = "healthd_session";
 /// How long a live poll waits for a change at most.
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
@@ -55,6 +58,9 @@ pub struct DashboardState {
     pub journal: Arc<Journal>,
     pub shutdown: CancellationToken,
     pub max_wait: Duration,
+    pub sessions: Arc<Sessions>,
+    /// Long polls waiting at once (shared with the feed).
+    pub long_polls: Arc<tokio::sync::Semaphore>,
 }
 
 impl DashboardState {
@@ -64,6 +70,7 @@ impl DashboardState {
         board: Arc<Board>,
         live: Arc<Live<Settings>>,
         shutdown: CancellationToken,
+        long_polls: Arc<tokio::sync::Semaphore>,
     ) -> DashboardState {
         let journal = Journal::start(board.clone(), shutdown.clone());
         DashboardState {
@@ -72,6 +79,8 @@ impl DashboardState {
             journal,
             shutdown,
             max_wait: MAX_WAIT,
+            sessions: Arc::default(),
+            long_polls,
         }
     }
 
@@ -80,7 +89,7 @@ impl DashboardState {
         let settings = self.live.get();
         let admin = settings.node.admin_token_sha256.as_deref();
         auth::caller(headers, fleet, admin).or_else(|| {
-            let token = cookie_token(headers)?;
+            let token = self.sessions.token(&session_id(headers)?)?;
             auth::caller_for_token(&token, fleet, admin)
         })
     }
@@ -107,7 +116,8 @@ pub fn routes(state: DashboardState) -> Router {
         .with_state(state)
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+/// The session cookie's value, whatever it holds.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -115,9 +125,13 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, value)| hex::decode(value.trim()).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|token| !token.is_empty())
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|value| !value.is_empty())
+}
+
+/// The session id in the cookie, if it has the shape of one.
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    session_cookie(headers).filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn see_other(location: &'static str) -> Response {
@@ -204,8 +218,9 @@ fn log_in(state: &DashboardState, token: &str) -> Response {
         );
     }
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        hex::encode(token)
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        state.sessions.open(token),
+        sessions::TTL.as_secs()
     );
     let mut response = see_other("/");
     let headers = response.headers_mut();
@@ -244,9 +259,12 @@ async fn login(
     log_in(&state, &form.token)
 }
 
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(state): State<DashboardState>, headers: HeaderMap) -> Response {
     if let Some(refused) = cross_site(&headers) {
         return refused;
+    }
+    if let Some(id) = session_id(&headers) {
+        state.sessions.close(&id);
     }
     let mut response = see_other("/");
     let headers = response.headers_mut();
@@ -349,7 +367,7 @@ fn viewer_name(viewer: &Caller) -> &str {
 fn show(state: &DashboardState, headers: &HeaderMap, id: Option<&str>) -> Response {
     let Some(gathered) = gather(state, headers, id) else {
         // A cookie that no longer opens anything gets the form and an answer.
-        let (status, error) = if cookie_token(headers).is_some() {
+        let (status, error) = if session_cookie(headers).is_some() {
             (
                 StatusCode::UNAUTHORIZED,
                 Some("Your session is no longer valid. Sign in again."),
@@ -394,6 +412,9 @@ async fn live(
         return auth::unauthenticated();
     }
     if let Some(after) = query.after {
+        let Ok(_slot) = state.long_polls.clone().try_acquire_owned() else {
+            return crate::feed::too_many_long_polls();
+        };
         let mut generations = state.journal.subscribe();
         tokio::select! {
             _ = tokio::time::timeout(state.max_wait, generations.wait_for(|g| *g > after)) => {}
@@ -442,15 +463,21 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_holds_the_token_hex_encoded() {
+    fn the_cookie_holds_only_a_session_id() {
+        let id = "ab".repeat(32);
         let h = headers(&[(
             header::COOKIE,
-            "a=b; healthd_session=61636d652d746f6b656e; c=d",
+            Box::leak(format!("a=b; healthd_session={id}; c=d").into_boxed_str()),
         )]);
-        assert_eq!(cookie_token(&h).as_deref(), Some("acme-token"));
-        for bad in ["healthd_session=zz", "healthd_session=", "other=61"] {
+        assert_eq!(session_id(&h), Some(id));
+        for bad in [
+            "healthd_session=zz",
+            "healthd_session=",
+            "other=61",
+            "healthd_session=61636d65",
+        ] {
             assert_eq!(
-                cookie_token(&headers(&[(header::COOKIE, bad)])),
+                session_id(&headers(&[(header::COOKIE, bad)])),
                 None,
                 "{bad}"
             );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum StartTls {
     /// STARTTLS when the server offers it, certificate not verified (as MTAs
@@ -16,6 +16,9 @@ pub enum StartTls {
     Opportunistic,
     /// Never STARTTLS.
     Disabled,
+    /// STARTTLS or nothing: a server that does not offer it, or a failed
+    /// handshake, is a transient failure (no plaintext fallback).
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +35,16 @@ pub struct DeliveryConfig {
     /// EHLO name; default: the cluster hostname.
     pub hello_name: Option<String>,
     pub starttls: StartTls,
+    /// After a failed STARTTLS, a destination is sent plaintext for this
+    /// long, then STARTTLS is tried again (logged and counted each time).
+    #[serde(with = "fleet::config::duration")]
+    pub starttls_fallback: Duration,
+    /// Recipient domain -> `starttls` mode for it (e.g. `"required"`).
+    pub route_starttls: BTreeMap<String, StartTls>,
+    /// Non-public networks delivery may connect to (`127.0.0.0/8`,
+    /// `::1/128`): by default no loopback, unspecified, link-local or
+    /// private address that an MX, A/AAAA or route points at is contacted.
+    pub allow_networks: Vec<String>,
     /// Delivery attempts under way at once, all destinations together.
     pub max_in_flight: usize,
     /// Attempts (and so connections) at once to one destination address.
@@ -90,6 +103,9 @@ impl Default for DeliveryConfig {
             port: 25,
             hello_name: None,
             starttls: StartTls::Opportunistic,
+            starttls_fallback: Duration::from_secs(3600),
+            route_starttls: BTreeMap::new(),
+            allow_networks: Vec::new(),
             max_in_flight: 1024,
             connections_per_destination: 32,
             timeout: Duration::from_secs(60),
@@ -155,6 +171,12 @@ impl DeliveryConfig {
             routes.insert(domain.to_ascii_lowercase(), target.clone());
         }
         self.routes = routes;
+        super::networks::Allowed::parse(&self.allow_networks)
+            .map_err(|m| ("delivery.allow_networks".to_string(), m))?;
+        self.route_starttls = std::mem::take(&mut self.route_starttls)
+            .into_iter()
+            .map(|(domain, mode)| (domain.to_ascii_lowercase(), mode))
+            .collect();
         if self.max_in_flight == 0 || self.connections_per_destination == 0 {
             return Err((
                 "delivery".into(),

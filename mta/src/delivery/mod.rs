@@ -11,6 +11,7 @@ pub mod config;
 pub mod dsn;
 pub mod egress;
 
+pub mod networks;
 pub mod route;
 pub mod smtp;
 
@@ -122,11 +123,13 @@ impl Engine {
             &config.routes,
             config.port,
             config.timeout,
+            networks::Allowed::parse(&config.allow_networks)?,
         )?;
         let hello = config.hello_name.clone().unwrap_or(hello_name);
         let connector = Connector::new(
             hello,
-            config.starttls,
+            config.starttls_fallback,
+            metrics.starttls_fallbacks.clone(),
             config.connections_per_destination,
             config.timeout,
         );
@@ -389,12 +392,18 @@ impl Engine {
                 &message.data
             }
         };
+        let tls = self
+            .config
+            .route_starttls
+            .get(&domain.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(self.config.starttls);
         let mut last = None;
         for target in &targets {
             for addr in &target.addrs {
                 let reply = self
                     .connector
-                    .send(*addr, &target.host, &envelope, data, via)
+                    .send(*addr, &target.host, &envelope, data, via, tls)
                     .await;
                 if let Some(via) = via {
                     if !matches!(reply, Reply::SourceDown(_)) {

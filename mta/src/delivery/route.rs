@@ -13,6 +13,7 @@ use hickory_resolver::TokioResolver;
 use rand::seq::SliceRandom;
 
 use super::config::{parse_host_port, parse_nameserver, HostPort};
+use super::networks::Allowed;
 
 /// One host to try, with its addresses in the order to try them.
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub struct Router {
     resolver: TokioResolver,
     routes: BTreeMap<String, HostPort>,
     port: u16,
+    allowed: Allowed,
 }
 
 fn system_nameservers() -> Vec<SocketAddr> {
@@ -57,6 +59,7 @@ impl Router {
         routes: &BTreeMap<String, String>,
         port: u16,
         timeout: Duration,
+        allowed: Allowed,
     ) -> Result<Router, String> {
         let servers = if nameservers.is_empty() {
             system_nameservers()
@@ -94,7 +97,31 @@ impl Router {
             resolver,
             routes,
             port,
+            allowed,
         })
+    }
+
+    /// `targets` without the addresses this node may not connect to; a
+    /// permanent failure naming them when nothing is left.
+    fn permitted(&self, mut targets: Vec<Target>) -> Result<Vec<Target>, NoRoute> {
+        let mut refused = Vec::new();
+        for target in &mut targets {
+            target.addrs.retain(|addr| {
+                let check = self.allowed.check(&target.host, addr.ip());
+                if let Err(reason) = &check {
+                    refused.push(reason.clone());
+                }
+                check.is_ok()
+            });
+        }
+        targets.retain(|t| !t.addrs.is_empty());
+        if targets.is_empty() && !refused.is_empty() {
+            return Err(NoRoute::Permanent(format!(
+                "554 5.4.4 {}",
+                refused.join("; ")
+            )));
+        }
+        Ok(targets)
     }
 
     /// The hosts to try for `domain`, best first.
@@ -102,7 +129,7 @@ impl Router {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if let Some(route) = self.routes.get(&domain) {
             let addrs = self.addresses(&route.host, route.port).await?;
-            return Ok(vec![Target {
+            return self.permitted(vec![Target {
                 host: route.host.clone(),
                 addrs,
             }]);
@@ -117,7 +144,7 @@ impl Router {
             }
         }
         match (targets.is_empty(), last_error) {
-            (false, _) => Ok(targets),
+            (false, _) => self.permitted(targets),
             (true, Some(NoRoute::Transient(e))) => Err(NoRoute::Transient(e)),
             (true, Some(NoRoute::Permanent(e))) => Err(NoRoute::Permanent(e)),
             (true, None) => Err(NoRoute::Permanent(format!(

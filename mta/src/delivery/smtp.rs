@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 
 use super::config::StartTls;
@@ -44,14 +45,16 @@ struct Destination {
     idle: Mutex<Vec<Idle>>,
     slots: Arc<Semaphore>,
     last_used: AtomicU64,
-    /// STARTTLS failed here once: plaintext from then on.
-    tls_broken: AtomicBool,
+    /// STARTTLS failed here: plaintext until this many seconds after the
+    /// connector's epoch (0: never failed).
+    plaintext_until: AtomicU64,
 }
 
 pub struct Connector {
     hello: ClientId,
     hello_text: String,
-    starttls: StartTls,
+    fallback: Duration,
+    fallbacks: Counter,
     per_destination: usize,
     timeout: Duration,
     epoch: Instant,
@@ -59,7 +62,7 @@ pub struct Connector {
 }
 
 /// Connections are pooled per address, host name and egress source.
-type DestinationKey = (SocketAddr, String, Option<Arc<str>>);
+type DestinationKey = (SocketAddr, String, Option<Arc<str>>, StartTls);
 
 /// Destinations unused this long are dropped (with their connections).
 const FORGET: Duration = Duration::from_secs(300);
@@ -74,14 +77,16 @@ fn reply_text(response: &lettre::transport::smtp::response::Response) -> String 
 impl Connector {
     pub fn new(
         hello: String,
-        starttls: StartTls,
+        fallback: Duration,
+        fallbacks: Counter,
         per_destination: usize,
         timeout: Duration,
     ) -> Self {
         Connector {
             hello: ClientId::Domain(hello.clone()),
             hello_text: hello,
-            starttls,
+            fallback,
+            fallbacks,
             per_destination,
             timeout,
             epoch: Instant::now(),
@@ -93,10 +98,21 @@ impl Connector {
         &self.hello_text
     }
 
-    fn destination(&self, addr: SocketAddr, host: &str, via: Option<&Via>) -> Arc<Destination> {
+    fn destination(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        via: Option<&Via>,
+        tls: StartTls,
+    ) -> Arc<Destination> {
         let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.epoch.elapsed().as_secs();
-        let key = (addr, host.to_string(), via.map(|v| v.source.name.clone()));
+        let key = (
+            addr,
+            host.to_string(),
+            via.map(|v| v.source.name.clone()),
+            tls,
+        );
         if let Some(d) = map.get(&key) {
             d.last_used.store(now, Ordering::Relaxed);
             return d.clone();
@@ -111,7 +127,7 @@ impl Connector {
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(self.per_destination)),
             last_used: AtomicU64::new(now),
-            tls_broken: AtomicBool::new(false),
+            plaintext_until: AtomicU64::new(0),
         });
         map.insert(key, d.clone());
         d
@@ -125,9 +141,13 @@ impl Connector {
         addr: SocketAddr,
         host: &str,
         via: Option<&Via>,
+        mode: StartTls,
     ) -> Result<AsyncSmtpConnection, OpenError> {
-        let use_tls = self.starttls == StartTls::Opportunistic
-            && !destination.tls_broken.load(Ordering::Relaxed);
+        let use_tls = match mode {
+            StartTls::Disabled => false,
+            StartTls::Required => true,
+            StartTls::Opportunistic => !self.in_fallback(destination),
+        };
         let source_hello = via
             .and_then(|v| v.source.hello.clone())
             .map(ClientId::Domain);
@@ -137,6 +157,11 @@ impl Connector {
             let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
                 .await
                 .map_err(|e| format!("{addr} did not greet: {e}"))?;
+            if mode == StartTls::Required && !conn.can_starttls() {
+                return Err(format!(
+                    "{addr} does not offer STARTTLS, which is required for {host}"
+                ));
+            }
             if use_tls && conn.can_starttls() {
                 let tls = TlsParameters::builder(host.to_string())
                     .dangerous_accept_invalid_certs(true)
@@ -144,8 +169,16 @@ impl Connector {
                     .build_rustls()
                     .map_err(|e| format!("TLS settings for {host}: {e}"))?;
                 if let Err(e) = conn.starttls(tls, hello).await {
-                    destination.tls_broken.store(true, Ordering::Relaxed);
-                    return Err(format!("STARTTLS with {addr} failed: {e}; plaintext next"));
+                    if mode == StartTls::Required {
+                        return Err(format!(
+                            "STARTTLS with {addr} failed: {e}; it is required for {host}"
+                        ));
+                    }
+                    self.fall_back(destination, addr, host, &e.to_string());
+                    return Err(format!(
+                        "STARTTLS with {addr} failed: {e}; plaintext for {:?}",
+                        self.fallback
+                    ));
                 }
             }
             Ok(conn)
@@ -158,6 +191,23 @@ impl Connector {
                 self.timeout
             ))),
         }
+    }
+
+    fn in_fallback(&self, destination: &Destination) -> bool {
+        let until = destination.plaintext_until.load(Ordering::Relaxed);
+        until != 0 && self.epoch.elapsed().as_secs() < until
+    }
+
+    /// Plaintext to this destination for `fallback`: logged and counted.
+    fn fall_back(&self, destination: &Destination, addr: SocketAddr, host: &str, error: &str) {
+        let until = self.epoch.elapsed().as_secs() + self.fallback.as_secs().max(1);
+        destination.plaintext_until.store(until, Ordering::Relaxed);
+        self.fallbacks.inc();
+        tracing::warn!(
+            %addr, %host,
+            "STARTTLS failed ({error}): sending plaintext to this destination for {:?}, then trying STARTTLS again",
+            self.fallback
+        );
     }
 
     fn take_idle(&self, destination: &Destination) -> Option<AsyncSmtpConnection> {
@@ -179,8 +229,9 @@ impl Connector {
         envelope: &Envelope,
         data: &[u8],
         via: Option<&Via>,
+        tls: StartTls,
     ) -> Reply {
-        let destination = self.destination(addr, host, via);
+        let destination = self.destination(addr, host, via, tls);
         let Ok(_slot) = destination.slots.clone().acquire_owned().await else {
             return Reply::Unreachable("the destination was closed".into());
         };
@@ -192,11 +243,11 @@ impl Connector {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => match self.connect(&destination, addr, host, via).await {
+                None => match self.connect(&destination, addr, host, via, tls).await {
                     Ok(conn) => conn,
                     Err(OpenError::Source(e)) => return Reply::SourceDown(e),
                     Err(OpenError::Destination(e)) => {
-                        if tls_retry && destination.tls_broken.load(Ordering::Relaxed) {
+                        if tls_retry && self.in_fallback(&destination) {
                             tls_retry = false;
                             continue;
                         }

@@ -106,6 +106,19 @@ async fn inject(
     let Some((username, password)) = basic_credentials(request.headers()) else {
         return unauthorized("Basic authentication is required");
     };
+    let client = crate::anvil::client_key(peer.addr.ip(), limits.ipv6_client_prefix);
+    if let Err(blocked) = ingress
+        .anvil
+        .check(client, &username, limits.anvil_limits())
+    {
+        ingress.metrics.auth_blocked(&listener);
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, blocked.to_string());
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(blocked.retry_after().as_secs().max(1)),
+        );
+        return response;
+    }
     let principal = match ingress.auth.verify(&username, &password).await {
         Ok(principal) => principal,
         Err(_) => {
@@ -119,6 +132,9 @@ async fn inject(
                 recipient: "",
                 reply: "401 authentication credentials invalid",
             });
+            ingress
+                .anvil
+                .failed(client, &username, limits.anvil_limits());
             tracing::info!(peer = %peer.addr, "HTTP authentication failed");
             tokio::time::sleep(limits.auth_failure_delay).await;
             return unauthorized("authentication credentials invalid");

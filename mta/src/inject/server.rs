@@ -41,11 +41,8 @@ async fn connection(
 ) {
     let settings = ingress.live.get();
     let acceptor = tokio_rustls::TlsAcceptor::from(settings.tls.https.clone());
-    let handshake = settings
-        .node
-        .smtp
-        .command_timeout
-        .min(Duration::from_secs(30));
+    let handshake = settings.node.smtp.tls_handshake_timeout;
+    let stream = crate::deadline::WriteDeadline::new(stream, settings.node.smtp.command_timeout);
     let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {

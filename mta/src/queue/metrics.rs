@@ -24,6 +24,8 @@ pub struct EgressMetrics {
     pub delivery_seconds: Histogram,
     /// Per egress source.
     pub sources: crate::delivery::egress::metrics::SourceMetrics,
+    /// Plaintext fallbacks after a failed outbound STARTTLS.
+    pub starttls_fallbacks: Counter,
 }
 
 impl Default for EgressMetrics {
@@ -40,12 +42,18 @@ impl Default for EgressMetrics {
             attempt_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 14)),
             sources: Default::default(),
+            starttls_fallbacks: Counter::default(),
         }
     }
 }
 
 impl EgressMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "delivery_starttls_fallbacks",
+            "Outbound STARTTLS failures after which a destination is sent plaintext for starttls_fallback",
+            self.starttls_fallbacks.clone(),
+        );
         registry.register(
             "queue_scheduled",
             "Recipients in the scheduled queue (due or not), in flight excluded",

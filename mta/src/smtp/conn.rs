@@ -16,6 +16,8 @@ pub enum ReadError {
     Timeout(Duration),
     #[error("the server is shutting down")]
     Shutdown,
+    #[error("the session deadline passed")]
+    Deadline(Deadline),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -30,12 +32,22 @@ pub enum Line {
     TooLong,
 }
 
+/// Which session deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// `pre_auth_timeout`: no successful AUTH yet.
+    PreAuth,
+    /// `session_timeout`: the whole session.
+    Session,
+}
+
 /// A stream with its input buffer and queued replies.
 pub struct Conn<S> {
     stream: S,
     input: BytesMut,
     output: Vec<u8>,
     shutdown: CancellationToken,
+    deadline: Option<(tokio::time::Instant, Deadline)>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -47,7 +59,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             input: BytesMut::with_capacity(READ_CHUNK),
             output: Vec::with_capacity(512),
             shutdown,
+            deadline: None,
         }
+    }
+
+    /// No read waits past `at`: then reading fails with `Deadline(what)`.
+    pub fn set_deadline(&mut self, at: tokio::time::Instant, what: Deadline) {
+        self.deadline = Some((at, what));
     }
 
     /// The stream alone. Whatever input was buffered is dropped: after
@@ -89,10 +107,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await?;
         self.input.reserve(READ_CHUNK);
         let shutdown = self.shutdown.clone();
-        let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.input));
+        let now = tokio::time::Instant::now();
+        let (wait, late) = match self.deadline {
+            Some((at, what)) if at <= now + timeout => {
+                (at.saturating_duration_since(now), Some(what))
+            }
+            _ => (timeout, None),
+        };
+        let read = tokio::time::timeout(wait, self.stream.read_buf(&mut self.input));
         let n = tokio::select! {
             _ = shutdown.cancelled(), if interruptible => return Err(ReadError::Shutdown),
-            read = read => read.map_err(|_| ReadError::Timeout(timeout))??,
+            read = read => match (read, late) {
+                (Ok(read), _) => read?,
+                (Err(_), Some(what)) => return Err(ReadError::Deadline(what)),
+                (Err(_), None) => return Err(ReadError::Timeout(timeout)),
+            },
         };
         if n == 0 {
             return Err(ReadError::Closed);

@@ -27,6 +27,8 @@ pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>) {
                     .spawn(refuse(stream, hostname, cap.label()));
             }
             Accepted::Admitted(stream, peer, permit) => {
+                let stream =
+                    crate::deadline::WriteDeadline::new(stream, settings.node.smtp.command_timeout);
                 let ctx = Context {
                     ingress: ingress.clone(),
                     settings,

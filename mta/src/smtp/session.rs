@@ -13,7 +13,7 @@ use base64::Engine;
 use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_SMTPUTF8};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::conn::{Conn, Line, ReadError};
+use super::conn::{Conn, Deadline, Line, ReadError};
 use super::data::{self, Data, DataLimits};
 use crate::auth::Principal;
 use crate::config::Settings;
@@ -43,16 +43,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let shutdown = ctx.ingress.control.shutdown.clone();
+    let started = tokio::time::Instant::now();
+    let limits = &ctx.settings.node.smtp;
     let mut conn = Conn::new(stream, shutdown.clone());
+    conn.set_deadline(started + limits.pre_auth_timeout, Deadline::PreAuth);
     conn.reply(&format!("220 {} ESMTP unMTA", ctx.settings.hostname));
-    let mut plain = Session::new(&ctx, false);
+    let mut plain = Session::new(&ctx, false, started);
     let next = plain.commands(&mut conn).await;
     if conn.flush().await.is_err() || next != Next::StartTls {
         let _ = conn.into_stream().shutdown().await;
         return;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(ctx.settings.tls.smtp.clone());
-    let timeout = ctx.settings.node.smtp.command_timeout;
+    let timeout = limits.tls_handshake_timeout;
     let stream = conn.into_stream();
     let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
@@ -69,7 +72,8 @@ where
     };
     ctx.ingress.metrics.tls_handshake(&ctx.listener(), true);
     let mut conn = Conn::new(tls, shutdown);
-    let mut secure = Session::new(&ctx, true);
+    conn.set_deadline(started + limits.pre_auth_timeout, Deadline::PreAuth);
+    let mut secure = Session::new(&ctx, true, started);
     secure.commands(&mut conn).await;
     if conn.flush().await.is_ok() {
         let _ = conn.into_stream().shutdown().await;
@@ -99,10 +103,11 @@ struct Session<'a> {
     transaction: Option<Transaction>,
     auth_failures: u32,
     errors: u32,
+    started: tokio::time::Instant,
 }
 
 impl<'a> Session<'a> {
-    fn new(ctx: &'a Context, tls: bool) -> Self {
+    fn new(ctx: &'a Context, tls: bool, started: tokio::time::Instant) -> Self {
         Session {
             ctx,
             tls,
@@ -111,6 +116,7 @@ impl<'a> Session<'a> {
             transaction: None,
             auth_failures: 0,
             errors: 0,
+            started,
         }
     }
 
@@ -180,6 +186,16 @@ impl<'a> Session<'a> {
             ReadError::Shutdown => conn.reply(&format!(
                 "421 4.3.2 {} Service shutting down, closing connection",
                 self.hostname()
+            )),
+            ReadError::Deadline(Deadline::PreAuth) => conn.reply(&format!(
+                "421 4.4.2 {} No successful AUTH within {:?}, closing connection",
+                self.hostname(),
+                self.limits().pre_auth_timeout
+            )),
+            ReadError::Deadline(Deadline::Session) => conn.reply(&format!(
+                "421 4.4.2 {} Session time limit of {:?} reached, closing connection",
+                self.hostname(),
+                self.limits().session_timeout
             )),
             ReadError::Closed | ReadError::Io(_) => {}
         }
@@ -360,10 +376,22 @@ impl<'a> Session<'a> {
             }
         };
         let (username, password) = credentials;
+        let client = crate::anvil::client_key(self.ctx.peer.ip(), self.limits().ipv6_client_prefix);
+        let anvil = self.limits().anvil_limits();
+        if let Err(blocked) = self.ctx.ingress.anvil.check(client, &username, anvil) {
+            self.ctx.ingress.metrics.auth_blocked(&self.ctx.listener());
+            tracing::info!(peer = %self.ctx.peer, "AUTH refused: {blocked}");
+            conn.reply(&format!("454 4.7.0 {blocked}"));
+            return Next::Continue;
+        }
         match self.ctx.ingress.auth.verify(&username, &password).await {
             Ok(principal) => {
                 tracing::debug!(peer = %self.ctx.peer, credential = %principal.username, "authenticated");
                 self.principal = Some(principal);
+                conn.set_deadline(
+                    self.started + self.limits().session_timeout,
+                    Deadline::Session,
+                );
                 conn.reply("235 2.7.0 Authentication successful");
                 Next::Continue
             }
@@ -375,6 +403,7 @@ impl<'a> Session<'a> {
                     "",
                     "535 5.7.8 Authentication credentials invalid",
                 );
+                self.ctx.ingress.anvil.failed(client, &username, anvil);
                 self.auth_failures += 1;
                 tracing::info!(peer = %self.ctx.peer, failures = self.auth_failures, "authentication failed");
                 tokio::time::sleep(self.limits().auth_failure_delay).await;

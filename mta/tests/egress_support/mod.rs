@@ -88,6 +88,8 @@ pub fn configs(
     // machine's resolver: nothing answers at .54.
     let dns = dns.unwrap_or_else(|| SocketAddr::new(ip(net, 54).into(), 53));
     text.push_str(&format!("nameservers = [\"{dns}\"]\n"));
+    // The test's sink and MX hosts are on loopback: allowed explicitly.
+    text.push_str("allow_networks = [\"127.0.0.0/8\"]\n");
     text.push_str(delivery);
     text.push('\n');
     std::fs::write(&node, text).unwrap();
