@@ -203,7 +203,7 @@ fn main() {
             with.delivered_per_s,
             2.0 * with.delivered_per_s,
             with.webhook_per_s_during,
-            2 * messages / 256 * 256,
+            2 * (messages / 256 * 256),
             match with.drained_after {
                 Some(d) => format!("{:.2} s after the last delivery", d.as_secs_f64()),
                 None => "NOT within 300 s".to_string(),
