@@ -68,6 +68,8 @@ pub fn node_configs(net: u8, delivery: &[(&str, Item)]) -> ExampleConfigs {
             d["port"] = value(SINK_PORT as i64);
             d["timeout"] = value("5s");
             d["dsn"] = value(true);
+            // The sink is on loopback, which delivery refuses unless allowed.
+            d["allow_networks"] = value(Array::from_iter(["127.0.0.0/8"]));
             let sink = format!("{}:{SINK_PORT}", ip(net, 25));
             let nowhere = format!("{}:{SINK_PORT}", ip(net, 26));
             let mut routes = Table::new();
