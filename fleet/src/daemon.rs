@@ -112,7 +112,7 @@ pub struct Service<S> {
     pub admin_max_connections: Option<usize>,
 }
 
-impl<S: Send + Sync + 'static> Service<S> {
+impl<S: crate::live::Reloadable + Send + Sync + 'static> Service<S> {
     pub fn new(control: Control, settings: S) -> Self {
         let live = crate::Live::new(settings);
         let mut registry = prometheus_client::registry::Registry::default();
@@ -191,10 +191,11 @@ pub struct Started<S> {
 
 impl<S> Started<S> {
     /// Waits for shutdown (not ready from then on), then for the tracked
-    /// tasks, at most `grace`.
-    pub async fn until_shutdown(&self, grace: std::time::Duration) {
+    /// tasks, at most the grace `grace` reads from the settings in service
+    /// then (so a reload changes it).
+    pub async fn until_shutdown(&self, grace: impl Fn(&S) -> std::time::Duration) {
         self.control.shutdown.cancelled().await;
         self.readiness.not_ready("shutdown", "shutting down");
-        self.control.drain(grace).await;
+        self.control.drain(grace(&self.live.get())).await;
     }
 }

@@ -2,12 +2,14 @@
 //! the health-feed types, and the runtime pieces every daemon uses.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod egress;
 pub mod event;
 pub mod feed;
+pub mod fs;
 pub mod live;
 pub mod load;
 pub mod locate;
@@ -24,7 +26,7 @@ pub mod vault;
 
 pub use control::Control;
 pub use egress::{EgressPool, EgressRoute, EgressSource, PoolEntry};
-pub use live::Live;
+pub use live::{Live, Reloadable, StartupOnly};
 pub use load::{load_fleet, parse_fleet, ConfigError, Problem};
 pub use model::{Account, Cluster, Credential, Fleet, Mta, Webhook, WhenAllDown};
 pub use rate::RateLimit;

@@ -1,10 +1,18 @@
 //! Configuration that reloads: parse, validate, then swap atomically. A bad
 //! file is reported and the old configuration keeps serving.
+//!
+//! Every setting of a daemon is either applied on reload (whoever uses it
+//! reads the [`Live`] value or follows [`Live::subscribe`]) or declared
+//! start-up-only by the daemon's [`Reloadable::startup_only`]. A reload
+//! that changes a start-up-only key applies everything else and names the
+//! key, in the log and in `/status` (`restart_required`), until the daemon
+//! restarts or the key gets its start-up value back.
 
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -14,6 +22,39 @@ use tokio::sync::watch;
 use crate::control::Control;
 use crate::load::ConfigError;
 
+/// A daemon's settings, and which of them apply only when it starts.
+pub trait Reloadable {
+    /// Every setting read only at start (listen addresses, spool and state
+    /// directories, log format, ...) with its value.
+    fn startup_only(&self) -> StartupOnly;
+}
+
+/// Start-up-only settings by key (as written in the config files), with
+/// their values in a comparable form.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StartupOnly(BTreeMap<String, String>);
+
+impl StartupOnly {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `key` with `value` (compared by its `Debug` form).
+    pub fn key(mut self, key: impl Into<String>, value: impl std::fmt::Debug) -> Self {
+        self.0.insert(key.into(), format!("{value:?}"));
+        self
+    }
+
+    /// The keys whose value in `new` differs from this one, sorted.
+    pub fn changed(&self, new: &StartupOnly) -> Vec<String> {
+        let keys: std::collections::BTreeSet<&String> = self.0.keys().chain(new.0.keys()).collect();
+        keys.into_iter()
+            .filter(|key| self.0.get(*key) != new.0.get(*key))
+            .cloned()
+            .collect()
+    }
+}
+
 /// What the last reloads did, for `/status` and the logs.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadStatus {
@@ -21,6 +62,9 @@ pub struct ReloadStatus {
     pub loaded_at: u64,
     pub version: u64,
     pub last_error: Option<String>,
+    /// Start-up-only keys whose value in the configuration in service
+    /// differs from the one the daemon started with: they need a restart.
+    pub restart_required: Vec<String>,
 }
 
 /// A configuration in service, replaced whole on reload.
@@ -31,24 +75,22 @@ pub struct Live<T> {
     reloads: Family<Vec<(String, String)>, Counter>,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 impl<T> Live<T> {
     pub fn new(initial: T) -> Arc<Self> {
+        let reloads = Family::<Vec<(String, String)>, Counter>::default();
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&vec![("result".to_string(), result.to_string())]);
+        }
         Arc::new(Live {
             current: ArcSwap::from_pointee(initial),
             version: watch::channel(0).0,
             status: Mutex::new(ReloadStatus {
-                loaded_at: now_secs(),
+                loaded_at: crate::clock::unix_secs(),
                 version: 0,
                 last_error: None,
+                restart_required: Vec::new(),
             }),
-            reloads: Family::default(),
+            reloads,
         })
     }
 
@@ -62,27 +104,31 @@ impl<T> Live<T> {
         self.version.subscribe()
     }
 
+    /// Swaps `value` in (nothing pending a restart).
     pub fn replace(&self, value: T) {
+        self.reloaded(value, Vec::new());
+    }
+
+    /// Swaps `value` in; `restart_required` are the start-up-only keys it
+    /// changes.
+    pub fn reloaded(&self, value: T, restart_required: Vec<String>) {
         self.current.store(Arc::new(value));
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.status.lock();
         status.version += 1;
-        status.loaded_at = now_secs();
+        status.loaded_at = crate::clock::unix_secs();
         status.last_error = None;
+        status.restart_required = restart_required;
         self.version.send_replace(status.version);
         self.count("ok");
     }
 
     pub fn record_failure(&self, error: &ConfigError) {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        status.last_error = Some(error.to_string());
+        self.status.lock().last_error = Some(error.to_string());
         self.count("error");
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 
     fn count(&self, result: &str) {
@@ -102,11 +148,13 @@ impl<T> Live<T> {
 }
 
 /// Reloads `live` with `load` on every reload request until shutdown.
-pub async fn reload_on_request<T>(
+/// Start-up-only keys are compared with the values the daemon started with.
+pub async fn reload_on_request<T: Reloadable>(
     control: Control,
     live: Arc<Live<T>>,
     load: impl Fn() -> Result<T, ConfigError>,
 ) {
+    let at_start = live.get().startup_only();
     loop {
         tokio::select! {
             _ = control.shutdown.cancelled() => return,
@@ -114,8 +162,19 @@ pub async fn reload_on_request<T>(
         }
         match load() {
             Ok(value) => {
-                live.replace(value);
-                tracing::info!(version = live.status().version, "configuration reloaded");
+                let restart_required = at_start.changed(&value.startup_only());
+                live.reloaded(value, restart_required.clone());
+                let version = live.status().version;
+                if restart_required.is_empty() {
+                    tracing::info!(version, "configuration reloaded");
+                } else {
+                    tracing::warn!(
+                        version,
+                        "configuration reloaded, but these start-up-only settings changed \
+                         and apply only after a restart: {}",
+                        restart_required.join(", ")
+                    );
+                }
             }
             Err(error) => {
                 tracing::error!(
@@ -124,5 +183,70 @@ pub async fn reload_on_request<T>(
                 live.record_failure(&error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Node {
+        listen: &'static str,
+        probe: u32,
+    }
+
+    impl Reloadable for Node {
+        fn startup_only(&self) -> StartupOnly {
+            StartupOnly::new().key("listen", self.listen)
+        }
+    }
+
+    #[test]
+    fn changed_names_every_key_that_differs_once() {
+        let a = StartupOnly::new().key("listen", "a").key("spool_dir", "/s");
+        let b = StartupOnly::new()
+            .key("listen", "b")
+            .key("log_format", "json");
+        assert_eq!(a.changed(&b), vec!["listen", "log_format", "spool_dir"]);
+        assert!(a.changed(&a.clone()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reload_applies_the_rest_and_names_what_needs_a_restart() {
+        let control = Control::new();
+        let live = Live::new(Node {
+            listen: "a",
+            probe: 1,
+        });
+        let next = Arc::new(Mutex::new(vec![
+            Node {
+                listen: "a",
+                probe: 2,
+            },
+            Node {
+                listen: "a",
+                probe: 4,
+            },
+            Node {
+                listen: "b",
+                probe: 3,
+            },
+        ]));
+        let source = next.clone();
+        tokio::spawn(reload_on_request(
+            control.clone(),
+            live.clone(),
+            move || Ok(source.lock().pop().expect("one more")),
+        ));
+        let mut versions = live.subscribe();
+        control.request_reload();
+        versions.changed().await.unwrap();
+        assert_eq!(live.get().probe, 3);
+        assert_eq!(live.status().restart_required, vec!["listen"]);
+        control.request_reload();
+        versions.changed().await.unwrap();
+        assert_eq!(live.get().probe, 4);
+        assert!(live.status().restart_required.is_empty());
+        control.shutdown.cancel();
     }
 }

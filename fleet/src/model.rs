@@ -245,16 +245,17 @@ impl Fleet {
     }
 
     pub fn hostname(&self, cluster: &Cluster) -> String {
-        format!(
-            "c-{}.{}",
-            cluster.id,
-            self.zone.origin.trim_end_matches('.')
-        )
+        cluster_hostname(&cluster.id, &self.zone.origin)
     }
 
     pub fn mta_count(&self) -> usize {
         self.clusters.iter().map(|c| c.mtas.len()).sum()
     }
+}
+
+/// The name clients use for cluster `id` in zone `origin`: `c-<id>.<origin>`.
+pub fn cluster_hostname(id: &str, origin: &str) -> String {
+    format!("c-{id}.{}", origin.trim_end_matches('.'))
 }
 
 impl Cluster {

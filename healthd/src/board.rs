@@ -125,11 +125,7 @@ impl Board {
     pub fn new(fleet: Fleet, admin_drains: BTreeSet<String>) -> Arc<Board> {
         let instance = format!(
             "{:016x}",
-            rand::random::<u64>()
-                ^ SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0)
+            rand::random::<u64>() ^ fleet::clock::unix_micros()
         );
         let board = Board {
             instance,
@@ -334,11 +330,7 @@ impl Board {
 }
 
 fn start_generation() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-        .max(1)
+    fleet::clock::unix_millis().max(1)
 }
 
 fn view(inner: &Inner) -> Vec<View> {

@@ -288,6 +288,18 @@ fn follower_problems(followers: &[Follower]) -> Vec<(String, String)> {
     problems
 }
 
+/// Everything else applies on reload: the fleet, probe settings and the
+/// CA (from the next probe), the tokens (from the next request).
+impl fleet::Reloadable for Settings {
+    fn startup_only(&self) -> fleet::StartupOnly {
+        fleet::StartupOnly::new()
+            .key("listen", self.node.listen)
+            .key("tls", &self.node.tls)
+            .key("state_file", &self.node.state_file)
+            .key("log_format", self.node.log_format)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

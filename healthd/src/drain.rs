@@ -4,7 +4,6 @@
 //! shown, and never served.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -58,43 +57,14 @@ impl StateFile {
             .map_err(|e| format!("drain state {} is not valid: {e}", self.path.display()))
     }
 
-    /// Replaces the file atomically: a temporary file, synced, renamed over.
+    /// Replaces the file atomically.
     pub fn save(&self, drained: &BTreeSet<String>) -> std::io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        std::fs::create_dir_all(dir)?;
-        let mut temp = tempfile_in(dir, &self.path)?;
-        let text = serde_json::to_string_pretty(&Saved {
+        let mut text = serde_json::to_string_pretty(&Saved {
             drained: drained.clone(),
         })?;
-        temp.1.write_all(text.as_bytes())?;
-        temp.1.write_all(b"\n")?;
-        temp.1.sync_all()?;
-        drop(temp.1);
-        std::fs::rename(&temp.0, &self.path).inspect_err(|_| {
-            let _ = std::fs::remove_file(&temp.0);
-        })?;
-        std::fs::File::open(dir)?.sync_all()
+        text.push('\n');
+        fleet::fs::replace_file(&self.path, text.as_bytes())
     }
-}
-
-fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let stem = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let path = dir.join(format!(
-        ".{stem}.{}.{:x}.tmp",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    Ok((path, file))
 }
 
 #[derive(Clone)]

@@ -43,7 +43,6 @@ impl Listeners {
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
-    let grace = settings.node.shutdown_grace;
     let state_file = drain::StateFile::new(&settings.node.state_file);
     let drains = state_file.load().map_err(|e| anyhow::anyhow!(e))?;
     if !drains.is_empty() {
@@ -122,7 +121,9 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     );
     fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
     started.control.tasks.spawn(scheduler.run(shutdown));
-    started.until_shutdown(grace).await;
+    started
+        .until_shutdown(|s: &Settings| s.node.shutdown_grace)
+        .await;
     Ok(())
 }
 

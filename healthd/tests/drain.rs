@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 use reqwest::Method;
 
 const DRAIN: &str = "/v1/mtas/mta-1/drain";
@@ -66,10 +67,11 @@ async fn drain_and_undrain_survive_a_restart() {
 
     // Still probed while drained, and a failure shows through the reason.
     let before = one.smtp_connections();
-    eventually(Duration::from_secs(5), "probed while drained", || {
+    eventually(Duration::from_secs(5), "probed while drained", || async {
         one.smtp_connections() >= before + 2
     })
-    .await;
+    .await
+    .unwrap();
     one.set(|s| s.offer_starttls = false);
     let shown = healthd
         .wait_for(

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 
 const HOST: &str = "c-p1.unmta.net";
 
@@ -36,10 +37,11 @@ async fn a_dead_mta_is_down_within_3s_and_up_again_after_rise_passes() {
 
     // Every round opens an SMTP connection; /ready rides a kept connection.
     let rounds = fake.smtp_connections();
-    eventually(Duration::from_secs(5), "more rounds", || {
+    eventually(Duration::from_secs(5), "more rounds", || async {
         fake.smtp_connections() >= rounds + 2
     })
-    .await;
+    .await
+    .unwrap();
     assert!(fake.https_requests() >= fake.smtp_connections() - 1);
     assert!(
         fake.https_connections() < fake.https_requests(),
@@ -283,10 +285,11 @@ async fn fleet_changes_start_and_stop_probes() {
     let a_old_count = a.smtp_connections() + a.https_requests();
     // Several more rounds go by; the removed MTA and the old address see none.
     let seen = c.smtp_connections();
-    eventually(Duration::from_secs(10), "three more rounds", || {
+    eventually(Duration::from_secs(10), "three more rounds", || async {
         c.smtp_connections() >= seen + 3
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(
         b.smtp_connections() + b.https_requests(),
         b_count,

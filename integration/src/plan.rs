@@ -165,7 +165,7 @@ impl Plan {
     }
 
     pub fn hostname(&self) -> String {
-        format!("c-{}.{}", self.cluster_id, self.origin)
+        fleet::model::cluster_hostname(&self.cluster_id, &self.origin)
     }
 
     /// The address of the MTA with 0-based `index`.
@@ -261,18 +261,5 @@ impl Layout {
 
 /// Writes a file only its owner can read (it holds secrets), atomically.
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    Ok(fleet::fs::replace_file(path, text.as_bytes())?)
 }

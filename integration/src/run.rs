@@ -97,10 +97,7 @@ fn choose_state_dir(args: &StartArgs) -> anyhow::Result<PathBuf> {
     let dir = match &args.state_dir {
         Some(dir) => dir.clone(),
         None => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default();
+            let stamp = fleet::clock::unix_secs();
             std::env::temp_dir().join(format!("local-cluster-{stamp}-{}", std::process::id()))
         }
     };

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use common::Cluster;
+use fleet::testkit::process::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_removes_from_answers_and_queued_mail_still_delivers() -> anyhow::Result<()> {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Cluster};
+use common::Cluster;
+use fleet::testkit::process::eventually;
 
 /// The fleet file's TTL for cluster answers (local-cluster writes 5).
 const TTL: Duration = Duration::from_secs(5);

@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use common::Cluster;
+use fleet::testkit::process::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthd_outage_lb_dns_keeps_answering() -> anyhow::Result<()> {

@@ -73,7 +73,7 @@ async fn rate_limit_accepts_at_once_and_paces_delivery() -> anyhow::Result<()> {
             .clone()
             .unwrap()
     );
-    common::eventually(Duration::from_secs(10), "mta-1 reloaded", || async {
+    fleet::testkit::process::eventually(Duration::from_secs(10), "mta-1 reloaded", || async {
         let Ok(response) = reqwest::get(&status).await else {
             return false;
         };

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use common::Cluster;
+use fleet::testkit::process::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_add_mta_is_answered_after_its_probes() -> anyhow::Result<()> {

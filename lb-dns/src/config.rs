@@ -114,3 +114,19 @@ impl Settings {
         })
     }
 }
+
+/// Everything else applies on reload: the fleet, the feeds followed and
+/// where the state is saved.
+impl fleet::Reloadable for Settings {
+    fn startup_only(&self) -> fleet::StartupOnly {
+        fleet::StartupOnly::new()
+            .key("listen", &self.node.listen)
+            .key("admin_listen", self.node.admin_listen)
+            .key("udp_sockets", self.node.udp_sockets)
+            .key("tcp_idle_timeout", self.node.tcp_idle_timeout)
+            .key("tcp_max_connections", self.node.tcp_max_connections)
+            .key("cookie_secret", self.node.cookie_secret)
+            .key("rrl", self.node.rrl)
+            .key("log_format", self.node.log_format)
+    }
+}

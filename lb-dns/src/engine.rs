@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fleet::admin::Readiness;
@@ -43,15 +43,8 @@ pub struct Engine {
     health_changed: watch::Receiver<u64>,
 }
 
-fn unix_now() -> u32 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1)
-}
-
 fn next_serial(previous: u32) -> u32 {
-    let now = unix_now();
+    let now = fleet::clock::unix_secs() as u32;
     // RFC 1982: `now` is newer when it is ahead by less than 2^31.
     if now != previous && now.wrapping_sub(previous) < (1 << 31) {
         now
@@ -72,9 +65,12 @@ impl Engine {
         let settings_changed = live.subscribe();
         let health_changed = health.subscribe();
         let settings = live.get();
-        let answers = Answers::build(&settings.fleet, &health.view(), unix_now(), |c| {
-            metrics.served_counter(c)
-        })
+        let answers = Answers::build(
+            &settings.fleet,
+            &health.view(),
+            fleet::clock::unix_secs() as u32,
+            |c| metrics.served_counter(c),
+        )
         .map_err(|e| anyhow::anyhow!("cannot build the zone: {e}"))?;
         let mut engine = Engine {
             answers: Arc::new(ArcSwap::from_pointee(answers)),

@@ -175,7 +175,6 @@ async fn join_udp(threads: Vec<std::thread::JoinHandle<()>>) {
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
-    let grace = settings.node.shutdown_grace;
     let tcp_idle = settings.node.tcp_idle_timeout;
     let tcp_max_connections = settings.node.tcp_max_connections;
     let initial = match &settings.node.state_file {
@@ -292,7 +291,9 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         ));
     }
     started.readiness.ready("dns");
-    started.until_shutdown(grace).await;
+    started
+        .until_shutdown(|s: &Settings| s.node.shutdown_grace)
+        .await;
     udp_stop.cancel();
     join_udp(udp_threads).await;
     Ok(())

@@ -1,11 +1,10 @@
 //! The last known health, kept on disk so a restart without any reachable
-//! healthd still answers from it. Written atomically: a temporary file in
-//! the same directory, fsync, rename, fsync of the directory.
+//! healthd still answers from it. Written atomically
+//! ([`fleet::fs::replace_file`]).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fleet::feed::MtaState;
 use serde::{Deserialize, Serialize};
@@ -42,18 +41,12 @@ pub struct PersistedState {
     pub mtas: BTreeMap<String, MtaState>,
 }
 
-fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
-}
-
 impl PersistedState {
     pub fn new(confirmed_at: SystemTime, mtas: BTreeMap<String, MtaState>) -> PersistedState {
         PersistedState {
             version: 1,
-            saved_at: unix_secs(SystemTime::now()),
-            confirmed_at: unix_secs(confirmed_at),
+            saved_at: fleet::clock::unix_secs(),
+            confirmed_at: fleet::clock::secs_of(confirmed_at),
             mtas,
         }
     }
@@ -85,29 +78,9 @@ pub fn save(path: &Path, state: &PersistedState) -> Result<(), StateFileError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(write_err)?;
     let mut body = serde_json::to_vec_pretty(state).map_err(|e| write_err(e.into()))?;
     body.push(b'\n');
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
+    fleet::fs::replace_file(path, &body).map_err(write_err)
 }
 
 /// Writes the latest state handed over on `latest`, one write at a time

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,10 +163,11 @@ async fn a_malformed_or_oversized_feed_is_refused_and_the_last_good_state_stays(
     body.send_replace(serde_json::to_vec(&health).unwrap());
     let lb = LbDns::start("127.4.53.1", &spec, std::slice::from_ref(&url)).await;
     let host = cluster("a1b2c3d4");
-    eventually("the good feed applied", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "the good feed applied", || async {
         lb.a(&host).await.len() == 2
     })
-    .await;
+    .await
+    .unwrap();
     let good: HashSet<_> = lb.a(&host).await.into_iter().collect();
 
     let cases: [(&str, Vec<u8>); 2] = [
@@ -185,13 +187,14 @@ async fn a_malformed_or_oversized_feed_is_refused_and_the_last_good_state_stays(
     ];
     for (error, bad) in cases {
         body.send_replace(bad);
-        eventually(error, Duration::from_secs(10), || async {
+        eventually(Duration::from_secs(10), error, || async {
             let status = lb.status().await;
             status["service"]["health"]["feeds"][0]["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains(error))
         })
-        .await;
+        .await
+        .unwrap();
         let now: HashSet<_> = lb.a(&host).await.into_iter().collect();
         assert_eq!(now, good, "the last good state stays ({error})");
         let (code, _) = lb.http("/live").await;

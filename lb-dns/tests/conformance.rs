@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 use hickory_proto::rr::RecordType;
 
 fn status(out: &str) -> &str {
@@ -492,11 +493,12 @@ async fn every_cluster_hostname_has_an_mx_to_itself_and_spf_with_every_mta() {
     let host = cluster("a1b2c3d4");
     let bare = host.trim_end_matches('.');
     eventually(
-        "mta-3 out of the answers",
         Duration::from_secs(5),
+        "mta-3 out of the answers",
         || async { lb.a(&host).await.len() == 2 },
     )
-    .await;
+    .await
+    .unwrap();
 
     let out = dig(lb.dns, &["+short", &host, "MX"]).await;
     assert_eq!(out.trim(), format!("10 {host}"));
@@ -540,15 +542,16 @@ async fn every_cluster_hostname_has_an_mx_to_itself_and_spf_with_every_mta() {
     std::fs::write(lb.dir.join("fleet.toml"), spec.toml()).unwrap();
     lb.control.request_reload();
     eventually(
-        "mta-5 in the SPF record",
         Duration::from_secs(5),
+        "mta-5 in the SPF record",
         || async {
             dig(lb.dns, &["+short", &host, "TXT"])
                 .await
                 .contains("ip4:192.0.2.15")
         },
     )
-    .await;
+    .await
+    .unwrap();
     let after = soa().await;
     assert!(after.wrapping_sub(before) > 0 && after.wrapping_sub(before) < 1 << 31);
     assert_eq!(pyspf(&lb, bare, &["192.0.2.15"]).await, ["pass"]);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 use tokio::io::AsyncWriteExt;
@@ -115,10 +116,11 @@ async fn an_mta_going_down_leaves_the_next_answer_within_100ms() {
     let down = ip("192.0.2.12");
     assert!(lb.a(&cluster(A1)).await.contains(&down));
     // Let the follower settle into its long-poll.
-    eventually("feed long-polled", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "feed long-polled", || async {
         feed.polls() >= 2
     })
-    .await;
+    .await
+    .unwrap();
 
     feed.set("mta-2", MtaState::Down);
     let start = Instant::now();
@@ -155,10 +157,11 @@ async fn an_mta_going_down_leaves_the_next_answer_within_100ms() {
 
     // And back.
     feed.set("mta-2", MtaState::Up);
-    eventually("mta-2 back", Duration::from_secs(2), || async {
+    eventually(Duration::from_secs(2), "mta-2 back", || async {
         lb.a(&cluster(A1)).await.contains(&down)
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,16 +678,18 @@ async fn a_feed_outage_keeps_the_last_state() {
     feed.set("mta-2", MtaState::Down);
     wait_up(&lb, A1, 2).await;
     let fresh = format!("lb_dns_feed_fresh{{feed=\"{}\"}}", feed.url);
-    eventually("fresh in metrics", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "fresh in metrics", || async {
         lb.metric(&fresh).await == Some(1.0)
     })
-    .await;
+    .await
+    .unwrap();
 
     feed.outage();
-    eventually("stale", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "stale", || async {
         lb.status().await["service"]["health"]["stale"] == true
     })
-    .await;
+    .await
+    .unwrap();
     let status = lb.status().await;
     let reason = status["service"]["health"]["reason"].as_str().unwrap();
     assert!(reason.starts_with("stale:"), "{reason}");
@@ -705,22 +710,25 @@ async fn a_feed_outage_keeps_the_last_state() {
         vec![ip("192.0.2.11"), ip("192.0.2.13")]
     );
     // Ready means serving; /ready's body and the metrics tell the staleness.
-    eventually("/ready says stale", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "/ready says stale", || async {
         let (code, body) = lb.http("/ready").await;
         code == 200 && body.contains("degraded: stale:")
     })
-    .await;
-    eventually("stale in metrics", Duration::from_secs(5), || async {
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "stale in metrics", || async {
         lb.metric("lb_dns_health_stale").await == Some(1.0) && lb.metric(&fresh).await == Some(0.0)
     })
-    .await;
-    eventually("state age grows", Duration::from_secs(5), || async {
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), "state age grows", || async {
         lb.metric("lb_dns_health_state_age_seconds")
             .await
             .unwrap_or(0.0)
             > 0.0
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,12 +747,13 @@ async fn a_restart_without_any_healthd_answers_from_the_state_file() {
     feed.set("mta-1", MtaState::Down);
     wait_up(&lb, A1, 2).await;
     let state_file = dir.path().join("state/lb-dns.json");
-    eventually("state file written", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "state file written", || async {
         std::fs::read_to_string(&state_file)
             .map(|s| s.contains("\"mta-1\": \"down\""))
             .unwrap_or(false)
     })
-    .await;
+    .await
+    .unwrap();
     lb.stop().await;
     feed.outage();
 
@@ -795,14 +804,15 @@ async fn two_feeds_merge_and_one_alone_cannot_take_an_mta_out() {
     wait_up(&lb, A1, 3).await;
     one.set("mta-1", MtaState::Down);
     // two still says up: served.
-    eventually("feed one applied", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "feed one applied", || async {
         lb.status().await["service"]["health"]["feeds"]
             .as_array()
             .unwrap()
             .iter()
             .any(|f| f["url"] == one.url.as_str() && f["generation"] == 2)
     })
-    .await;
+    .await
+    .unwrap();
     assert!(lb.a(&cluster(A1)).await.contains(&ip("192.0.2.11")));
     // two goes away: one alone decides.
     two.outage();
@@ -826,17 +836,19 @@ async fn a_reload_adds_a_cluster_and_keeps_serving() {
         .push(("f00d".into(), vec![mta("food-1", "192.0.2.31")]));
     std::fs::write(lb.dir.join("fleet.toml"), bigger.toml()).unwrap();
     lb.control.request_reload();
-    eventually("new cluster served", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "new cluster served", || async {
         lb.a(&cluster("f00d")).await == vec![ip("192.0.2.31")]
     })
-    .await;
+    .await
+    .unwrap();
     // A broken file is refused; the zone stays.
     std::fs::write(lb.dir.join("fleet.toml"), "[zone]\norigin = 5\n").unwrap();
     lb.control.request_reload();
-    eventually("reload refused", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "reload refused", || async {
         !lb.status().await["config"]["last_error"].is_null()
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(lb.a(&cluster("f00d")).await, vec![ip("192.0.2.31")]);
     assert_eq!(lb.a(&cluster(A1)).await.len(), 3);
 }
@@ -868,10 +880,11 @@ async fn metrics_count_queries_answers_and_feed_freshness() {
             >= 5.0
     );
     let fresh = format!("lb_dns_feed_fresh{{feed=\"{}\"}}", feed.url);
-    eventually("fresh in metrics", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "fresh in metrics", || async {
         lb.metric(&fresh).await == Some(1.0)
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(lb.metric("lb_dns_health_stale").await, Some(0.0));
     assert_eq!(
         lb.metric("lb_dns_cluster_up_mtas{cluster=\"a1b2c3d4\"}")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use rand::rngs::StdRng;
@@ -105,10 +106,11 @@ async fn malformed_packets_never_take_the_server_down() {
     let spec = FleetSpec::standard();
     let feed = FakeHealthd::start("127.4.30.2", spec.feed(MtaState::Up)).await;
     let lb = LbDns::start("127.4.30.1", &spec, std::slice::from_ref(&feed.url)).await;
-    eventually("feed applied", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "feed applied", || async {
         lb.status().await["service"]["health"]["stale"] == false
     })
-    .await;
+    .await
+    .unwrap();
     let corpus = corpus();
     let mut rng = StdRng::seed_from_u64(0x1b_d5_f0_22);
     let socket = UdpSocket::bind("127.4.30.3:0").await.unwrap();

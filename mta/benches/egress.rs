@@ -343,7 +343,7 @@ async fn spool_path(messages: usize) {
         fleet::RateLimit::Unlimited,
         LimitSource {
             changed,
-            current: Box::new(|| fleet::RateLimit::Unlimited),
+            current: Box::new(|| (fleet::RateLimit::Unlimited, false)),
         },
     );
     let started = Instant::now();
@@ -425,7 +425,7 @@ async fn held_engine(spool: Arc<Spool>) -> (mta::delivery::EngineHandle, EgressM
         limit,
         LimitSource {
             changed,
-            current: Box::new(move || limit),
+            current: Box::new(move || (limit, false)),
         },
     );
     (handle, metrics)

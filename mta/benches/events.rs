@@ -103,7 +103,7 @@ async fn run(messages: usize, hook: Option<SocketAddr>, count: Arc<AtomicU64>) -
         fleet::RateLimit::Unlimited,
         LimitSource {
             changed,
-            current: Box::new(|| fleet::RateLimit::Unlimited),
+            current: Box::new(|| (fleet::RateLimit::Unlimited, false)),
         },
     );
     let stop = tokio_util::sync::CancellationToken::new();

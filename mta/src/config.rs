@@ -340,3 +340,29 @@ fn resolve_credentials(
         })
     }
 }
+
+/// Everything else applies on reload: `[smtp]` limits and `[tls]` for new
+/// connections, `[delivery]` for new attempts (see
+/// `delivery::start_for_node`), credentials and rate limits of the fleet.
+impl fleet::Reloadable for Settings {
+    fn startup_only(&self) -> fleet::StartupOnly {
+        let node = &self.node;
+        let keys = fleet::StartupOnly::new()
+            .key("node", &node.node)
+            .key("bind_address", node.bind_address)
+            .key("spool_dir", &node.spool_dir)
+            .key("admin_listen", node.admin_listen)
+            .key("log_format", node.log_format)
+            .key("delivery.max_in_flight", node.delivery.max_in_flight)
+            .key("events", &node.events)
+            .key("ports.smtp", &self.fleet.ports.smtp)
+            .key("ports.https", self.fleet.ports.https);
+        // The node listens on its fleet addresses unless bind_address says.
+        match (node.bind_address, self.fleet.mta(&node.node)) {
+            (None, Some((_, mta))) => keys
+                .key(format!("clusters.mtas.{}.ipv4", mta.name), mta.ipv4)
+                .key(format!("clusters.mtas.{}.ipv6", mta.name), mta.ipv6),
+            _ => keys,
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fleet::admin::Readiness;
 use fleet::{Control, Live};
@@ -362,10 +362,7 @@ impl Submission<'_> {
 
 /// A unique id for trace headers: time and randomness, hex.
 pub fn trace_id() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or_default();
+    let micros = fleet::clock::unix_micros();
     format!("{micros:x}.{:016x}", rand::random::<u64>())
 }
 

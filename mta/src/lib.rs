@@ -85,7 +85,6 @@ impl Listeners {
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     memory::release_large_buffers();
     let config_file = settings.config_file.clone();
-    let grace = settings.node.shutdown_grace;
     let spool = spool::Spool::open(&settings.node.spool_dir).await?;
     let events = events::Events::open(&settings.node.events, &settings.node.node)
         .map_err(anyhow::Error::msg)?;
@@ -151,9 +150,10 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         .egress()
         .attach_readiness(started.readiness.clone());
     let shutdown = started.control.shutdown.clone();
+    let live = started.live.clone();
     let egress_stopped = tokio::spawn(async move {
         shutdown.cancelled().await;
-        egress.stop(grace).await
+        egress.stop(live.get().node.shutdown_grace).await
     });
     let ingress = ingress::Ingress::new(
         started.live.clone(),
@@ -177,7 +177,9 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         started.readiness.clone(),
         started.control.clone(),
     ));
-    started.until_shutdown(grace).await;
+    started
+        .until_shutdown(|s: &Settings| s.node.shutdown_grace)
+        .await;
     let _ = egress_stopped.await;
     let closing = spool.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;

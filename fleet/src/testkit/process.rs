@@ -5,20 +5,22 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Polls `condition` every 20 ms until it holds or `limit` passes.
+/// Polls `condition` every 20 ms until it holds, checking once more when
+/// `limit` has passed; the error says `what` was not true. The one polling
+/// helper of every test.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
-    while start.elapsed() < limit {
+    loop {
         if condition().await {
             return Ok(());
         }
+        anyhow::ensure!(start.elapsed() < limit, "{what}: not true within {limit:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    anyhow::bail!("{what}: not true within {limit:?}")
 }
 
 /// A daemon process, killed when dropped.
@@ -86,8 +88,9 @@ pub async fn http_get(url: &str) -> Option<(u16, String)> {
 
 /// The standard lifecycle every daemon must pass, run against its binary
 /// with a relocated copy of `configs/`: answers `/live`, reloads a good
-/// fleet edit on SIGHUP, refuses a broken one while the old keeps serving,
-/// and exits 0 on SIGTERM within its grace time.
+/// fleet edit on SIGHUP, names a changed start-up-only key in `/status`,
+/// refuses a broken edit while the old keeps serving, and exits 0 on
+/// SIGTERM within its grace time.
 pub async fn check_lifecycle(
     binary: &Path,
     config_name: &str,
@@ -106,12 +109,16 @@ pub async fn check_lifecycle(
         matches!(http_get(&live_url).await, Some((200, _)))
     })
     .await?;
-    let version = || async {
+    let config_status = || async {
         let (_, body) = http_get(&status_url).await?;
         let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(status["config"].clone())
+    };
+    let version = || async {
+        let config = config_status().await?;
         Some((
-            status["config"]["version"].as_u64()?,
-            status["config"]["last_error"].as_str().map(str::to_string),
+            config["version"].as_u64()?,
+            config["last_error"].as_str().map(str::to_string),
         ))
     };
     anyhow::ensure!(
@@ -141,6 +148,25 @@ pub async fn check_lifecycle(
     )
     .await?;
 
+    // A start-up-only setting (every daemon has log_format): the rest of
+    // the reload applies, and /status names what needs a restart.
+    configs.edit(config_name, |doc| {
+        doc["log_format"] = toml_edit::value("json")
+    })?;
+    daemon.signal("HUP")?;
+    eventually(
+        Duration::from_secs(10),
+        "the reload names log_format as needing a restart",
+        || async {
+            config_status().await.is_some_and(|config| {
+                config["version"] == 2
+                    && config["last_error"].is_null()
+                    && config["restart_required"] == serde_json::json!(["log_format"])
+            })
+        },
+    )
+    .await?;
+
     // A broken edit is refused and the previous fleet keeps serving.
     std::fs::write(&fleet, added.replace("500/hr", "500/fortnight"))?;
     daemon.signal("HUP")?;
@@ -148,7 +174,7 @@ pub async fn check_lifecycle(
         Duration::from_secs(10),
         "the broken edit is refused",
         || async {
-            matches!(version().await, Some((1, Some(error))) if error.contains("fortnight"))
+            matches!(version().await, Some((2, Some(error))) if error.contains("fortnight"))
         },
     )
     .await?;

@@ -262,12 +262,3 @@ pub fn find(feed: &FleetHealth, name: &str) -> Option<MtaHealth> {
 pub async fn fake(ipv4: Ipv4Addr, tls: Arc<rustls::ServerConfig>) -> Fake {
     Fake::start(IpAddr::V4(ipv4), SMTP_PORT, HTTPS_PORT, tls).await
 }
-
-/// Polls `check` every 10 ms until it holds, at most `bound`.
-pub async fn eventually(bound: Duration, what: &str, check: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < bound, "not {what} within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}

@@ -19,22 +19,6 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_local-cluster");
 
-/// Polls `condition` every 50 ms until it holds or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if condition().await {
-            return Ok(());
-        }
-        anyhow::ensure!(start.elapsed() < limit, "{what}: not true within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A running local cluster, stopped (SIGTERM) when dropped.
 pub struct Cluster {
     pub child: Option<Child>,

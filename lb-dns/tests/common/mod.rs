@@ -4,11 +4,12 @@
 //! and `dig`).
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use fleet::testkit::process::eventually;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -314,10 +315,11 @@ impl LbDns {
             _tmp: None,
         };
         let admin_url = format!("http://{admin}/ready");
-        eventually("lb-dns ready", Duration::from_secs(5), || async {
+        eventually(Duration::from_secs(5), "lb-dns ready", || async {
             matches!(reqwest::get(&admin_url).await, Ok(r) if r.status().is_success())
         })
-        .await;
+        .await
+        .unwrap();
         lb
     }
 
@@ -358,22 +360,6 @@ impl LbDns {
 
     pub async fn aaaa(&self, name: &str) -> Vec<IpAddr> {
         addresses(&udp(self.dns, &query(name, RecordType::AAAA)).await)
-    }
-}
-
-/// Polls `check` every 5 ms until it holds; panics after `limit`.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(start.elapsed() < limit, "{what}: not true within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

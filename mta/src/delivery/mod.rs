@@ -18,6 +18,7 @@ pub mod smtp;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use fleet::RateLimit;
 use lettre::address::{Address, Envelope};
 use tokio::sync::OwnedSemaphorePermit;
@@ -69,16 +70,73 @@ enum Outcome {
     SourceDown(String),
 }
 
+/// What a reload rebuilds and swaps: where mail goes (the resolver and the
+/// routes), how it is sent, the DKIM signers and the retry policy. Each
+/// attempt holds the one it started with to its end.
+pub struct Setup {
+    router: Router,
+    connector: Arc<Connector>,
+    dkim: Arc<Dkim>,
+    config: DeliveryConfig,
+    hello: String,
+}
+
+impl Setup {
+    /// Builds everything from `config`, signing with `dkim` (loaded with
+    /// the settings, from files or Vault); the connector (and its pooled
+    /// connections) of `previous` is kept when its settings are the same.
+    pub fn build(
+        config: DeliveryConfig,
+        hello_name: String,
+        dkim: Arc<Dkim>,
+        metrics: &EgressMetrics,
+        previous: Option<&Setup>,
+    ) -> Result<Setup, String> {
+        let router = Router::new(
+            &config.nameservers,
+            &config.routes,
+            config.port,
+            config.timeout,
+            networks::Allowed::parse(&config.allow_networks)?,
+        )?;
+        let hello = config.hello_name.clone().unwrap_or(hello_name);
+        let connector = match previous {
+            Some(old) if old.same_connector(&config, &hello) => old.connector.clone(),
+            _ => Arc::new(Connector::new(
+                hello.clone(),
+                config.starttls_fallback,
+                metrics.starttls_fallbacks.clone(),
+                config.connections_per_destination,
+                config.timeout,
+            )),
+        };
+        Ok(Setup {
+            router,
+            connector,
+            dkim,
+            config,
+            hello,
+        })
+    }
+
+    fn same_connector(&self, config: &DeliveryConfig, hello: &str) -> bool {
+        self.hello == hello
+            && self.config.starttls_fallback == config.starttls_fallback
+            && self.config.connections_per_destination == config.connections_per_destination
+            && self.config.timeout == config.timeout
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+}
+
 pub struct Engine {
     spool: Arc<Spool>,
     requeue: Requeue,
     events: Arc<Events>,
     metrics: EgressMetrics,
-    router: Router,
-    connector: Connector,
-    /// The signers of the settings in service (replaced on reload).
-    dkim: arc_swap::ArcSwap<Dkim>,
-    config: DeliveryConfig,
+    setup: ArcSwap<Setup>,
     egress: Arc<Egress>,
     tasks: TaskTracker,
     /// The domain of VERP return paths (`<id>@<domain>`); none: the
@@ -103,13 +161,6 @@ pub fn backoff(initial: Duration, max: Duration, attempts: u16) -> Duration {
     base.mul_f64(jitter)
 }
 
-fn domain_of(address: &str) -> Option<&str> {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d)
-        .filter(|d| !d.is_empty())
-}
-
 impl Engine {
     pub fn new(
         spool: Arc<Spool>,
@@ -118,22 +169,9 @@ impl Engine {
         events: Arc<Events>,
         metrics: EgressMetrics,
     ) -> Result<Arc<Engine>, String> {
-        let router = Router::new(
-            &config.nameservers,
-            &config.routes,
-            config.port,
-            config.timeout,
-            networks::Allowed::parse(&config.allow_networks)?,
-        )?;
-        let hello = config.hello_name.clone().unwrap_or(hello_name);
-        let connector = Connector::new(
-            hello,
-            config.starttls_fallback,
-            metrics.starttls_fallbacks.clone(),
-            config.connections_per_destination,
-            config.timeout,
-        );
         let egress = Arc::new(Egress::new(&config.egress, metrics.sources.clone())?);
+        // No signers until the settings' ones are put in by `reconfigure`.
+        let setup = Setup::build(config, hello_name, Arc::default(), &metrics, None)?;
         Ok(Arc::new(Engine {
             bounce_domain: parking_lot::RwLock::new(None),
             sweeps: Default::default(),
@@ -141,13 +179,34 @@ impl Engine {
             requeue: Requeue::default(),
             events,
             metrics,
-            router,
-            connector,
-            dkim: arc_swap::ArcSwap::from_pointee(Dkim::default()),
-            config,
+            setup: ArcSwap::from_pointee(setup),
             egress,
             tasks: TaskTracker::new(),
         }))
+    }
+
+    /// The setup new attempts start with.
+    pub fn setup(&self) -> Arc<Setup> {
+        self.setup.load_full()
+    }
+
+    /// Rebuilds the setup from `settings` and swaps it in for the attempts
+    /// that start from now on; attempts under way finish with theirs. On an
+    /// error the setup in service stays.
+    pub fn reconfigure(&self, settings: &crate::Settings) -> Result<(), String> {
+        let old = self.setup.load_full();
+        // A connector that is replaced closes its pooled connections when
+        // the last attempt using it ends.
+        let new = Setup::build(
+            settings.node.delivery.clone(),
+            settings.hostname.clone(),
+            settings.dkim.clone(),
+            &self.metrics,
+            Some(&old),
+        )?;
+        self.setup.store(Arc::new(new));
+        self.set_bounce_domain(Some(settings.bounce_domain()));
+        Ok(())
     }
 
     /// Starts the scheduled queue feeding this engine.
@@ -157,26 +216,16 @@ impl Engine {
             self.spool.clone(),
             self.requeue.clone(),
             initial,
-            self.config.max_in_flight,
+            self.setup().config.max_in_flight,
             self.metrics.clone(),
         )
         .with_sweeps(self.sweeps.clone());
-        let handle = if self.config.hold {
-            tracing::warn!("delivery is on hold: messages stay in the spool");
-            tokio::spawn(async {})
-        } else {
-            tokio::spawn(scheduler.run(self.clone(), limits, stop.clone()))
-        };
+        let handle = tokio::spawn(scheduler.run(self.clone(), limits, stop.clone()));
         EngineHandle {
             engine: self.clone(),
             scheduler: handle,
             stop,
         }
-    }
-
-    /// Signs with `dkim` from now on.
-    pub fn use_dkim(&self, dkim: Arc<Dkim>) {
-        self.dkim.store(dkim);
     }
 
     pub fn events(&self) -> &Arc<Events> {
@@ -243,6 +292,9 @@ impl Engine {
     }
 
     async fn deliver(self: Arc<Self>, mut job: Job, via: Option<Via>) {
+        // This attempt keeps the setup it starts with, whatever a reload
+        // swaps in meanwhile.
+        let setup = self.setup();
         self.metrics.in_flight.inc();
         let message = match self.spool.load(&job).await {
             Ok(message) => message,
@@ -264,7 +316,7 @@ impl Engine {
             }
         };
         let started = Instant::now();
-        let outcome = self.attempt(&message, &job, via.as_ref()).await;
+        let outcome = self.attempt(&setup, &message, &job, via.as_ref()).await;
         self.metrics
             .attempt_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -292,14 +344,14 @@ impl Engine {
                 self.metrics.permanent.inc();
                 let why = reached.text.clone();
                 self.event(EventKind::Bounce, &message, &job, reached);
-                self.notify_sender(&message, &job, EventKind::Bounce, &why)
+                self.notify_sender(&setup, &message, &job, EventKind::Bounce, &why)
                     .await;
             }
             Outcome::Transient(mut reached) => {
                 let now = now_ms();
                 let expires = message
                     .received_ms
-                    .saturating_add(self.config.max_age.as_millis() as u64);
+                    .saturating_add(setup.config.max_age.as_millis() as u64);
                 if now >= expires {
                     self.spool.done(&job);
                     self.metrics.expired.inc();
@@ -311,12 +363,12 @@ impl Engine {
                     );
                     let why = reached.text.clone();
                     self.event(EventKind::Expiration, &message, &job, reached);
-                    self.notify_sender(&message, &job, EventKind::Expiration, &why)
+                    self.notify_sender(&setup, &message, &job, EventKind::Expiration, &why)
                         .await;
                 } else {
                     let wait = backoff(
-                        self.config.retry_initial,
-                        self.config.retry_max,
+                        setup.config.retry_initial,
+                        setup.config.retry_max,
                         job.attempts,
                     );
                     // The last attempt is at the maximum age, not beyond.
@@ -332,12 +384,18 @@ impl Engine {
         self.metrics.in_flight.dec();
     }
 
-    async fn attempt(&self, message: &StoredMessage, job: &Job, via: Option<&Via>) -> Outcome {
+    async fn attempt(
+        &self,
+        setup: &Setup,
+        message: &StoredMessage,
+        job: &Job,
+        via: Option<&Via>,
+    ) -> Outcome {
         let permanent = |text: String| Outcome::Permanent(Reached::here(text));
         let Some(recipient) = message.recipients.get(job.rcpt as usize) else {
             return permanent("the spool record has no such recipient".into());
         };
-        let Some(domain) = domain_of(recipient) else {
+        let Some(domain) = crate::policy::domain_of(recipient) else {
             return permanent(format!("550 5.1.3 `{recipient}` has no domain"));
         };
         let Ok(to) = recipient.parse::<Address>() else {
@@ -361,18 +419,17 @@ impl Engine {
             Ok(envelope) => envelope,
             Err(e) => return permanent(format!("550 5.1.3 {e}")),
         };
-        let targets = match self.router.plan(domain).await {
+        let targets = match setup.router.plan(domain).await {
             Ok(targets) => targets,
             Err(NoRoute::Permanent(text)) => return permanent(text),
             Err(NoRoute::Transient(text)) => return Outcome::Transient(Reached::here(text)),
         };
         // Signing (RSA above all) takes a millisecond of CPU: off the
         // async workers.
-        let dkim = self.dkim.load_full();
-        let signature = if dkim.is_empty() {
+        let signature = if setup.dkim.is_empty() {
             None
         } else {
-            let body = message.data.clone();
+            let (dkim, body) = (setup.dkim.clone(), message.data.clone());
             tokio::task::spawn_blocking(move || dkim.sign(&body))
                 .await
                 .unwrap_or_else(|e| Some(Err(format!("the signing task failed: {e}"))))
@@ -392,16 +449,16 @@ impl Engine {
                 &message.data
             }
         };
-        let tls = self
+        let tls = setup
             .config
             .route_starttls
             .get(&domain.to_ascii_lowercase())
             .copied()
-            .unwrap_or(self.config.starttls);
+            .unwrap_or(setup.config.starttls);
         let mut last = None;
         for target in &targets {
             for addr in &target.addrs {
-                let reply = self
+                let reply = setup
                     .connector
                     .send(*addr, &target.host, &envelope, data, via, tls)
                     .await;
@@ -444,11 +501,18 @@ impl Engine {
     }
 
     /// A DSN to the envelope sender, when configured and there is one.
-    async fn notify_sender(&self, message: &StoredMessage, job: &Job, kind: EventKind, why: &str) {
-        if !self.config.dsn || message.sender.is_empty() {
+    async fn notify_sender(
+        &self,
+        setup: &Setup,
+        message: &StoredMessage,
+        job: &Job,
+        kind: EventKind,
+        why: &str,
+    ) {
+        if !setup.config.dsn || message.sender.is_empty() {
             return;
         }
-        let report = dsn::build(message, job, kind, why, self.connector_hello());
+        let report = dsn::build(message, job, kind, why, setup.connector.hello());
         if let Err(e) = self.spool.accept(report).await {
             tracing::error!(id = %job.id(), "cannot queue the delivery status notification: {e}");
         }
@@ -461,7 +525,7 @@ impl Engine {
         selector: crate::queue::sweep::BounceSelector,
         reason: String,
     ) -> Result<usize, String> {
-        if self.config.hold {
+        if self.setup().config.hold {
             return Err("delivery is on hold ([delivery] hold = true): nothing is swept".into());
         }
         let (done, count) = tokio::sync::oneshot::channel();
@@ -478,6 +542,7 @@ impl Engine {
 
     /// Bounces the jobs an order matches, puts the others back.
     async fn sweep(self: Arc<Self>, jobs: Vec<Job>, orders: Vec<crate::queue::sweep::BounceOrder>) {
+        let setup = self.setup();
         let mut counts = vec![0usize; orders.len()];
         for job in jobs {
             let Ok(message) = self.spool.load(&job).await else {
@@ -505,17 +570,13 @@ impl Engine {
                 &job,
                 Reached::here(why.clone()),
             );
-            self.notify_sender(&message, &job, EventKind::AdminBounce, &why)
+            self.notify_sender(&setup, &message, &job, EventKind::AdminBounce, &why)
                 .await;
         }
         for (order, n) in orders.into_iter().zip(counts) {
             tracing::info!(selector = ?order.selector, bounced = n, "admin bounce: {}", order.reason);
             let _ = order.done.send(n);
         }
-    }
-
-    fn connector_hello(&self) -> &str {
-        self.connector.hello()
     }
 
     async fn report_delayed(self: Arc<Self>, job: Job, wait: Duration, why: Held) {
@@ -573,8 +634,10 @@ impl Dispatch for Arc<Engine> {
     }
 }
 
-/// Starts delivery for this node: events to `events`, the rate limit and
-/// the bounce domain of the node's cluster, followed on every reload.
+/// Starts delivery for this node: events to `events`, then, on every
+/// reload, the cluster's rate limit, `[delivery].hold` and a rebuilt
+/// [`Setup`] (routes, resolver, DKIM keys, retries, SMTP settings) with the
+/// cluster's bounce domain.
 pub fn start_for_node(
     spool: Arc<Spool>,
     config: DeliveryConfig,
@@ -585,49 +648,66 @@ pub fn start_for_node(
 ) -> anyhow::Result<EngineHandle> {
     let engine =
         Engine::new(spool, config, hello_name, events, metrics).map_err(anyhow::Error::msg)?;
-    let limit_of = move |settings: &crate::Settings| {
-        settings
+    let limit_of = |settings: &crate::Settings| {
+        let limit = settings
             .cluster()
             .map(|cluster| cluster.rate_limit)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (limit, settings.node.delivery.hold)
     };
-    // DKIM keys follow the settings in service (a reload, or a key rotated
-    // in Vault, swaps them); attempts under way finish with the old ones.
-    engine.use_dkim(live.get().dkim.clone());
-    let (weak, dkim_live) = (Arc::downgrade(&engine), live.clone());
-    let mut reloaded = live.subscribe();
-    tokio::spawn(async move {
-        while reloaded.changed().await.is_ok() {
-            let Some(engine) = weak.upgrade() else { return };
-            engine.use_dkim(dkim_live.get().dkim.clone());
-        }
-    });
-    let bounce_domain_of = |settings: &crate::Settings| Some(settings.bounce_domain());
-    engine.set_bounce_domain(bounce_domain_of(&live.get()));
-    let initial = limit_of(&live.get());
     // The sources are in place before the queue asks for one.
     engine
         .egress
         .update(live.get().cluster())
         .map_err(anyhow::Error::msg)?;
-    let changed = live.subscribe();
-    let mut reloads = live.subscribe();
-    let (follower, following) = (engine.clone(), live.clone());
-    tokio::spawn(async move {
-        while reloads.changed().await.is_ok() {
-            follower.set_bounce_domain(bounce_domain_of(&following.get()));
-        }
-    });
+    let (initial, _) = limit_of(&live.get());
     let egress = engine.egress.clone();
-    let current = Box::new(move || {
+    let current = {
+        let live = live.clone();
+        Box::new(move || {
+            let settings = live.get();
+            // The queue reads the settings here after a reload: the
+            // cluster's egress sources are applied on the same path, so the
+            // next source it asks for comes from the reloaded pool.
+            egress.apply_reload(settings.cluster());
+            limit_of(&settings)
+        })
+    };
+    let limits = LimitSource {
+        changed: live.subscribe(),
+        current,
+    };
+    // Subscribed before the settings in service are applied, so a reload
+    // right after start is not missed.
+    let changed = live.subscribe();
+    engine
+        .reconfigure(&live.get())
+        .map_err(anyhow::Error::msg)?;
+    let handle = engine.start(initial, limits);
+    tokio::spawn(follow_reloads(engine, live, changed, handle.stop.clone()));
+    Ok(handle)
+}
+
+/// Swaps in a new [`Setup`] after every reload, until `stop`.
+async fn follow_reloads(
+    engine: Arc<Engine>,
+    live: Arc<fleet::Live<crate::Settings>>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = changed.changed() => if result.is_err() { return },
+        }
         let settings = live.get();
-        // The queue reads the settings here after a reload: the cluster's
-        // egress sources are applied on the same path, so the next source
-        // it asks for comes from the reloaded pool.
-        egress.apply_reload(settings.cluster());
-        limit_of(&settings)
-    });
-    Ok(engine.start(initial, LimitSource { changed, current }))
+        match engine.reconfigure(&settings) {
+            Ok(()) => tracing::info!("delivery settings reloaded"),
+            Err(error) => tracing::error!(
+                "the reloaded [delivery] settings cannot be applied, the previous ones stay: {error}"
+            ),
+        }
+    }
 }
 
 impl EngineHandle {
@@ -642,7 +722,7 @@ impl EngineHandle {
         let finished = tokio::time::timeout(grace, self.engine.tasks.wait())
             .await
             .is_ok();
-        self.engine.connector.shutdown().await;
+        self.engine.setup().connector.shutdown().await;
         if let Err(e) = self.engine.spool.sync().await {
             tracing::error!("cannot sync the spool at shutdown: {e}");
         }

@@ -95,11 +95,11 @@ pub enum Held {
     Egress(String),
 }
 
-/// How the queue learns the rate limit: a version that changes on reload,
-/// and a function reading the limit in force.
+/// How the queue learns the rate limit and whether delivery is on hold: a
+/// version that changes on reload, and a function reading both in force.
 pub struct LimitSource {
     pub changed: watch::Receiver<u64>,
-    pub current: Box<dyn Fn() -> RateLimit + Send>,
+    pub current: Box<dyn Fn() -> (RateLimit, bool) + Send>,
 }
 
 pub struct Scheduler {
@@ -207,6 +207,10 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) {
         let mut limits_open = true;
+        let mut held = (limits.current)().1;
+        if held {
+            tracing::warn!("delivery is on hold: messages stay in the spool");
+        }
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -220,7 +224,7 @@ impl Scheduler {
                 .map(|top| Duration::from_millis(top.0.due_ms.saturating_sub(now)));
             let mut need_slot = false;
             let mut limited = false;
-            while let Some(&job) = self.ready.front() {
+            while let Some(&job) = self.ready.front().filter(|_| !held) {
                 let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                     need_slot = true;
                     break;
@@ -288,7 +292,11 @@ impl Scheduler {
                 _ = shutdown.cancelled() => return,
                 changed = limits.changed.changed(), if limits_open => {
                     if changed.is_ok() {
-                        let limit = (limits.current)();
+                        let (limit, hold) = (limits.current)();
+                        if hold != held {
+                            held = hold;
+                            tracing::warn!(hold, "delivery hold changed");
+                        }
                         let before = self.throttle.limit();
                         if self.throttle.set(limit) {
                             tracing::info!(%before, now = %limit, "delivery rate limit changed");

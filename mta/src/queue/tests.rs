@@ -69,7 +69,7 @@ async fn start(limit: &str) -> Harness {
         },
         LimitSource {
             changed: limit_rx,
-            current: Box::new(move || *reader.lock().unwrap()),
+            current: Box::new(move || (*reader.lock().unwrap(), false)),
         },
         shutdown.clone(),
     ));

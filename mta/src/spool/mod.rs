@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -87,13 +87,7 @@ impl Job {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+pub use fleet::clock::unix_millis as now_ms;
 
 pub(crate) struct Segment {
     pub id: u32,
@@ -236,12 +230,7 @@ impl Spool {
         for id in empty {
             let _ = tx.send(writer::Op::Delete { segment: id });
         }
-        let next_seq = (recovered.max_seq + 1).max(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or_default(),
-        );
+        let next_seq = (recovered.max_seq + 1).max(fleet::clock::unix_micros());
         if !recovered.jobs.is_empty() || recovered.damaged > 0 {
             tracing::info!(
                 recipients = recovered.jobs.len(),

@@ -200,10 +200,7 @@ impl Shared {
             store.sequence
         };
         if let Some(dir) = &self.maildir {
-            let millis = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or_default();
+            let millis = crate::clock::unix_millis();
             let name = format!("{millis}-{sequence:06}.eml");
             let tmp = dir.join(format!(".{name}.tmp"));
             let path = dir.join(&name);
