@@ -83,6 +83,7 @@ async fn dkimpy_verifies_both_signatures_of_every_message() {
         r#"[delivery]
 nameservers = ["127.9.30.53:53"]
 routes = {{ "example.com" = "{sink_addr}" }}
+allow_networks = ["127.0.0.0/8"]
 dsn = false
 retry_initial = "1s"
 

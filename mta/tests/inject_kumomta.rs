@@ -25,6 +25,7 @@ async fn node(n: u8) -> (Fixture, Running, Sink) {
         r#"[delivery]
 nameservers = ["127.9.{n}.53:53"]
 routes = {{ "example.com" = "{sink_addr}" }}
+allow_networks = ["127.0.0.0/8"]
 dsn = false
 retry_initial = "1s"
 "#

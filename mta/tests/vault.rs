@@ -56,6 +56,7 @@ fn vault_configs(net: u8, bao: &Bao, vault: &str, sign_from_vault: bool) -> Exam
         .collect();
     text.push_str(&format!(
         "port = {MX_PORT}\nnameservers = [\"{}:53\"]\n\
+         allow_networks = [\"127.0.0.0/8\"]\n\
          [delivery.routes]\n\"signed.test\" = \"{}:{MX_PORT}\"\n",
         ip(net, 54),
         ip(net, 25)
