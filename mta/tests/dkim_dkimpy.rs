@@ -56,18 +56,9 @@ fn keys(dir: &Path) -> Value {
 }
 
 async fn post(fixture: &Fixture, body: &Value) {
-    let response = fixture
-        .http()
-        .post(fixture.https_url("/api/inject/v1"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{text}");
-    assert!(text.contains("\"fail_count\":0"), "{text}");
+    let (status, answer) = fixture.inject(body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["fail_count"], 0, "{answer}");
 }
 
 #[tokio::test]

@@ -31,23 +31,6 @@ fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
-async fn post(fixture: &Fixture, body: &Value) -> (StatusCode, Value) {
-    let response = fixture
-        .http()
-        .post(fixture.https_url("/api/inject/v1"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn builder(text_body: &str) -> Value {
     json!({"from": "news@yourdomain.com", "subject": "Hi {{ name }}", "text_body": text_body})
 }
@@ -150,7 +133,7 @@ async fn start(fixture: &Fixture) -> DaemonProcess {
 async fn ordinary(fixture: &Fixture) {
     let request = json!({"envelope_sender": "b@yourdomain.com",
         "recipients": ["a@example.com"], "content": builder("hello")});
-    let (status, body) = post(fixture, &request).await;
+    let (status, body) = fixture.inject(&request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -167,7 +150,7 @@ async fn worst_requests_stay_within_64_mb_above_idle() {
         let idle = status_kb(pid, "VmRSS:");
         let started = std::time::Instant::now();
         reset_peak(pid);
-        let (status, body) = post(&fixture, &request).await;
+        let (status, body) = fixture.inject(&request).await;
         let peak = status_kb(pid, "VmHWM:");
         let above = peak.saturating_sub(idle) as f64 / 1024.0;
         worst = worst.max(above);

@@ -35,28 +35,11 @@ retry_initial = "1s"
     (fixture, running, sink)
 }
 
-async fn post(fixture: &Fixture, body: &Value) -> (StatusCode, Value) {
-    let response = fixture
-        .http()
-        .post(fixture.https_url("/api/inject/v1"))
-        .basic_auth(USER, Some(PASSWORD))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 /// Posts `request`, expects every recipient accepted, and returns the
 /// `count` messages the sink then receives.
 async fn send(fixture: &Fixture, sink: &Sink, request: Value, count: usize) -> Vec<Received> {
     let before = sink.messages().len();
-    let (status, body) = post(fixture, &request).await;
+    let (status, body) = fixture.inject(&request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["fail_count"], 0, "{body}");
     let all = sink
@@ -84,7 +67,7 @@ async fn the_basic_example_and_its_response() {
         "content": "From: noreply@yourdomain.com\nSubject: hello\n\nHello there",
         "recipients": [{"email": "recipient@example.com"}]
     });
-    let (status, body) = post(&fixture, &request).await;
+    let (status, body) = fixture.inject(&request).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
@@ -294,7 +277,7 @@ async fn template_failures_are_per_recipient_or_422() {
             {"email": "evil@example.com", "substitutions": {"first": "x\r\nBcc: v@example.com", "code": 2}}
         ]
     });
-    let (status, body) = post(&fixture, &request).await;
+    let (status, body) = fixture.inject(&request).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["success_count"], 1, "{body}");
     assert_eq!(body["fail_count"], 2);
@@ -315,7 +298,7 @@ async fn template_failures_are_per_recipient_or_422() {
         "content": {"from": "news@yourdomain.com", "text_body": "ok\n{% for x in %}"},
         "recipients": ["a@example.com"]
     });
-    let (status, body) = post(&fixture, &request).await;
+    let (status, body) = fixture.inject(&request).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(

@@ -217,6 +217,26 @@ auth_failure_delay = "10ms"
             .unwrap()
     }
 
+    /// POSTs `body` to `/api/inject/v1` with the test credential: the status
+    /// and the JSON answer (the raw text as a JSON string when it is not JSON).
+    pub async fn inject(
+        &self,
+        body: &serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self
+            .http()
+            .post(self.https_url("/api/inject/v1"))
+            .basic_auth(USER, Some(PASSWORD))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let answer = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, answer)
+    }
+
     /// Every message in the spool, read back through the spool's own
     /// recovery (the node must be stopped).
     pub async fn spooled(&self) -> Vec<mta::spool::StoredMessage> {
