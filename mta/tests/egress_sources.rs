@@ -236,9 +236,10 @@ async fn refusing_and_absent_sources_are_taken_out_and_their_mail_goes_over_the_
 }
 
 /// One of two SOCKS5 proxies dies mid-run: every acknowledged message
-/// arrives once, the rest over the other proxy.
+/// arrives, the rest over the other proxy, and only a message whose reply
+/// died with the proxy can arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_killed_mid_run_loses_and_duplicates_nothing() {
+async fn a_proxy_killed_mid_run_loses_nothing() {
     let net = 42;
     let sink = Arc::new(sink(net, 25, Behaviour::Accept).await);
     let mut a = started(proxies::dante(at(net, 1, 1080), out(net, 10).into(), None).unwrap()).await;
@@ -299,10 +300,27 @@ async fn a_proxy_killed_mid_run_loses_and_duplicates_nothing() {
         unique.len(),
         got.iter().map(|m| m.arrived_at).max().unwrap() - killed_at,
     );
-    assert_eq!(
-        subjects.len(),
-        total,
-        "delivered exactly once each: {} unique of {} delivered",
+    // SMTP cannot be exactly-once when the path dies between the receiver's
+    // 250 and our reading it (RFC 1047): such a message is retried over b. So
+    // every message arrives, and a second copy exists only for a message
+    // whose first copy went over a, within a second of the kill.
+    let mut first_copy: BTreeMap<&str, &Received> = BTreeMap::new();
+    for (subject, message) in subjects.iter().zip(got_all.iter()) {
+        if let Some(first) = first_copy.insert(subject, message) {
+            assert_eq!(
+                first.peer.ip(),
+                IpAddr::V4(out(net, 10)),
+                "a duplicate of {subject} whose first copy did not go over the killed proxy"
+            );
+            assert!(
+                first.arrived_at <= killed_at + Duration::from_secs(1),
+                "a duplicate of {subject} whose first copy arrived long after the kill"
+            );
+        }
+    }
+    assert!(
+        subjects.len() - unique.len() <= 32, // connections_per_destination
+        "at most the connections open through a are retried: {} unique of {} delivered",
         unique.len(),
         subjects.len()
     );
