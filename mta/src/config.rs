@@ -65,6 +65,10 @@ pub struct SmtpConfig {
     pub max_line_length: usize,
     /// Largest message, announced in EHLO SIZE (10 MB).
     pub max_message_size: usize,
+    /// SMTP DATA held in memory per connection (128 KiB): a larger message
+    /// streams to the spool as it arrives, judged by its header section,
+    /// which must end within this many octets (else `552 5.3.4`).
+    pub max_header_size: usize,
     /// Recipients per message.
     pub max_recipients: usize,
     /// How long the server waits for a command (RFC 5321 4.5.3.2.7: 5 min).
@@ -118,6 +122,7 @@ impl Default for SmtpConfig {
         SmtpConfig {
             max_line_length: 1000,
             max_message_size: 10 * 1024 * 1024,
+            max_header_size: 128 * 1024,
             max_recipients: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
@@ -265,6 +270,12 @@ impl Settings {
             return Err(ConfigError::single(
                 &config_file.display().to_string(),
                 "smtp.max_line_length must be at least 80",
+            ));
+        }
+        if !(1024..=16 << 20).contains(&node.smtp.max_header_size) {
+            return Err(ConfigError::single(
+                &config_file.display().to_string(),
+                "smtp.max_header_size must be between 1024 and 16777216 octets",
             ));
         }
         Ok(Settings {

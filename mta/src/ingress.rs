@@ -76,23 +76,58 @@ impl Ingress {
         let size = data.len() as u64;
         let result = self
             .spool
-            .accept(NewMessage {
-                sender: submission.sender.to_string(),
-                recipients: submission.recipients.to_vec(),
-                data: data.clone(),
-                cluster: submission.principal.cluster.clone(),
-                credential: submission.principal.username.clone(),
-                via: submission.via.protocol(),
-                peer: submission.peer,
-            })
+            .accept(submission.new_message(data.clone()))
             .await;
+        let meta = crate::events::meta::of_message(
+            &data,
+            &submission.principal.cluster,
+            &submission.principal.username,
+        );
+        self.submitted(&submission, result, meta, size)
+    }
+
+    /// Starts a message whose rest streams to the spool as it arrives:
+    /// `submission.data` is its header section, written after the trace
+    /// headers. [`Ingress::submit_staged`] completes it.
+    pub async fn stage(&self, submission: &Submission<'_>) -> Result<Incoming, SpoolError> {
+        let settings = self.live.get();
+        let head: bytes::Bytes = submission.with_trace_headers(&settings).into();
+        let meta = crate::events::meta::of_message(
+            &head,
+            &submission.principal.cluster,
+            &submission.principal.username,
+        );
+        let staged = self.spool.stage(submission.new_message(head)).await?;
+        Ok(Incoming { staged, meta })
+    }
+
+    /// Makes a staged message durable (as [`Ingress::submit`]; the
+    /// submission's `data` is not used).
+    pub async fn submit_staged(
+        &self,
+        submission: Submission<'_>,
+        incoming: Incoming,
+    ) -> Result<MessageId, SpoolError> {
+        let size = incoming.staged.data_len();
+        let result = self.spool.commit_staged(incoming.staged).await;
+        self.submitted(&submission, result, incoming.meta, size)
+    }
+
+    /// Metrics, the Reception events and the log for a spool's answer.
+    fn submitted(
+        &self,
+        submission: &Submission<'_>,
+        result: Result<MessageId, SpoolError>,
+        meta: fleet::event::Meta,
+        size: u64,
+    ) -> Result<MessageId, SpoolError> {
         let listener = submission.via.listener();
         match &result {
             Ok(id) => {
                 self.metrics.accepted(&listener, size);
                 // Recorded before this task yields: the queue cannot have
                 // attempted the message yet, so Reception comes first.
-                self.reception(id, &submission, &data);
+                self.reception(id, submission, meta, size);
                 tracing::debug!(
                     id = %id,
                     peer = %submission.peer,
@@ -110,13 +145,14 @@ impl Ingress {
     }
 
     /// One Reception event per recipient of a message the spool accepted.
-    fn reception(&self, id: &MessageId, submission: &Submission<'_>, data: &[u8]) {
+    fn reception(
+        &self,
+        id: &MessageId,
+        submission: &Submission<'_>,
+        meta: fleet::event::Meta,
+        size: u64,
+    ) {
         use crate::events::{Event, EventType, PeerAddress, Response};
-        let meta = crate::events::meta::of_message(
-            data,
-            &submission.principal.cluster,
-            &submission.principal.username,
-        );
         let now = crate::events::now_secs();
         for recipient in submission.recipients {
             let mut event = Event::new(EventType::Reception);
@@ -133,7 +169,7 @@ impl Ingress {
             event.timestamp = now;
             event.created = now;
             event.reception_protocol = Some(submission.via.reception_protocol().into());
-            event.size = data.len() as u64;
+            event.size = size;
             event.meta = meta.clone();
             self.events.emit(event);
         }
@@ -311,7 +347,33 @@ pub struct Submission<'a> {
     pub peer: SocketAddr,
 }
 
+/// A message being written to the spool as it arrives, with the event
+/// metadata read from its header section.
+pub struct Incoming {
+    staged: crate::spool::Staged,
+    meta: fleet::event::Meta,
+}
+
+impl crate::smtp::data::Sink for Incoming {
+    async fn write(&mut self, chunk: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.staged.append(chunk).await.map_err(|e| e.to_string())
+    }
+}
+
 impl Submission<'_> {
+    /// The spool's view of this submission with `data` as its message.
+    fn new_message(&self, data: bytes::Bytes) -> NewMessage {
+        NewMessage {
+            sender: self.sender.to_string(),
+            recipients: self.recipients.to_vec(),
+            data,
+            cluster: self.principal.cluster.clone(),
+            credential: self.principal.username.clone(),
+            via: self.via.protocol(),
+            peer: self.peer,
+        }
+    }
+
     /// Received: first, then Message-ID: and Date: where missing, then the
     /// message as it came.
     fn with_trace_headers(&self, settings: &Settings) -> Vec<u8> {

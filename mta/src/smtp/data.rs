@@ -4,7 +4,14 @@
 //! CR never ends a line (no SMTP smuggling), it fails the message. Past the
 //! size limit nothing more is kept; past twice the limit the connection is
 //! given up.
+//!
+//! Memory per connection is bounded by `max_header`, not by the message
+//! size: a message that grows past `max_header` with its header section
+//! complete is handed back as a [`Stream`], whose rest goes to a [`Sink`]
+//! (the spool) in chunks of [`CHUNK`] as it arrives. One whose header
+//! section does not end within `max_header` is read to its end and refused.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,6 +23,37 @@ pub struct DataLimits {
     pub max_size: usize,
     pub max_line: usize,
     pub timeout: Duration,
+    /// Bytes held in memory before the rest is streamed; the header
+    /// section must end within them.
+    pub max_header: usize,
+}
+
+/// What a streamed message's rest is written in, at most this much at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Where the rest of a streamed message goes.
+pub trait Sink {
+    /// Takes `chunk`; gives the buffer back (emptied) for the next one.
+    fn write(&mut self, chunk: Vec<u8>) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+}
+
+/// A sink that drops everything (a message already refused).
+pub struct Discard;
+
+impl Sink for Discard {
+    async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>, String> {
+        chunk.clear();
+        Ok(chunk)
+    }
+}
+
+/// How DATA went.
+pub enum Received {
+    /// The whole message (or why there is none).
+    Whole(Data),
+    /// Past `max_header` with the header section complete: the caller
+    /// reads the rest with [`Stream::rest`].
+    Streaming(Stream),
 }
 
 /// What DATA delivered.
@@ -33,6 +71,21 @@ pub enum Data {
     BareNewline,
     /// A NUL or another C0 control other than TAB, at this offset.
     Control(usize),
+    /// The header section did not end within `max_header` octets.
+    HeaderTooBig,
+    /// The sink failed (the spool could not store the message).
+    Unstored(String),
+}
+
+/// What happens to the bytes taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Held in memory (up to `max_header`, then [`Received::Streaming`]).
+    Memory,
+    /// Held until a chunk is full, then written to the sink.
+    Stream,
+    /// Dropped: the message is refused whatever comes.
+    Drop,
 }
 
 /// The state between chunks of input.
@@ -48,6 +101,9 @@ struct Receiver {
     long_line: bool,
     /// The offset of the first NUL or C0 control other than TAB.
     control: Option<usize>,
+    keep: Keep,
+    header_too_big: bool,
+    unstored: Option<String>,
 }
 
 impl Receiver {
@@ -62,6 +118,9 @@ impl Receiver {
             bare_newline: false,
             long_line: false,
             control: None,
+            keep: Keep::Memory,
+            header_too_big: false,
+            unstored: None,
         }
     }
 
@@ -140,11 +199,41 @@ impl Receiver {
             self.control = crate::policy::control_character(segment).map(|at| self.size + at);
         }
         self.size += segment.len();
-        if self.size <= self.limits.max_size {
-            self.body.extend_from_slice(segment);
-        } else if !self.body.is_empty() {
-            self.body = Vec::new();
+        if self.size > self.limits.max_size {
+            if !self.body.is_empty() {
+                self.body = Vec::new();
+            }
+            return;
         }
+        if self.keep == Keep::Drop {
+            return;
+        }
+        // Grow at most to what the mode holds, not by doubling past it.
+        let want = self.body.len() + segment.len();
+        if want > self.body.capacity() {
+            let hold = match self.keep {
+                Keep::Memory => self.limits.max_header.saturating_add(CHUNK),
+                _ => 2 * CHUNK,
+            };
+            let to = (self.body.capacity() * 2).min(hold).max(want);
+            self.body.reserve_exact(to - self.body.len());
+        }
+        self.body.extend_from_slice(segment);
+    }
+
+    /// Drops what is held and whatever comes.
+    fn drop_rest(&mut self) {
+        self.keep = Keep::Drop;
+        self.body = Vec::new();
+    }
+
+    /// Held in memory past `max_header` without the header section ending
+    /// within it.
+    fn header_over(&self) -> bool {
+        let max = self.limits.max_header;
+        self.keep == Keep::Memory
+            && self.body.len() > max
+            && header_end(&self.body).is_none_or(|end| end > max)
     }
 
     fn abandoned(&self) -> bool {
@@ -160,28 +249,109 @@ impl Receiver {
             Data::LineTooLong
         } else if let Some(at) = self.control {
             Data::Control(at)
+        } else if self.header_too_big || self.header_over() {
+            Data::HeaderTooBig
+        } else if let Some(error) = self.unstored {
+            Data::Unstored(error)
         } else {
             Data::Message(self.body)
         }
     }
 }
 
-/// Reads a message after `354`.
+/// Where the header section ends (after its blank line), if it has.
+fn header_end(message: &[u8]) -> Option<usize> {
+    if message.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    memchr::memmem::find(message, b"\r\n\r\n").map(|at| at + 4)
+}
+
+/// Reads a message after `354`: whole if it ends within `max_header`
+/// octets, else its header section and a [`Stream`] for the rest.
 pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     limits: DataLimits,
-) -> Result<Data, ReadError> {
+) -> Result<Received, ReadError> {
     let mut receiver = Receiver::new(limits);
     loop {
         let (used, done) = receiver.feed(conn.buffered());
         conn.consume(used);
         if done {
-            return Ok(receiver.finish());
+            return Ok(Received::Whole(receiver.finish()));
         }
         if receiver.abandoned() {
-            return Ok(Data::Abandoned);
+            return Ok(Received::Whole(Data::Abandoned));
+        }
+        if receiver.keep == Keep::Memory && receiver.body.len() > limits.max_header {
+            match header_end(&receiver.body) {
+                Some(end) if end <= limits.max_header => {
+                    let rest = receiver.body[end..].to_vec();
+                    receiver.body.truncate(end);
+                    let header = std::mem::replace(&mut receiver.body, rest);
+                    receiver.keep = Keep::Stream;
+                    return Ok(Received::Streaming(Stream { receiver, header }));
+                }
+                _ => {
+                    receiver.header_too_big = true;
+                    receiver.drop_rest();
+                }
+            }
         }
         conn.read_more(limits.timeout, false).await?;
+    }
+}
+
+/// A message past `max_header`: its header section, and the rest still to
+/// read.
+pub struct Stream {
+    receiver: Receiver,
+    header: Vec<u8>,
+}
+
+impl Stream {
+    /// The header section, its blank line included.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Takes the header section out (it is not kept while the rest streams).
+    pub fn take_header(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.header)
+    }
+
+    /// Reads the rest up to `<CRLF>.<CRLF>`, writing it to `sink` in chunks
+    /// of [`CHUNK`]; `Data::Message` then holds nothing (it is all in the
+    /// sink). A failing sink drops the rest: `Data::Unstored`.
+    pub async fn rest<S: AsyncRead + AsyncWrite + Unpin, K: Sink>(
+        mut self,
+        conn: &mut Conn<S>,
+        sink: &mut K,
+    ) -> Result<Data, ReadError> {
+        let receiver = &mut self.receiver;
+        let timeout = receiver.limits.timeout;
+        loop {
+            let (used, done) = receiver.feed(conn.buffered());
+            conn.consume(used);
+            let full = receiver.body.len() >= CHUNK;
+            if receiver.keep == Keep::Stream && (full || (done && !receiver.body.is_empty())) {
+                let chunk = std::mem::take(&mut receiver.body);
+                match sink.write(chunk).await {
+                    Ok(empty) => receiver.body = empty,
+                    Err(error) => {
+                        receiver.unstored = Some(error);
+                        receiver.drop_rest();
+                    }
+                }
+            }
+            if done {
+                return Ok(self.receiver.finish());
+            }
+            if receiver.abandoned() {
+                return Ok(Data::Abandoned);
+            }
+            conn.read_more(timeout, false).await?;
+        }
     }
 }
 
@@ -194,6 +364,7 @@ mod tests {
             max_size: 64,
             max_line: 20,
             timeout: Duration::from_secs(1),
+            max_header: 1 << 20,
         }
     }
 
@@ -269,5 +440,114 @@ mod tests {
         assert_eq!(run(&[b"a\tb\r\nc\0d\r\n.\r\n"]).0, Data::Control(6));
         assert_eq!(run(&[b"a\r\n", b"\x1b$B\r\n.\r\n"]).0, Data::Control(3));
         assert!(matches!(run(&[b"a\tb\r\n.\r\n"]).0, Data::Message(_)));
+    }
+
+    /// Collects what is streamed, in the chunks it came in.
+    struct Collect(Vec<usize>, Vec<u8>);
+
+    impl Sink for Collect {
+        async fn write(&mut self, mut chunk: Vec<u8>) -> Result<Vec<u8>, String> {
+            self.0.push(chunk.len());
+            self.1.extend_from_slice(&chunk);
+            chunk.clear();
+            Ok(chunk)
+        }
+    }
+
+    /// Sends `input` to [`receive`] and [`Stream::rest`] with `max_header`.
+    async fn stream(input: Vec<u8>, max_size: usize, max_header: usize) -> (Received, Collect) {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let mut conn = Conn::new(server, tokio_util::sync::CancellationToken::new());
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            let _ = client.write_all(&input).await;
+            client
+        });
+        let limits = DataLimits {
+            max_size,
+            max_line: 1000,
+            timeout: Duration::from_secs(5),
+            max_header,
+        };
+        let received = receive(&mut conn, limits).await.unwrap();
+        let mut sink = Collect(Vec::new(), Vec::new());
+        let received = match received {
+            Received::Streaming(mut stream) => {
+                let header = stream.take_header();
+                sink.1.extend_from_slice(&header);
+                let data = stream.rest(&mut conn, &mut sink).await.unwrap();
+                Received::Whole(data)
+            }
+            whole => whole,
+        };
+        drop(writer.await.unwrap());
+        (received, sink)
+    }
+
+    /// A message of `fields` header fields and `lines` body lines: as sent, as meant.
+    fn message(fields: usize, lines: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut plain = Vec::new();
+        for i in 0..fields {
+            plain.extend_from_slice(format!("X-F{i}: {}\r\n", "h".repeat(60)).as_bytes());
+        }
+        plain.extend_from_slice(b"\r\n");
+        for i in 0..lines {
+            plain.extend_from_slice(format!("line {i} {}\r\n", "b".repeat(70)).as_bytes());
+        }
+        plain.extend_from_slice(b".leading dot\r\n");
+        let mut wire = plain.replace_dots();
+        wire.extend_from_slice(b".\r\n");
+        (wire, plain)
+    }
+
+    trait Stuff {
+        fn replace_dots(&self) -> Vec<u8>;
+    }
+
+    impl Stuff for Vec<u8> {
+        fn replace_dots(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            for line in self.split_inclusive(|b| *b == b'\n') {
+                if line.starts_with(b".") {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(line);
+            }
+            out
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_message_streams_in_bounded_chunks() {
+        let (wire, plain) = message(10, 20_000);
+        let (received, sink) = stream(wire, 10 << 20, 4096).await;
+        assert!(matches!(received, Received::Whole(Data::Message(ref m)) if m.is_empty()));
+        assert_eq!(sink.1, plain, "the stream is the unstuffed message");
+        assert!(sink.0.len() > 10, "{:?}", sink.0);
+        assert!(sink.0.iter().all(|n| *n <= 2 * CHUNK), "{:?}", sink.0);
+        // Small messages stay whole.
+        let (wire, plain) = message(10, 10);
+        let (received, sink) = stream(wire, 10 << 20, 4096).await;
+        assert!(matches!(received, Received::Whole(Data::Message(ref m)) if *m == plain));
+        assert!(sink.0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn streaming_keeps_the_size_and_header_limits() {
+        let (wire, _) = message(10, 20_000);
+        let (received, _) = stream(wire, 1 << 20, 4096).await;
+        assert!(matches!(received, Received::Whole(Data::TooBig)));
+        let (wire, _) = message(200, 200);
+        let (received, sink) = stream(wire, 10 << 20, 4096).await;
+        assert!(
+            matches!(received, Received::Whole(Data::HeaderTooBig)),
+            "{:?}",
+            match received {
+                Received::Whole(d) => format!("{d:?}"),
+                _ => "streaming".into(),
+            }
+        );
+        assert!(sink.0.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_SMTPUTF8};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::conn::{Conn, Deadline, Line, ReadError};
-use super::data::{self, Data, DataLimits};
+use super::data::{self, Data, DataLimits, Received};
 use crate::auth::Principal;
 use crate::config::Settings;
 use crate::ingress::{Ingress, Submission, Via};
@@ -595,59 +595,26 @@ impl<'a> Session<'a> {
             true => self.ctx.settings.node.bounces.max_size,
             false => limits.max_message_size,
         };
-        let received = data::receive(
-            conn,
-            DataLimits {
-                max_size,
-                max_line: limits.max_line_length,
-                timeout: limits.data_timeout,
+        let data_limits = DataLimits {
+            max_size,
+            max_line: limits.max_line_length,
+            timeout: limits.data_timeout,
+            // Bounce reports are read whole (they are small).
+            max_header: match transaction.bounce {
+                true => max_size,
+                false => limits.max_header_size,
             },
-        )
-        .await;
+        };
+        let received = data::receive(conn, data_limits).await;
         // Whatever happens, the transaction is over.
         let Some(transaction) = self.transaction.take() else {
             return Next::Close;
         };
-        let listener = self.ctx.listener();
-        let metrics = &self.ctx.ingress.metrics;
         let message = match received {
-            Ok(Data::Message(message)) => message,
-            Ok(Data::TooBig) => {
-                metrics.rejected(&listener, "size");
-                conn.reply(&format!(
-                    "552 5.3.4 Message size exceeds fixed maximum message size ({max_size} octets)"
-                ));
-                return Next::Continue;
-            }
-            Ok(Data::Abandoned) => {
-                metrics.rejected(&listener, "size");
-                conn.reply(&format!(
-                    "552 5.3.4 Message size exceeds fixed maximum message size ({max_size} octets)"
-                ));
-                conn.reply(&format!("421 4.7.0 {} closing connection", self.hostname()));
-                return Next::Close;
-            }
-            Ok(Data::LineTooLong) => {
-                metrics.rejected(&listener, "syntax");
-                conn.reply(&format!(
-                    "550 5.6.0 Message has a line longer than {} octets (RFC 5321 4.5.3.1.6)",
-                    self.limits().max_line_length
-                ));
-                return Next::Continue;
-            }
-            Ok(Data::BareNewline) => {
-                metrics.rejected(&listener, "syntax");
-                conn.reply(
-                    "550 5.6.0 Message has a bare CR or LF: lines must end with CRLF (RFC 5321 2.3.8)",
-                );
-                return Next::Continue;
-            }
-            Ok(Data::Control(at)) => {
-                metrics.rejected(&listener, "syntax");
-                conn.reply(&format!(
-                    "550 5.6.0 Message has a NUL or another control character at byte {at}: only TAB is allowed"
-                ));
-                return Next::Continue;
+            Ok(Received::Whole(Data::Message(message))) => message,
+            Ok(Received::Whole(refused)) => return self.refuse_data(conn, refused, max_size),
+            Ok(Received::Streaming(stream)) => {
+                return self.streamed(conn, &transaction, stream, max_size).await
             }
             Err(error) => {
                 self.farewell(conn, &error);
@@ -655,19 +622,7 @@ impl<'a> Session<'a> {
             }
         };
         if transaction.bounce {
-            let settings = &self.ctx.settings;
-            crate::bounces::receive(
-                &self.ctx.ingress.events,
-                &self.ctx.ingress.metrics.bounces,
-                crate::bounces::Inbound {
-                    peer: self.ctx.peer,
-                    helo: self.helo.as_deref().unwrap_or_default(),
-                    recipients: &transaction.recipients,
-                    data: &message,
-                    cluster: &settings.cluster_id,
-                    bounce_domain: &settings.bounce_domain(),
-                },
-            );
+            self.bounce_report(&transaction, &message);
             conn.reply("250 2.0.0 OK report taken");
             return Next::Continue;
         }
@@ -676,38 +631,193 @@ impl<'a> Session<'a> {
         };
         let facts = policy::inspect(&message);
         if let Err(error) = policy::check_from(principal, &facts) {
-            metrics.rejected(&listener, "policy");
-            let reply = format!("550 5.7.1 {error}");
-            let rcpt = transaction.recipients.first().map_or("", String::as_str);
-            self.refused(Some(&principal.username), &transaction.sender, rcpt, &reply);
-            conn.reply(&reply);
+            self.refuse_from(conn, &transaction, error);
             return Next::Continue;
         }
         let message = facts.strip_return_path(message);
-        let helo = self.helo.as_deref().unwrap_or_default();
-        let submitted = self
-            .ctx
-            .ingress
-            .submit(Submission {
-                principal,
-                sender: &transaction.sender,
-                recipients: &transaction.recipients,
-                data: &message,
-                has_message_id: facts.has_message_id,
-                has_date: facts.has_date,
-                via: Via::Smtp {
-                    port: self.ctx.port,
-                    helo,
-                },
-                peer: self.ctx.peer,
-            })
-            .await;
+        let submission = self.submission(principal, &transaction, &message, &facts);
+        let submitted = self.ctx.ingress.submit(submission).await;
+        self.queued(conn, submitted);
+        Next::Continue
+    }
+
+    /// A message past `max_header_size`: judged by its header section,
+    /// then its rest written to the spool as it arrives.
+    async fn streamed<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        transaction: &Transaction,
+        mut stream: data::Stream,
+        max_size: usize,
+    ) -> Next {
+        let Some(principal) = &self.principal else {
+            return Next::Close;
+        };
+        let facts = policy::inspect(stream.header());
+        let refusal = policy::check_from(principal, &facts).err();
+        let mut incoming = None;
+        let mut unstored = None;
+        if refusal.is_none() {
+            let header = facts.strip_return_path(stream.take_header());
+            let submission = self.submission(principal, transaction, &header, &facts);
+            match self.ctx.ingress.stage(&submission).await {
+                Ok(staged) => incoming = Some(staged),
+                Err(error) => unstored = Some(error),
+            }
+        }
+        let rest = match &mut incoming {
+            Some(incoming) => stream.rest(conn, incoming).await,
+            None => stream.rest(conn, &mut data::Discard).await,
+        };
+        let data = match rest {
+            Ok(data) => data,
+            Err(error) => {
+                self.farewell(conn, &error);
+                return Next::Close;
+            }
+        };
+        if !matches!(data, Data::Message(_)) {
+            return self.refuse_data(conn, data, max_size);
+        }
+        if let Some(error) = refusal {
+            self.refuse_from(conn, transaction, error);
+            return Next::Continue;
+        }
+        let submitted = match incoming {
+            Some(incoming) => {
+                let submission = self.submission(principal, transaction, &[], &facts);
+                self.ctx.ingress.submit_staged(submission, incoming).await
+            }
+            None => Err(unstored.unwrap_or_else(|| {
+                crate::spool::SpoolError::Unavailable("the message was not staged".into())
+            })),
+        };
+        self.queued(conn, submitted);
+        Next::Continue
+    }
+
+    fn submission<'s>(
+        &'s self,
+        principal: &'s Principal,
+        transaction: &'s Transaction,
+        data: &'s [u8],
+        facts: &policy::HeaderFacts,
+    ) -> Submission<'s> {
+        Submission {
+            principal,
+            sender: &transaction.sender,
+            recipients: &transaction.recipients,
+            data,
+            has_message_id: facts.has_message_id,
+            has_date: facts.has_date,
+            via: Via::Smtp {
+                port: self.ctx.port,
+                helo: self.helo.as_deref().unwrap_or_default(),
+            },
+            peer: self.ctx.peer,
+        }
+    }
+
+    fn queued<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+        submitted: Result<crate::message::MessageId, crate::spool::SpoolError>,
+    ) {
         match submitted {
             Ok(id) => conn.reply(&format!("250 2.0.0 OK queued as {id}")),
             Err(_) => conn.reply(
                 "451 4.3.0 Temporary failure: the message could not be stored, try again later",
             ),
         }
+    }
+
+    /// `550 5.7.1` for a From: (or other originator) the credential may not use.
+    fn refuse_from<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+        transaction: &Transaction,
+        error: policy::PolicyError,
+    ) {
+        self.ctx
+            .ingress
+            .metrics
+            .rejected(&self.ctx.listener(), "policy");
+        let reply = format!("550 5.7.1 {error}");
+        let rcpt = transaction.recipients.first().map_or("", String::as_str);
+        let credential = self.principal.as_ref().map(|p| p.username.as_str());
+        self.refused(credential, &transaction.sender, rcpt, &reply);
+        conn.reply(&reply);
+    }
+
+    fn bounce_report(&self, transaction: &Transaction, message: &[u8]) {
+        let settings = &self.ctx.settings;
+        crate::bounces::receive(
+            &self.ctx.ingress.events,
+            &self.ctx.ingress.metrics.bounces,
+            crate::bounces::Inbound {
+                peer: self.ctx.peer,
+                helo: self.helo.as_deref().unwrap_or_default(),
+                recipients: &transaction.recipients,
+                data: message,
+                cluster: &settings.cluster_id,
+                bounce_domain: &settings.bounce_domain(),
+            },
+        );
+    }
+
+    /// The reply for a message DATA did not deliver whole.
+    fn refuse_data<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut Conn<S>,
+        data: Data,
+        max_size: usize,
+    ) -> Next {
+        let listener = self.ctx.listener();
+        let metrics = &self.ctx.ingress.metrics;
+        let too_big = format!(
+            "552 5.3.4 Message size exceeds fixed maximum message size ({max_size} octets)"
+        );
+        let (reason, reply) = match data {
+            Data::Message(_) => return Next::Continue,
+            Data::TooBig => ("size", too_big),
+            Data::Abandoned => {
+                metrics.rejected(&listener, "size");
+                conn.reply(&too_big);
+                conn.reply(&format!("421 4.7.0 {} closing connection", self.hostname()));
+                return Next::Close;
+            }
+            Data::HeaderTooBig => (
+                "size",
+                format!(
+                    "552 5.3.4 Message header section exceeds the maximum of {} octets",
+                    self.limits().max_header_size
+                ),
+            ),
+            Data::LineTooLong => (
+                "syntax",
+                format!(
+                    "550 5.6.0 Message has a line longer than {} octets (RFC 5321 4.5.3.1.6)",
+                    self.limits().max_line_length
+                ),
+            ),
+            Data::BareNewline => (
+                "syntax",
+                "550 5.6.0 Message has a bare CR or LF: lines must end with CRLF (RFC 5321 2.3.8)"
+                    .to_string(),
+            ),
+            Data::Control(at) => (
+                "syntax",
+                format!("550 5.6.0 Message has a NUL or another control character at byte {at}: only TAB is allowed"),
+            ),
+            Data::Unstored(error) => {
+                metrics.rejected(&listener, "spool");
+                tracing::error!(peer = %self.ctx.peer, "spool refused a message: {error}");
+                conn.reply("451 4.3.0 Temporary failure: the message could not be stored, try again later");
+                return Next::Continue;
+            }
+        };
+        metrics.rejected(&listener, reason);
+        conn.reply(&reply);
         Next::Continue
     }
 }

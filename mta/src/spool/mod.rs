@@ -13,6 +13,7 @@
 
 pub mod record;
 mod recover;
+mod staged;
 mod writer;
 
 use std::collections::HashMap;
@@ -32,6 +33,17 @@ use tokio::sync::Notify;
 use crate::message::{MessageId, NewMessage};
 pub use record::StoredMessage;
 pub use recover::Quarantined;
+pub use staged::Staged;
+
+/// Where a durable record is, and what the queue needs of it.
+struct Stored {
+    seq: u64,
+    received_ms: u64,
+    segment: u32,
+    offset: u32,
+    len: u32,
+    recipients: u16,
+}
 
 /// Creates `dir` (and its parents) with mode 0700, and makes an existing
 /// one 0700: a spool holds customers' mail.
@@ -201,6 +213,7 @@ impl Spool {
         let unavailable = SpoolError::Unavailable;
         create_private_dir(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        staged::clear_incoming(dir).map_err(unavailable)?;
         let started = Instant::now();
         let recovered = recover::recover(dir).map_err(unavailable)?;
         let shared = Arc::new(Shared {
@@ -264,16 +277,7 @@ impl Spool {
 
     /// Stores `message` durably and returns its id.
     pub async fn accept(&self, message: NewMessage) -> Result<MessageId, SpoolError> {
-        if let Some(error) = self.shared.error() {
-            return Err(SpoolError::Unavailable(error));
-        }
-        if message.recipients.is_empty() || message.recipients.len() > u16::MAX as usize {
-            return Err(SpoolError::Unavailable(format!(
-                "a message needs 1 to {} recipients, not {}",
-                u16::MAX,
-                message.recipients.len()
-            )));
-        }
+        self.check_acceptable(&message)?;
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let received_ms = now_ms();
         let bytes = record::encode(seq, received_ms, &message);
@@ -289,14 +293,42 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::Unavailable("the spool writer has stopped".into()))?
             .map_err(SpoolError::Unavailable)?;
-        self.shared.metrics.accepted.inc();
-        self.shared.metrics.jobs.inc_by(recipients as i64);
-        let jobs = (0..recipients).map(|rcpt| Job {
+        let at = Stored {
             seq,
-            due_ms: received_ms,
+            received_ms,
             segment,
             offset,
             len,
+            recipients,
+        };
+        Ok(self.arrive(at))
+    }
+
+    /// `Err` when the spool cannot take `message` at all.
+    fn check_acceptable(&self, message: &NewMessage) -> Result<(), SpoolError> {
+        if let Some(error) = self.shared.error() {
+            return Err(SpoolError::Unavailable(error));
+        }
+        if message.recipients.is_empty() || message.recipients.len() > u16::MAX as usize {
+            return Err(SpoolError::Unavailable(format!(
+                "a message needs 1 to {} recipients, not {}",
+                u16::MAX,
+                message.recipients.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A durable record's recipients become jobs for the queue.
+    fn arrive(&self, at: Stored) -> MessageId {
+        self.shared.metrics.accepted.inc();
+        self.shared.metrics.jobs.inc_by(at.recipients as i64);
+        let jobs = (0..at.recipients).map(|rcpt| Job {
+            seq: at.seq,
+            due_ms: at.received_ms,
+            segment: at.segment,
+            offset: at.offset,
+            len: at.len,
             rcpt,
             attempts: 0,
         });
@@ -306,8 +338,7 @@ impl Spool {
             .extend(jobs);
         self.arrived.notify_one();
         // The caller records the Reception event (the ingress does).
-        let id = record::message_id(seq);
-        Ok(id)
+        record::message_id(at.seq)
     }
 
     /// `Err` with the reason when the spool cannot take mail.

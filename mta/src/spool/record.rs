@@ -62,6 +62,17 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// The whole record (header included) for `message`.
 pub fn encode(seq: u64, received_ms: u64, message: &NewMessage) -> Vec<u8> {
+    let mut out = encode_open(seq, received_ms, message, message.data.len());
+    out.extend_from_slice(&message.data);
+    let payload_len = (out.len() - HEADER_LEN) as u32;
+    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[..HEADER_LEN].copy_from_slice(&header_bytes(payload_len, crc));
+    out
+}
+
+/// A record's start: a zeroed header (see [`header_bytes`]) and the fields,
+/// without the message data; `data_len` only sizes the buffer.
+pub fn encode_open(seq: u64, received_ms: u64, message: &NewMessage, data_len: usize) -> Vec<u8> {
     let peer = message.peer.to_string();
     let strings: usize = [
         &message.sender,
@@ -78,9 +89,8 @@ pub fn encode(seq: u64, received_ms: u64, message: &NewMessage) -> Vec<u8> {
             .iter()
             .map(|r| r.len() + 4)
             .sum::<usize>();
-    let mut out = Vec::with_capacity(HEADER_LEN + 20 + strings + message.data.len());
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
+    let mut out = Vec::with_capacity(HEADER_LEN + 20 + strings + data_len);
+    out.extend_from_slice(&[0; HEADER_LEN]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&received_ms.to_le_bytes());
     put_str(&mut out, &message.sender);
@@ -92,9 +102,13 @@ pub fn encode(seq: u64, received_ms: u64, message: &NewMessage) -> Vec<u8> {
     for rcpt in &message.recipients {
         put_str(&mut out, rcpt);
     }
-    out.extend_from_slice(&message.data);
-    let payload_len = (out.len() - HEADER_LEN) as u32;
-    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out
+}
+
+/// A record's header for a payload of `payload_len` bytes with `crc`.
+pub fn header_bytes(payload_len: u32, crc: u32) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     out[4..8].copy_from_slice(&payload_len.to_le_bytes());
     out[8..12].copy_from_slice(&crc.to_le_bytes());
     out

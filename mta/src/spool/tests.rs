@@ -150,7 +150,8 @@ async fn spool_files_are_private() {
     let mut files = 0;
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path();
-        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&path), want, "{}", path.display());
         files += 1;
     }
     assert!(files >= 2, "a segment and its state file");
@@ -194,4 +195,57 @@ async fn a_failed_write_is_refused_and_reported() {
     *spool.probe.lock().unwrap() = None;
     assert_eq!(spool.health(), Ok(()));
     spool.accept(message(3, 1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn staged_messages_are_segments_of_their_own_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    spool.accept(message(1, 1)).await.unwrap();
+    let mut staged = spool.stage(message(2, 2)).await.unwrap();
+    let mut chunk = Vec::new();
+    for i in 0..40u8 {
+        chunk.extend(std::iter::repeat_n(b'a' + i % 26, 50_000));
+        chunk = staged.append(chunk).await.unwrap();
+    }
+    assert_eq!(
+        staged.data_len(),
+        2_000_000 + message(2, 2).data.len() as u64
+    );
+    let id = spool.commit_staged(staged).await.unwrap();
+    // One that never completes leaves nothing behind.
+    let mut dropped = spool.stage(message(3, 1)).await.unwrap();
+    dropped.append(vec![b'z'; 1000]).await.unwrap();
+    drop(dropped);
+    let incoming = dir.path().join("incoming");
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+    let jobs = spool.take_arrivals();
+    assert_eq!(jobs.len(), 3);
+    let big = jobs.iter().find(|j| j.id() == id).unwrap();
+    let loaded = spool.load(big).await.unwrap();
+    assert_eq!(loaded.recipients.len(), 2);
+    assert!(loaded.data.starts_with(&message(2, 2).data));
+    assert_eq!(loaded.data.len(), 2_000_000 + message(2, 2).data.len());
+    spool.sync().await.unwrap();
+    drop(spool);
+    // A leftover in incoming/ (a message arriving when the node stopped).
+    std::fs::write(incoming.join("0000000000000001.msg"), b"partial").unwrap();
+    let spool = Spool::open(dir.path()).await.unwrap();
+    let jobs = spool.take_arrivals();
+    assert_eq!(jobs.len(), 3);
+    let big = jobs.iter().find(|j| j.id() == id).unwrap();
+    assert_eq!(spool.load(big).await.unwrap().data, loaded.data);
+    assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+    // Done: its segment goes.
+    let segments = spool.stats().segments;
+    for job in jobs.iter().filter(|j| j.id() == id) {
+        spool.done(job);
+    }
+    spool.sync().await.unwrap();
+    fleet::testkit::process::eventually(Duration::from_secs(10), "the segment is deleted", || {
+        let now = spool.stats().segments;
+        async move { now < segments }
+    })
+    .await
+    .unwrap();
 }

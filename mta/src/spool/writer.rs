@@ -25,9 +25,20 @@ pub const SEGMENT_LIMIT: u64 = 64 << 20;
 const MAX_GROUP_BYTES: usize = 16 << 20;
 const ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// Where a record was placed (segment, offset), or why it was not.
+type Placed = oneshot::Sender<Result<(u32, u32), String>>;
+
 pub enum Op {
     Append {
         record: Vec<u8>,
+        jobs: u64,
+        reply: oneshot::Sender<Result<(u32, u32), String>>,
+    },
+    /// A complete, synced single-record segment written elsewhere in the
+    /// spool (`incoming/`): renamed in as the next segment, sealed.
+    Adopt {
+        path: std::path::PathBuf,
+        len: u64,
         jobs: u64,
         reply: oneshot::Sender<Result<(u32, u32), String>>,
     },
@@ -63,6 +74,8 @@ struct Writer {
     active: Option<Active>,
     buf: Vec<u8>,
     pending: Vec<Pending>,
+    /// Segments renamed in this group, answered after one directory sync.
+    adopted: Vec<(u32, Placed)>,
     acks: HashMap<u32, Vec<u8>>,
     ack_files: HashMap<u32, File>,
     acks_unsynced: bool,
@@ -82,6 +95,7 @@ pub fn start(
         active: None,
         buf: Vec::with_capacity(1 << 20),
         pending: Vec::new(),
+        adopted: Vec::new(),
         acks: HashMap::new(),
         ack_files: HashMap::new(),
         acks_unsynced: false,
@@ -114,6 +128,7 @@ impl Writer {
                 }
             }
             self.commit();
+            self.settle_adopted();
             self.flush_acks();
             if syncs.is_empty() {
                 let _ = self.maybe_sync_acks(false);
@@ -126,6 +141,7 @@ impl Writer {
         }
         // Channel closed: the spool is closing.
         self.commit();
+        self.settle_adopted();
         self.flush_acks();
         let _ = self.maybe_sync_acks(true);
     }
@@ -154,6 +170,12 @@ impl Writer {
                     jobs,
                 });
             }
+            Op::Adopt {
+                path,
+                len,
+                jobs,
+                reply,
+            } => self.adopt(&path, len, jobs, reply),
             Op::Ack { segment, ack } => {
                 self.acks
                     .entry(segment)
@@ -219,6 +241,64 @@ impl Writer {
             );
         self.active = Some(Active { id, file, len: 0 });
         Ok(())
+    }
+
+    /// Renames a staged segment into the spool as the next segment id.
+    fn adopt(&mut self, path: &std::path::Path, len: u64, jobs: u64, reply: Placed) {
+        let id = self.next_segment;
+        let to = segment_path(&self.shared.dir, id);
+        let read = std::fs::rename(path, &to).and_then(|()| File::open(&to));
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                let _ = reply.send(Err(format!(
+                    "cannot move {} into the spool as {}: {e}",
+                    path.display(),
+                    to.display()
+                )));
+                return;
+            }
+        };
+        self.next_segment += 1;
+        self.shared.metrics.bytes.inc_by(len as i64);
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id,
+                Arc::new(Segment {
+                    id,
+                    file: read,
+                    bytes: AtomicU64::new(len),
+                    live: AtomicU64::new(jobs),
+                    sealed: AtomicBool::new(true),
+                    delete_requested: AtomicBool::new(false),
+                }),
+            );
+        self.adopted.push((id, reply));
+    }
+
+    /// One directory sync makes this group's renames durable; then their
+    /// senders hear of it (on failure the segments are deleted again).
+    fn settle_adopted(&mut self) {
+        if self.adopted.is_empty() {
+            return;
+        }
+        let dir = &self.shared.dir;
+        let synced = File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot sync the spool directory {}: {e}", dir.display()));
+        for (id, reply) in std::mem::take(&mut self.adopted) {
+            if synced.is_err() {
+                if let Some(segment) = self.shared.segment(id) {
+                    segment.delete_requested.store(true, Ordering::SeqCst);
+                }
+                self.delete(id);
+            }
+            let _ = reply.send(synced.clone().map(|()| (id, 0)));
+        }
     }
 
     /// No more appends to the active segment; delete it if nothing is live.

@@ -57,7 +57,18 @@ pub fn configs(
     dns: Option<SocketAddr>,
     delivery: &str,
 ) -> ExampleConfigs {
-    let configs = ExampleConfigs::relocated([127, 2, net]).expect("configs copy");
+    configs_at([127, 2, net], rate_limit, dns, delivery)
+}
+
+/// [`configs`] on `base`.0/24 (a test in another engineer's range).
+pub fn configs_at(
+    base: [u8; 3],
+    rate_limit: &str,
+    dns: Option<SocketAddr>,
+    delivery: &str,
+) -> ExampleConfigs {
+    let [a, b, net] = base;
+    let configs = ExampleConfigs::relocated(base).expect("configs copy");
     let fleet = configs.path("fleet.toml");
     let text = std::fs::read_to_string(&fleet).unwrap();
     let text = text.replacen(
@@ -86,7 +97,7 @@ pub fn configs(
     text.push_str(&format!("port = {MX_PORT}\n"));
     // Without a DNS server of its own, a test still never asks the
     // machine's resolver: nothing answers at .54.
-    let dns = dns.unwrap_or_else(|| SocketAddr::new(ip(net, 54).into(), 53));
+    let dns = dns.unwrap_or_else(|| SocketAddr::new(Ipv4Addr::new(a, b, net, 54).into(), 53));
     text.push_str(&format!("nameservers = [\"{dns}\"]\n"));
     // The test's sink and MX hosts are on loopback: allowed explicitly.
     text.push_str("allow_networks = [\"127.0.0.0/8\"]\n");

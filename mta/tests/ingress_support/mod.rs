@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod flood;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -322,6 +324,39 @@ impl Raw {
         Raw {
             stream: BufReader::new(Box::new(stream)),
         }
+    }
+
+    /// Connects from `source` (a loopback address of the test's range).
+    pub async fn connect_from(addr: SocketAddr, source: IpAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let stream = tokio::time::timeout(LIMIT, socket.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        Raw {
+            stream: BufReader::new(Box::new(stream)),
+        }
+    }
+
+    /// [`Raw::authenticated`] from `source`.
+    pub async fn authenticated_from(fixture: &Fixture, source: IpAddr) -> Raw {
+        Raw::authenticated_at(fixture.smtp_addr(), &fixture.ca_pem, source).await
+    }
+
+    /// [`Raw::authenticated`] to `addr` (trusting `ca_pem`) from `source`.
+    pub async fn authenticated_at(addr: SocketAddr, ca_pem: &str, source: IpAddr) -> Raw {
+        let mut raw = Raw::connect_from(addr, source).await;
+        assert_eq!(raw.reply().await.code, 220);
+        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
+        assert_eq!(raw.cmd("STARTTLS").await.code, 220);
+        let mut raw = raw.tls(ca_pem).await;
+        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
+        let reply = raw
+            .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
+            .await;
+        assert_eq!(reply.code, 235, "{reply:?}");
+        raw
     }
 
     /// Over any stream (an in-memory pipe in the session tests).

@@ -1,0 +1,122 @@
+//! Memory under a flood of large messages: 2,000 concurrent 10 MB SMTP
+//! transfers (STARTTLS + AUTH, from 40 loopback addresses 127.1.211.x) to
+//! the real `mta` binary on 127.1.210.11, delivery on hold, while another
+//! client sends a small message in the middle of them. Prints the node's
+//! idle and peak RSS (`VmHWM` of `/proc/<pid>/status`); the target
+//! is a peak under 1 GB.
+//!
+//! `cargo bench -p mta --bench ingress_flood` (optional:
+//! `-- <connections> <message MB>`). The spool takes connections × size on
+//! disk (20 GB by default, in a temporary folder deleted at the end); the
+//! bench refuses to start without that much free space plus 10 %.
+
+#[path = "../tests/ingress_support/mod.rs"]
+mod support;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use fleet::testkit::process::{eventually, DaemonProcess};
+use support::flood::{flood, Flood};
+use support::*;
+
+const MTA: &str = env!("CARGO_BIN_EXE_mta");
+
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a
+    // valid NUL-terminated string.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(path.as_ptr(), &mut stat), 0, "statvfs");
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    }
+}
+
+async fn wait_ready(fixture: &Fixture) {
+    let client = fixture.http();
+    let ready = fixture.https_url("/ready");
+    eventually(LIMIT, "the mta answers /ready", || {
+        let (client, ready) = (client.clone(), ready.clone());
+        async move {
+            client
+                .get(ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let connections = args.first().copied().unwrap_or(2000);
+    let size = args.get(1).copied().unwrap_or(10) << 20;
+    let fixture = Fixture::new(210, "max_connections = 2100");
+    let need = (connections * size) as u64 / 10 * 11;
+    let free = free_bytes(fixture.dir.path());
+    assert!(
+        free > need,
+        "the spool needs {} GB, {} has {} GB free",
+        need >> 30,
+        fixture.dir.path().display(),
+        free >> 30
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut node = DaemonProcess::start(MTA.as_ref(), &fixture.config()).unwrap();
+        wait_ready(&fixture).await;
+        let mut raw = Raw::authenticated(&fixture).await;
+        assert_eq!(transaction(&mut raw, message("warm").as_bytes()).await.code, 250);
+        drop(raw);
+        println!(
+            "ingress_flood: {connections} × {} MB over SMTP+STARTTLS into {} ({} CPUs)",
+            size >> 20,
+            fixture.spool_dir().display(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+        let started = Instant::now();
+        let report = flood(
+            &fixture,
+            node.pid(),
+            Flood {
+                connections,
+                size,
+                // At most 50 connections per address (the cap is 100).
+                sources: (1..=connections.div_ceil(50).max(1) as u8)
+                    .map(|i| Ipv4Addr::new(127, 1, 211, i))
+                    .collect(),
+                bystander: Ipv4Addr::new(127, 1, 212, 1),
+                limit: Duration::from_secs(3600),
+            },
+        )
+        .await;
+        let gb = (connections * size) as f64 / f64::from(1 << 30);
+        println!(
+            "{} of {connections} accepted ({gb:.1} GB) in {:.1} s ({:.0} MB/s); transfer {:.1} s",
+            report.accepted,
+            started.elapsed().as_secs_f64(),
+            gb * 1024.0 / report.transfer.as_secs_f64(),
+            report.transfer.as_secs_f64()
+        );
+        println!(
+            "mta RSS: idle {} MB, peak {} MB (VmHWM); a bystander's small message got 250 in {:.2} s during the flood",
+            report.idle_kb / 1024,
+            report.peak_kb / 1024,
+            report.bystander.as_secs_f64()
+        );
+        node.signal("TERM").unwrap();
+        node.wait_exit(Duration::from_secs(120)).await.unwrap();
+    });
+    println!("deleting the spool");
+    drop(fixture);
+}
