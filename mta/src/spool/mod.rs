@@ -103,7 +103,10 @@ pub use fleet::clock::unix_millis as now_ms;
 
 pub(crate) struct Segment {
     pub id: u32,
-    pub file: File,
+    /// An open handle for reading, or `None`: opened by path for each
+    /// read (segments of one streamed message, so that a spool of many
+    /// large messages holds no descriptor per message).
+    pub file: Option<File>,
     pub bytes: AtomicU64,
     /// Recipients of this segment not yet done.
     pub live: AtomicU64,
@@ -397,12 +400,14 @@ impl Spool {
             SpoolError::Unreadable(job.id(), format!("segment {} is gone", job.segment))
         })?;
         let (offset, len, id) = (job.offset as u64, job.len as usize, job.id());
+        let path = segment_path(&self.shared.dir, segment.id);
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; len];
-            segment
-                .file
-                .read_exact_at(&mut buf, offset)
-                .map_err(|e| e.to_string())
+            let read = match &segment.file {
+                Some(file) => file.read_exact_at(&mut buf, offset),
+                None => File::open(&path).and_then(|f| f.read_exact_at(&mut buf, offset)),
+            };
+            read.map_err(|e| format!("{}: {e}", path.display()))
                 .and_then(|()| record::decode(&buf))
         })
         .await

@@ -186,6 +186,7 @@ fn recover_segment(dir: &Path, id: u32) -> Result<SegmentResult, String> {
     let mut damaged = 0;
     let mut quarantined = Vec::new();
     let mut pos = 0usize;
+    let mut records = 0usize;
     while pos < bytes.len() {
         let (len, summary) = match step(&bytes, pos) {
             Step::Good(len, summary) => (len, summary),
@@ -215,10 +216,13 @@ fn recover_segment(dir: &Path, id: u32) -> Result<SegmentResult, String> {
             }
         };
         max_seq = max_seq.max(summary.seq);
+        records += 1;
         push_jobs(&mut jobs, &states, &summary, id, pos, HEADER_LEN + len);
         pos += HEADER_LEN + len;
     }
     let kept = pos.min(bytes.len());
+    // A segment of one streamed message is opened when read, not held open.
+    let file = (records > 1).then_some(file);
     Ok(SegmentResult {
         segment: Segment {
             id,

@@ -232,7 +232,7 @@ impl Writer {
                 id,
                 Arc::new(Segment {
                     id,
-                    file: read,
+                    file: Some(read),
                     bytes: AtomicU64::new(0),
                     live: AtomicU64::new(0),
                     sealed: AtomicBool::new(false),
@@ -247,19 +247,15 @@ impl Writer {
     fn adopt(&mut self, path: &std::path::Path, len: u64, jobs: u64, reply: Placed) {
         let id = self.next_segment;
         let to = segment_path(&self.shared.dir, id);
-        let read = std::fs::rename(path, &to).and_then(|()| File::open(&to));
-        let read = match read {
-            Ok(read) => read,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                let _ = reply.send(Err(format!(
-                    "cannot move {} into the spool as {}: {e}",
-                    path.display(),
-                    to.display()
-                )));
-                return;
-            }
-        };
+        if let Err(e) = std::fs::rename(path, &to) {
+            let _ = std::fs::remove_file(path);
+            let _ = reply.send(Err(format!(
+                "cannot move {} into the spool as {}: {e}",
+                path.display(),
+                to.display()
+            )));
+            return;
+        }
         self.next_segment += 1;
         self.shared.metrics.bytes.inc_by(len as i64);
         self.shared
@@ -270,7 +266,7 @@ impl Writer {
                 id,
                 Arc::new(Segment {
                     id,
-                    file: read,
+                    file: None,
                     bytes: AtomicU64::new(len),
                     live: AtomicU64::new(jobs),
                     sealed: AtomicBool::new(true),
