@@ -70,11 +70,12 @@ async fn concurrent_10_mb_transfers_do_not_grow_memory_with_message_size() {
     .await;
     let above = report.peak_kb.saturating_sub(report.idle_kb) / 1024;
     println!(
-        "{CONNECTIONS} × {} MB: idle {} MB, peak {} MB ({above} MB above idle), bystander answered in {:?}, transfer {:?}",
+        "{CONNECTIONS} × {} MB: idle {} MB, peak {} MB ({above} MB above idle), bystander answered in {:?} with {} still sending, transfer {:?}",
         SIZE >> 20,
         report.idle_kb / 1024,
         report.peak_kb / 1024,
         report.bystander,
+        report.still_sending,
         report.transfer
     );
     assert_eq!(report.accepted, CONNECTIONS);

@@ -388,8 +388,13 @@ impl Raw {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
+        self.send_within(bytes, LIMIT).await
+    }
+
+    /// [`Raw::send`] with its own limit (a node under a flood).
+    pub async fn send_within(&mut self, bytes: &[u8], limit: Duration) {
         let stream = self.stream.get_mut();
-        tokio::time::timeout(LIMIT, async {
+        tokio::time::timeout(limit, async {
             stream.write_all(bytes).await?;
             stream.flush().await
         })
@@ -411,10 +416,21 @@ impl Raw {
 
     /// The next reply, or `None` at the end of the stream.
     pub async fn try_reply(&mut self) -> Option<Reply> {
+        self.try_reply_within(LIMIT).await
+    }
+
+    /// [`Raw::reply`] with its own limit (a node under a flood).
+    pub async fn reply_within(&mut self, limit: Duration) -> Reply {
+        self.try_reply_within(limit)
+            .await
+            .unwrap_or_else(|| panic!("no reply: connection closed"))
+    }
+
+    async fn try_reply_within(&mut self, limit: Duration) -> Option<Reply> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(LIMIT, self.stream.read_line(&mut line))
+            let n = tokio::time::timeout(limit, self.stream.read_line(&mut line))
                 .await
                 .expect("a reply within the limit")
                 .ok()?;
