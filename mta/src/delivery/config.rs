@@ -47,6 +47,9 @@ pub struct DeliveryConfig {
     pub allow_networks: Vec<String>,
     /// Delivery attempts under way at once, all destinations together.
     pub max_in_flight: usize,
+    /// Bytes of spooled messages read into memory for attempts at once
+    /// (256 MiB); a message larger than this waits until it is alone.
+    pub max_loaded_bytes: usize,
     /// Attempts (and so connections) at once to one destination address.
     pub connections_per_destination: usize,
     /// Limit on each SMTP command and on connecting.
@@ -107,6 +110,7 @@ impl Default for DeliveryConfig {
             route_starttls: BTreeMap::new(),
             allow_networks: Vec::new(),
             max_in_flight: 1024,
+            max_loaded_bytes: 256 << 20,
             connections_per_destination: 32,
             timeout: Duration::from_secs(60),
             retry_initial: Duration::from_secs(20 * 60),
@@ -177,6 +181,12 @@ impl DeliveryConfig {
             .into_iter()
             .map(|(domain, mode)| (domain.to_ascii_lowercase(), mode))
             .collect();
+        if self.max_loaded_bytes < 1 << 20 {
+            return Err((
+                "delivery.max_loaded_bytes".into(),
+                "max_loaded_bytes must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
         if self.max_in_flight == 0 || self.connections_per_destination == 0 {
             return Err((
                 "delivery".into(),

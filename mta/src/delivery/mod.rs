@@ -143,6 +143,9 @@ pub struct Engine {
     /// envelope sender goes on the wire as given.
     bounce_domain: parking_lot::RwLock<Option<String>>,
     sweeps: crate::queue::sweep::Sweeps,
+    /// KiB of messages read back from the spool at once (`max_loaded_bytes`).
+    loading: Arc<tokio::sync::Semaphore>,
+    loading_kib: u32,
 }
 
 /// The running queue and delivery engine.
@@ -170,9 +173,12 @@ impl Engine {
         metrics: EgressMetrics,
     ) -> Result<Arc<Engine>, String> {
         let egress = Arc::new(Egress::new(&config.egress, metrics.sources.clone())?);
+        let loading_kib = u32::try_from(config.max_loaded_bytes >> 10).unwrap_or(u32::MAX);
         // No signers until the settings' ones are put in by `reconfigure`.
         let setup = Setup::build(config, hello_name, Arc::default(), &metrics, None)?;
         Ok(Arc::new(Engine {
+            loading: Arc::new(tokio::sync::Semaphore::new(loading_kib as usize)),
+            loading_kib,
             bounce_domain: parking_lot::RwLock::new(None),
             sweeps: Default::default(),
             spool,
@@ -183,6 +189,13 @@ impl Engine {
             egress,
             tasks: TaskTracker::new(),
         }))
+    }
+
+    /// Room for `job`'s message in memory (`max_loaded_bytes`), held
+    /// until dropped: a spool of large messages is not read back all at once.
+    async fn load_budget(&self, job: &Job) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = job.len.div_ceil(1024).clamp(1, self.loading_kib.max(1));
+        self.loading.clone().acquire_many_owned(kib).await.ok()
     }
 
     /// The setup new attempts start with.
@@ -296,6 +309,7 @@ impl Engine {
         // swaps in meanwhile.
         let setup = self.setup();
         self.metrics.in_flight.inc();
+        let _loaded = self.load_budget(&job).await;
         let message = match self.spool.load(&job).await {
             Ok(message) => message,
             Err(error) => {
@@ -545,6 +559,7 @@ impl Engine {
         let setup = self.setup();
         let mut counts = vec![0usize; orders.len()];
         for job in jobs {
+            let _loaded = self.load_budget(&job).await;
             let Ok(message) = self.spool.load(&job).await else {
                 self.requeue.push(job);
                 continue;
@@ -580,6 +595,7 @@ impl Engine {
     }
 
     async fn report_delayed(self: Arc<Self>, job: Job, wait: Duration, why: Held) {
+        let _loaded = self.load_budget(&job).await;
         let Ok(message) = self.spool.load(&job).await else {
             return;
         };
