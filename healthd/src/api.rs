@@ -103,8 +103,9 @@ pub fn cluster_json(fleet: &Fleet, cluster: &Cluster, records: &HashMap<String, 
                 "since": rfc3339(record.shown_since),
                 "latency_ms": record.latency_ms(),
                 "reason": record.reason(),
+                "degraded": record.degraded,
             }),
-            None => json!({ "name": mta.name, "state": "unknown", "since": null, "latency_ms": null, "reason": null }),
+            None => json!({ "name": mta.name, "state": "unknown", "since": null, "latency_ms": null, "reason": null, "degraded": null }),
         })
         .collect();
     json!({

@@ -28,6 +28,8 @@ pub struct Record {
     /// The state consumers see (`drain` over the probes' state) and since when.
     pub shown: MtaState,
     pub shown_since: SystemTime,
+    /// What the MTA's passing `/ready` says is degraded, if anything.
+    pub degraded: Option<String>,
 }
 
 impl Record {
@@ -41,6 +43,7 @@ impl Record {
             admin_drain: false,
             shown: MtaState::Unknown,
             shown_since: now,
+            degraded: None,
         }
     }
 
@@ -67,7 +70,11 @@ impl Record {
     /// drained and what the probes say.
     pub fn reason(&self) -> Option<String> {
         if !self.drained() {
-            return self.health.failure.clone();
+            let degraded = self
+                .degraded
+                .as_ref()
+                .map(|note| format!("degraded: {note}"));
+            return self.health.failure.clone().or(degraded);
         }
         let by = match (self.fleet_drain, self.admin_drain) {
             (true, true) => "the fleet file and an admin call",
@@ -252,6 +259,21 @@ impl Board {
             self.bump();
         }
         Some((after, transition))
+    }
+
+    /// Records what `name`'s last passing `/ready` said is degraded (`None`:
+    /// nothing, or the probe failed); consumers hear of a change.
+    pub fn note_degraded(&self, name: &str, id: u64, degraded: Option<String>) {
+        let mut inner = self.lock();
+        let Some(record) = inner.records.get_mut(name).filter(|r| r.id == id) else {
+            return;
+        };
+        if record.degraded == degraded {
+            return;
+        }
+        record.degraded = degraded;
+        drop(inner);
+        self.bump();
     }
 
     /// Drains (or undrains) `name` by admin call; `None` when the fleet has

@@ -230,6 +230,8 @@ impl Scheduler {
                 }
             }
         }
+        self.board
+            .note_degraded(&name, done.id, done.report.degraded.clone());
         let verdict = done.report.verdict().map_err(|f| f.reason.as_str());
         self.metrics
             .rounds

@@ -136,3 +136,50 @@ async fn ready_once_the_first_probe_round_finished() {
     assert_eq!((status, live.trim()), (200, "live"));
     healthd.stop().await;
 }
+
+/// An MTA whose `/ready` passes but says it is degraded (a failing webhook)
+/// stays up; the Clusters API and the dashboard show the note until it
+/// clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_mta_stays_up_and_says_why() {
+    let test = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let one = fake(ip(test, 10), pki.server(&["c-d1.unmta.net"])).await;
+    let note = "webhook crm has failed 3 times in a row with 40 events waiting: POST answered 503";
+    one.set(|s| s.ready_body = format!("ready, degraded: {note}"));
+    let fleet = fleet_toml(&[("d1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
+    let config = write_configs(
+        dir.path(),
+        ip(test, 1),
+        &pki,
+        &fleet,
+        "interval = \"200ms\"\n",
+    );
+    let healthd = Healthd::start(&config).await;
+    fleet::testkit::process::eventually(Duration::from_secs(10), "the note in the API", || async {
+        let mta = mta_view(&healthd, "d1").await;
+        mta["state"] == "up" && mta["degraded"] == note
+    })
+    .await
+    .unwrap();
+    let mta = mta_view(&healthd, "d1").await;
+    assert_eq!(mta["reason"], format!("degraded: {note}"));
+
+    one.set(|s| s.ready_body = "ready".into());
+    fleet::testkit::process::eventually(Duration::from_secs(10), "the note cleared", || async {
+        let mta = mta_view(&healthd, "d1").await;
+        mta["state"] == "up" && mta["degraded"].is_null() && mta["reason"].is_null()
+    })
+    .await
+    .unwrap();
+    healthd.stop().await;
+}
+
+/// The first MTA of `cluster` as the Clusters API shows it.
+async fn mta_view(healthd: &Healthd, cluster: &str) -> serde_json::Value {
+    let (_, body) = healthd
+        .get(&format!("/api/v1/clusters/{cluster}"), Some(ACCOUNT_TOKEN))
+        .await;
+    body["data"]["mtas"][0].clone()
+}

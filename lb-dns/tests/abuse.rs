@@ -202,3 +202,90 @@ async fn a_malformed_or_oversized_feed_is_refused_and_the_last_good_state_stays(
     }
     lb.stop().await;
 }
+
+/// CPU seconds (user + system) `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name in parentheses: utime is the 14th
+    // field of the line, stime the 15th.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Out of file descriptors (a real lb-dns process limited to 64), a crowd
+/// of TCP clients does not make the accept loop spin: lb-dns stays cheap,
+/// UDP is answered throughout, and TCP works again once the crowd leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_tcp_backs_off_and_udp_is_answered() {
+    let ip = "127.4.53.1";
+    let dir = tempfile::tempdir().unwrap();
+    let spec = FleetSpec::standard();
+    let config = write_config_with(dir.path(), ip, &spec, &[], "tcp_idle_timeout = \"120s\"\n");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("[\"{ip}:0\"]"), &format!("[\"{ip}:15353\"]"))
+        .replace(&format!("\"{ip}:0\""), &format!("\"{ip}:19053\""));
+    std::fs::write(&config, text).unwrap();
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=64:64", "--"])
+        .arg(env!("CARGO_BIN_EXE_lb-dns"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs lb-dns");
+    let pid = child.id();
+    let dns: std::net::SocketAddr = format!("{ip}:15353").parse().unwrap();
+    let name = cluster("a1b2c3d4");
+    eventually(Duration::from_secs(20), "lb-dns answers over UDP", || {
+        let q = query(&name, RecordType::A).to_vec().unwrap();
+        async move { udp_raw(dns, &q).await.is_some() }
+    })
+    .await
+    .unwrap();
+
+    // Many more connections than descriptors, all idle.
+    let mut crowd = Vec::new();
+    for _ in 0..150 {
+        crowd.push(TcpStream::connect(dns).await.unwrap());
+    }
+    let before = cpu_seconds(pid);
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        if udp_raw(dns, &query(&name, RecordType::A).to_vec().unwrap())
+            .await
+            .is_some()
+        {
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let used = cpu_seconds(pid) - before;
+    let wall = started.elapsed().as_secs_f64();
+    println!("out of descriptors: {used:.3} CPU s in {wall:.1} s, {answered} UDP answers");
+    assert!(answered >= 10, "UDP answered only {answered} times");
+    assert!(
+        used < 0.5 * wall,
+        "the accept loop spins out of descriptors: {used:.3} CPU s in {wall:.1} s"
+    );
+
+    drop(crowd);
+    eventually(Duration::from_secs(20), "TCP answers again", || async {
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(dns)).await {
+            Ok(Ok(mut stream)) => {
+                tokio::time::timeout(Duration::from_secs(2), exchange(&mut stream))
+                    .await
+                    .unwrap_or(false)
+            }
+            _ => false,
+        }
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -125,6 +125,7 @@ async fn run(messages: usize, hook: Option<SocketAddr>, count: Arc<AtomicU64>) -
             label: HookLabel {
                 webhook: "bench".into(),
             },
+            readiness: None,
         };
         tokio::spawn(sender.run(stop.clone()));
     }

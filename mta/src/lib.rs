@@ -140,11 +140,11 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         started.live.clone(),
     )?;
     let _ = engine_cell.set(egress.engine.clone());
-    tokio::spawn(
-        webhooks
-            .clone()
-            .follow(started.live.clone(), started.control.shutdown.clone()),
-    );
+    tokio::spawn(webhooks.clone().follow(
+        started.live.clone(),
+        started.readiness.clone(),
+        started.control.shutdown.clone(),
+    ));
     egress
         .engine
         .egress()

@@ -288,6 +288,17 @@ async fn a_webhook_down_while_the_mta_is_killed_still_gets_every_event() {
     )
     .await
     .unwrap();
+    // The node says so on /ready (healthd's dashboard shows it), still 200.
+    let ready = format!("{}/ready", admin(net));
+    fleet::testkit::process::eventually(LIMIT, "/ready says the webhook is failing", || {
+        let ready = ready.clone();
+        async move {
+            matches!(fleet::testkit::process::http_get(&ready).await,
+                Some((200, body)) if body.contains("degraded") && body.contains("webhook"))
+        }
+    })
+    .await
+    .unwrap();
     node.signal("KILL").unwrap();
     node.wait_exit(LIMIT).await.unwrap();
 
@@ -304,6 +315,15 @@ async fn a_webhook_down_while_the_mta_is_killed_still_gets_every_event() {
         .await;
     assert_eq!(receiver.bad_signatures(), 0);
     assert_in_order_per_message(&events);
+    fleet::testkit::process::eventually(LIMIT, "/ready no longer degraded", || {
+        let ready = ready.clone();
+        async move {
+            matches!(fleet::testkit::process::http_get(&ready).await,
+                Some((200, body)) if !body.contains("degraded"))
+        }
+    })
+    .await
+    .unwrap();
     // Duplicates are allowed; after dedupe by event id, exactly one each.
     let unique: BTreeMap<&str, &Event> = events.iter().map(|e| (e.event_id.as_str(), e)).collect();
     for id in &ids {
@@ -315,4 +335,78 @@ async fn a_webhook_down_while_the_mta_is_killed_still_gets_every_event() {
             assert_eq!(n, 1, "{kind} of {id} {n} times");
         }
     }
+}
+
+/// An https webhook is verified against `webhook_ca_file`: a receiver whose
+/// certificate another CA issued gets nothing (the failure names the
+/// certificate), and once the right one listens it gets every event.
+#[tokio::test]
+async fn an_https_webhook_gets_events_only_from_a_trusted_certificate() {
+    let net = 3;
+    let sink = sink(net).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = ip(net, 2).to_string();
+    let trusted = fleet::testkit::pki::LocalCa::new("webhook test CA").unwrap();
+    trusted
+        .write_bundle(&dir.path().join("good"), "hook", &[&host])
+        .unwrap();
+    let stranger = fleet::testkit::pki::LocalCa::new("someone else's CA").unwrap();
+    stranger
+        .write_bundle(&dir.path().join("bad"), "hook", &[&host])
+        .unwrap();
+    let configs = node_configs(net, &[]);
+    configs
+        .edit("fleet.toml", |doc| {
+            doc["clusters"][0]["webhooks"][0]["url"] =
+                value(format!("https://{host}:{HOOK_PORT}/events"));
+        })
+        .unwrap();
+    let ca_file = dir.path().join("good/ca.pem");
+    configs
+        .edit("mta.toml", |doc| {
+            doc["events"]["webhook_ca_file"] = value(ca_file.display().to_string());
+        })
+        .unwrap();
+    let tls = |d: &str| {
+        (
+            dir.path().join(d).join("hook.pem"),
+            dir.path().join(d).join("hook-key.pem"),
+        )
+    };
+    let (cert, key) = tls("bad");
+    let impostor = Receiver::start_tls(net, &dir.path().join("impostor.jsonl"), &cert, &key);
+    let _node = start_node(&configs, net).await;
+    let id = submit(net, &["ok-tls@example.test"], "over https").await;
+    sink.wait_for(1, LIMIT).await.unwrap();
+    fleet::testkit::process::eventually(
+        LIMIT,
+        "the untrusted receiver is refused",
+        || async move {
+            let status = status(net).await;
+            let error = status["service"]["webhooks"][0]["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .to_lowercase();
+            error.contains("certificate")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        impostor.events().is_empty(),
+        "an untrusted receiver got events"
+    );
+    drop(impostor);
+
+    let (cert, key) = tls("good");
+    let receiver = Receiver::start_tls(net, &dir.path().join("events.jsonl"), &cert, &key);
+    let events = receiver
+        .wait_until("Reception and Delivery over https", |e| {
+            [EventType::Reception, EventType::Delivery]
+                .iter()
+                .all(|k| e.iter().any(|ev| ev.id == id && ev.kind == *k))
+        })
+        .await;
+    assert_eq!(receiver.bad_signatures(), 0);
+    assert_in_order_per_message(&events);
 }

@@ -37,6 +37,9 @@ pub struct MtaView {
     pub since: Option<String>,
     pub latency_ms: Option<f64>,
     pub reason: Option<String>,
+    /// What a passing `/ready` says is degraded (also in `reason`).
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 /// A sidebar entry.
@@ -529,6 +532,7 @@ mod tests {
                     since: None,
                     latency_ms: None,
                     reason: Some("<b>x</b>".into()),
+                    degraded: None,
                 })
                 .collect(),
         }

@@ -48,11 +48,12 @@ pub const MAX_KEEP: Duration = Duration::from_secs(30);
 impl ReadyCheck<'_> {
     /// Asks `/ready`, on `kept` if it still works, else on a new
     /// connection; returns the connection to keep, if the server allows.
+    /// A pass carries the MTA's degradation note, if it gave one.
     pub async fn run(
         &self,
         addr: SocketAddr,
         kept: Option<Kept>,
-    ) -> (Result<(), Failure>, Option<Kept>) {
+    ) -> (Result<Option<String>, Failure>, Option<Kept>) {
         let within = words(self.timeout);
         if let Some(mut kept) = kept.filter(|k| k.opened.elapsed() < MAX_KEEP) {
             let asked = tokio::time::timeout_at(self.deadline, self.ask(&mut kept.stream)).await;
@@ -124,10 +125,10 @@ impl ReadyCheck<'_> {
         read_answer(stream).await
     }
 
-    fn judge(&self, answer: Answer, kept: Kept) -> (Result<(), Failure>, Option<Kept>) {
+    fn judge(&self, answer: Answer, kept: Kept) -> (Result<Option<String>, Failure>, Option<Kept>) {
         let keep = answer.reusable.then_some(kept);
         if answer.status == 200 {
-            return (Ok(()), keep);
+            return (Ok(degradation(&answer.body)), keep);
         }
         let body = answer.body.trim();
         let reason = if body.is_empty() {
@@ -137,6 +138,19 @@ impl ReadyCheck<'_> {
         };
         (Err(fail(Class::Status, reason)), keep)
     }
+}
+
+/// The longest degradation note kept from an answer.
+const MAX_NOTE: usize = 512;
+
+/// The note of a `ready, degraded: <note>` body (as `fleet::admin` writes it).
+fn degradation(body: &str) -> Option<String> {
+    let note = body.trim().strip_prefix("ready, degraded:")?.trim();
+    let end = note
+        .char_indices()
+        .nth(MAX_NOTE)
+        .map_or(note.len(), |(i, _)| i);
+    Some(note[..end].to_string())
 }
 
 /// A parsed answer: its status and the first line of its body.

@@ -92,6 +92,9 @@ impl fmt::Display for Failure {
 pub struct Report {
     pub smtp: Result<Duration, Failure>,
     pub https: Result<Duration, Failure>,
+    /// What a passing `/ready` said is degraded (a failing webhook, stale
+    /// secrets), shown on the dashboard.
+    pub degraded: Option<String>,
 }
 
 impl Report {
@@ -130,7 +133,16 @@ impl Prober {
     ) -> (Report, Option<https::Kept>) {
         let (smtp, (https, kept)) =
             tokio::join!(self.smtp_everywhere(target), self.https(target, kept));
-        (Report { smtp, https }, kept)
+        let (https, degraded) = match https {
+            Ok((latency, note)) => (Ok(latency), note),
+            Err(failure) => (Err(failure), None),
+        };
+        let report = Report {
+            smtp,
+            https,
+            degraded,
+        };
+        (report, kept)
     }
 
     /// SMTP on the IPv4 address and, when the MTA has one, the IPv6 one:
@@ -170,7 +182,10 @@ impl Prober {
         &self,
         target: &Target,
         kept: Option<https::Kept>,
-    ) -> (Result<Duration, Failure>, Option<https::Kept>) {
+    ) -> (
+        Result<(Duration, Option<String>), Failure>,
+        Option<https::Kept>,
+    ) {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let server_name = match server_name(target) {
@@ -186,7 +201,7 @@ impl Prober {
             timeout: self.timeout,
         };
         let (result, kept) = check.run(target.https_addr(), kept).await;
-        (result.map(|()| started.elapsed()), kept)
+        (result.map(|note| (started.elapsed(), note)), kept)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod sign;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fleet::admin::Readiness;
 use fleet::Live;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -115,10 +116,17 @@ impl Webhooks {
 
     /// Starts the endpoints of `live`'s cluster and follows reloads until
     /// `shutdown`.
-    pub async fn follow(self: Arc<Self>, live: Arc<Live<Settings>>, shutdown: CancellationToken) {
+    /// An endpoint that keeps failing makes `readiness` say `degraded`
+    /// (healthd's dashboard shows it).
+    pub async fn follow(
+        self: Arc<Self>,
+        live: Arc<Live<Settings>>,
+        readiness: Arc<Readiness>,
+        shutdown: CancellationToken,
+    ) {
         let mut changed = live.subscribe();
         loop {
-            self.apply(&live.get(), &shutdown);
+            self.apply(&live.get(), &readiness, &shutdown);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 result = changed.changed() => if result.is_err() { break },
@@ -130,7 +138,7 @@ impl Webhooks {
     }
 
     /// Starts new and changed endpoints, stops removed ones.
-    fn apply(&self, settings: &Settings, shutdown: &CancellationToken) {
+    fn apply(&self, settings: &Settings, readiness: &Arc<Readiness>, shutdown: &CancellationToken) {
         let wanted: BTreeMap<String, fleet::Webhook> = settings
             .cluster()
             .map(|c| {
@@ -145,6 +153,7 @@ impl Webhooks {
             let keep = wanted.get(name) == Some(&r.hook);
             if !keep {
                 r.stop.cancel();
+                readiness.not_degraded(&sender::concern(name));
             }
             keep
         });
@@ -168,6 +177,7 @@ impl Webhooks {
                 label: HookLabel {
                     webhook: name.clone(),
                 },
+                readiness: Some(readiness.clone()),
             };
             tokio::spawn(sender.run(stop.clone()));
             tracing::info!(webhook = %name, url = %hook.url, "webhook started");

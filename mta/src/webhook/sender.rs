@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet::admin::Readiness;
 use fleet::event::Event;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -26,6 +27,16 @@ pub struct Sender {
     pub status: Arc<Mutex<HookStatus>>,
     pub metrics: WebhookMetrics,
     pub label: HookLabel,
+    /// Told `degraded` while the endpoint keeps failing.
+    pub readiness: Option<Arc<Readiness>>,
+}
+
+/// Failures in a row after which the node says it is degraded.
+const DEGRADED_AFTER: u64 = 3;
+
+/// The readiness concern of endpoint `name`.
+pub fn concern(name: &str) -> String {
+    format!("webhook:{name}")
 }
 
 /// The cursor file: the last acknowledged sequence, in decimal.
@@ -162,15 +173,19 @@ impl Sender {
             };
             attempt += 1;
             self.metrics.failures.get_or_create(&self.label).inc();
-            {
+            let failing = {
                 let mut status = self.status.lock();
                 status.failures += 1;
                 status.consecutive_failures += 1;
                 status.last_error = Some(error.clone());
                 status.last_error_at = Some(now_secs());
-            }
+                status.consecutive_failures
+            };
             let committed = *self.log.committed().borrow();
             self.update_backlog(committed, batch.first());
+            if failing >= DEGRADED_AFTER {
+                self.say_degraded(failing, &error);
+            }
             let wait = backoff(
                 self.config.webhook_retry_initial,
                 self.config.webhook_retry_max,
@@ -226,6 +241,23 @@ impl Sender {
         }
         drop(status);
         self.update_backlog(committed, None);
+        if let Some(readiness) = &self.readiness {
+            readiness.not_degraded(&concern(&self.hook.name));
+        }
+    }
+
+    fn say_degraded(&self, failing: u64, error: &str) {
+        let Some(readiness) = &self.readiness else {
+            return;
+        };
+        let backlog = self.status.lock().backlog;
+        readiness.degraded(
+            &concern(&self.hook.name),
+            format!(
+                "webhook {} has failed {failing} times in a row with {backlog} events waiting: {error}",
+                self.hook.name
+            ),
+        );
     }
 
     /// Backlog: events committed after the cursor (of every type); lag: the

@@ -112,6 +112,15 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(net: u8, out: &Path) -> Receiver {
+        Receiver::spawn(net, out, &[])
+    }
+
+    /// The receiver over https with `cert` and `key` (PEM files).
+    pub fn start_tls(net: u8, out: &Path, cert: &Path, key: &Path) -> Receiver {
+        Receiver::spawn(net, out, &[cert, key])
+    }
+
+    fn spawn(net: u8, out: &Path, tls: &[&Path]) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/events_support/receiver.py");
         let mut child = Command::new("python3")
             .arg(script)
@@ -119,6 +128,7 @@ impl Receiver {
             .arg(HOOK_PORT.to_string())
             .arg(SECRET)
             .arg(out)
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs the receiver");

@@ -3,12 +3,13 @@
 Python's own hmac (independent of the MTA's code), appends every event of a
 good batch to OUT (one JSON object a line), answers 401 to a bad signature.
 
-usage: receiver.py HOST PORT SECRET OUT
+usage: receiver.py HOST PORT SECRET OUT [CERT KEY]   (CERT KEY: serve https)
 """
 import hashlib
 import hmac
 import http.server
 import json
+import ssl
 import sys
 import time
 
@@ -49,5 +50,9 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 
 server = http.server.ThreadingHTTPServer((HOST, PORT), Hook)
+if len(sys.argv) > 6:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[5], sys.argv[6])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print("listening", flush=True)
 server.serve_forever()
