@@ -119,6 +119,16 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A value written as a Vault reference replaced by what Vault holds
+    /// (see [`crate::secret::resolve_text`]); plain values stay.
+    pub fn resolve(&mut self, store: &crate::secret::SecretStore) -> Result<(), String> {
+        crate::secret::resolve_text(&mut self.0, store)
+    }
+
+    pub fn is_reference(&self) -> bool {
+        crate::secret::VaultRef::is_reference(&self.0)
+    }
 }
 
 impl fmt::Debug for Secret {

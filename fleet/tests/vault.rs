@@ -283,4 +283,36 @@ async fn vault_import_copies_file_secrets_and_prints_the_references() {
     assert!(values.contains(&hash.as_bytes()), "the credential hash");
     assert!(values.contains(&pem.as_bytes()), "the DKIM key");
     assert!(values.contains(&b"s1".as_slice()), "the selector");
+
+    // --write puts the references into the files; a second run finds
+    // nothing left to copy.
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+            .arg("vault-import")
+            .arg("--write")
+            .arg("--fleet")
+            .arg(configs.path("fleet.toml"))
+            .arg("--mta-config")
+            .arg(&mta)
+            .args(["--address", bao.address(), "--token-file"])
+            .arg(bao.token_file().unwrap())
+            .output()
+            .unwrap()
+    };
+    let output = run();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("now stand in the files"), "{stdout}");
+    let fleet_text = std::fs::read_to_string(configs.path("fleet.toml")).unwrap();
+    assert!(!fleet_text.contains("$argon2"), "{fleet_text}");
+    let mta_text = std::fs::read_to_string(&mta).unwrap();
+    for written in [
+        "key = \"vault:secret/data/unmta/dkim/yourdomain.com#private_key\"",
+        "selector = \"vault:secret/data/unmta/dkim/yourdomain.com#selector\"",
+        "key = \"vault:secret/data/unmta/tls/cluster-key#private_key\"",
+    ] {
+        assert!(mta_text.contains(written), "no {written} in\n{mta_text}");
+    }
+    let again = run();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to import"));
 }

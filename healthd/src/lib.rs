@@ -63,6 +63,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let listen_tls = settings.listen_tls.clone();
     let secrets = settings.secrets.clone();
     let mut service = Service::new(control, settings);
+    fleet::secret::register_metrics(&secrets, &mut service.registry);
     service.admin_tls = listen_tls;
     service.admin_max_connections = Some(service.live.get().node.max_connections);
     let long_polls = Arc::new(tokio::sync::Semaphore::new(

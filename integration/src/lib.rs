@@ -12,5 +12,6 @@ pub mod run;
 pub mod services;
 pub mod state;
 pub mod supervisor;
+pub mod vault;
 
 pub use info::ClusterInfo;

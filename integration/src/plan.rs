@@ -70,7 +70,13 @@ pub struct Plan {
     pub address: Ipv4Addr,
     pub mta_base: Ipv4Addr,
     pub ports: Ports,
+    /// With `--vault`: the OpenBao dev server's port (on `address`).
+    #[serde(default)]
+    pub vault_port: Option<u16>,
 }
+
+/// The OpenBao dev server's port when `--vault` names none.
+pub const VAULT_PORT: u16 = 8200;
 
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
@@ -108,6 +114,7 @@ impl Plan {
             address: Ipv4Addr::LOCALHOST,
             mta_base: Ipv4Addr::new(127, 0, 0, 11),
             ports: Ports::default(),
+            vault_port: None,
         };
         plan.apply(args);
         plan
@@ -143,6 +150,9 @@ impl Plan {
         }
         if let Some(base) = args.mta_base {
             self.mta_base = base;
+        }
+        if args.vault || args.vault_port.is_some() {
+            self.vault_port = Some(args.vault_port.or(self.vault_port).unwrap_or(VAULT_PORT));
         }
         let ports = &mut self.ports;
         if let Some(smtp) = &args.smtp_ports {
@@ -204,6 +214,11 @@ impl Plan {
         SocketAddr::from((self.address, self.ports.resolver))
     }
 
+    pub fn vault_url(&self) -> Option<String> {
+        self.vault_port
+            .map(|port| format!("http://{}", SocketAddr::from((self.address, port))))
+    }
+
     pub fn mta_admin_addr(&self, mta: Ipv4Addr) -> SocketAddr {
         SocketAddr::from((mta, self.ports.mta_admin))
     }
@@ -250,6 +265,16 @@ impl Layout {
     }
     pub fn log(&self, name: &str) -> PathBuf {
         self.root.join("logs").join(format!("{name}.log"))
+    }
+    /// `--vault`: the dev server's root token and what was imported.
+    pub fn vault_dir(&self) -> PathBuf {
+        self.root.join("vault")
+    }
+    pub fn vault_token_file(&self) -> PathBuf {
+        self.vault_dir().join("root-token")
+    }
+    pub fn vault_mta_references(&self) -> PathBuf {
+        self.vault_dir().join("mta-references.json")
     }
     pub fn cluster_json(&self) -> PathBuf {
         self.root.join("cluster.json")

@@ -117,6 +117,22 @@ pub fn details(info: &ClusterInfo) -> String {
     let _ = writeln!(out, "  CA             {}", info.ca_file.display());
     let _ = writeln!(out, "  Fleet file     {}", info.fleet_file.display());
     let _ = writeln!(out, "  Sink maildir   {}", info.sink.maildir.display());
+    if let Some(vault) = &info.vault {
+        let _ = writeln!(
+            out,
+            "  Secrets        OpenBao dev server {} (root token in {})",
+            vault.address,
+            vault.token_file.display()
+        );
+        let _ = writeln!(
+            out,
+            "                 BAO_ADDR={} BAO_TOKEN=$(cat {}) bao kv list {}/{}",
+            vault.address,
+            shell_quote(&vault.token_file.display().to_string()),
+            vault.mount,
+            vault.prefix
+        );
+    }
     let _ = writeln!(
         out,
         "  Everything     {}/cluster.json (logs in logs/)",

@@ -161,7 +161,15 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         None => Plan::fresh(&args),
     };
     plan.save(&state_dir)?;
+    if plan.vault_port.is_some() && layout.fleet_file().exists() {
+        state::restore_fleet_secrets(&layout, &plan)?;
+    }
     let mtas = state::prepare(&layout, &plan, args.rate_limit.is_some())?;
+    // Dropped (the server killed) when local-cluster returns.
+    let _vault = match plan.vault_port {
+        Some(_) => Some(crate::vault::start(&layout, &plan, &mtas).await?),
+        None => None,
+    };
     // Stale requests from a previous run are void.
     for (path, _) in ops::pending(&layout) {
         let _ = std::fs::remove_file(path);
@@ -306,6 +314,9 @@ async fn handle(
             // file as it starts (a SIGHUP before its handlers would kill it).
             let reloaded = supervisor.reload_daemons();
             state::write_mta_config(layout, plan, &mta)?;
+            if plan.vault_port.is_some() {
+                crate::vault::configure_new_mta(layout, plan, &layout.config(&mta.name))?;
+            }
             let pid = supervisor.start(mta_spec(plan, layout, &mta))?;
             Ok(format!(
                 "{name} started (pid {pid}); SIGHUP sent to {}",

@@ -217,6 +217,32 @@ fn update_fleet(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Resul
     write_fleet_doc(layout, &doc)
 }
 
+/// `--vault` keeps the fleet file's credential hash and API token hash in
+/// an in-memory OpenBao: a new start writes them in place again, to be
+/// imported afresh (the other configs are rewritten at every start).
+pub fn restore_fleet_secrets(layout: &Layout, plan: &Plan) -> anyhow::Result<()> {
+    let mut doc = read_fleet_doc(layout)?;
+    let is_reference = |item: &toml_edit::Item| {
+        item.as_str()
+            .is_some_and(fleet::secret::VaultRef::is_reference)
+    };
+    let mut changed = false;
+    if is_reference(&doc["clusters"][0]["credentials"][0]["password"]) {
+        let hash = fleet::password::hash_password(&plan.password)
+            .map_err(|e| anyhow::anyhow!("cannot hash the credential's password: {e}"))?;
+        doc["clusters"][0]["credentials"][0]["password"] = value(hash);
+        changed = true;
+    }
+    if is_reference(&doc["accounts"][0]["token_sha256"]) {
+        doc["accounts"][0]["token_sha256"] = value(sha256_hex(&plan.api_token));
+        changed = true;
+    }
+    if changed {
+        write_fleet_doc(layout, &doc)?;
+    }
+    Ok(())
+}
+
 /// The MTAs of the state dir's fleet file, checked the way the daemons do.
 pub fn fleet_mtas(layout: &Layout) -> anyhow::Result<Vec<MtaEntry>> {
     let fleet = fleet::load_fleet(&layout.fleet_file())

@@ -194,6 +194,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     };
     let health = Health::new(initial, &settings.node.healthd);
     let mut service = Service::new(control, settings);
+    fleet::secret::register_metrics(&service.live.get().secrets, &mut service.registry);
     let metrics = Arc::new(Metrics::register(
         service.registry.sub_registry_with_prefix("lb_dns"),
     ));

@@ -146,8 +146,9 @@ impl Default for SmtpConfig {
 pub struct TlsConfig {
     /// PEM certificate chain for the cluster hostname.
     pub certificate: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
+    /// PEM private key: a file, or a Vault reference
+    /// (`vault:secret/data/unmta/tls/cluster#private_key`).
+    pub key: fleet::secret::SecretFile,
 }
 
 fn default_grace() -> std::time::Duration {
@@ -211,7 +212,7 @@ impl Settings {
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.spool_dir = resolve(config_file, &node.spool_dir);
         node.tls.certificate = resolve(config_file, &node.tls.certificate);
-        node.tls.key = resolve(config_file, &node.tls.key);
+        node.tls.key.resolve_path(config_file);
         node.delivery
             .prepare(config_file)
             .map_err(|(key, message)| ConfigError {
@@ -255,14 +256,15 @@ impl Settings {
         };
         let cluster_id = cluster.id.clone();
         let hostname = fleet.hostname(cluster);
-        let tls = crate::tls::TlsConfigs::load(&node.tls).map_err(|message| ConfigError {
-            file: config_file.display().to_string(),
-            problems: vec![Problem {
-                line: None,
-                key: "tls".into(),
-                message,
-            }],
-        })?;
+        let tls =
+            crate::tls::TlsConfigs::load(&node.tls, &secrets).map_err(|message| ConfigError {
+                file: config_file.display().to_string(),
+                problems: vec![Problem {
+                    line: None,
+                    key: "tls".into(),
+                    message,
+                }],
+            })?;
         node.planned_stop
             .servers(&fleet)
             .map_err(|message| ConfigError::single(&config_file.display().to_string(), message))?;
@@ -342,6 +344,24 @@ fn resolve_credentials(
             });
         }
     }
+    for (number, source) in fleet.clusters[index].egress_sources.iter_mut().enumerate() {
+        let Some(password) = &mut source.password else {
+            continue;
+        };
+        let result = password.resolve(secrets).and_then(|()| {
+            (1..=255)
+                .contains(&password.expose().len())
+                .then_some(())
+                .ok_or_else(|| "the SOCKS5 password read must be 1 to 255 bytes".into())
+        });
+        if let Err(message) = result {
+            problems.push(Problem {
+                line: None,
+                key: format!("clusters[{index}].egress_sources[{number}].password"),
+                message,
+            });
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -354,7 +374,9 @@ fn resolve_credentials(
 
 /// Everything else applies on reload: `[smtp]` limits and `[tls]` for new
 /// connections, `[delivery]` for new attempts (see
-/// `delivery::start_for_node`), credentials and rate limits of the fleet.
+/// `delivery::start_for_node`) except `max_in_flight` and
+/// `[delivery.egress]`, credentials, egress sources and rate limits of the
+/// fleet.
 impl fleet::Reloadable for Settings {
     fn startup_only(&self) -> fleet::StartupOnly {
         let node = &self.node;
@@ -365,6 +387,16 @@ impl fleet::Reloadable for Settings {
             .key("admin_listen", node.admin_listen)
             .key("log_format", node.log_format)
             .key("delivery.max_in_flight", node.delivery.max_in_flight)
+            // The egress engine is built once, at start (`Egress::new`).
+            .key("delivery.egress.redis", &node.delivery.egress.redis)
+            .key(
+                "delivery.egress.redis_timeout",
+                node.delivery.egress.redis_timeout,
+            )
+            .key(
+                "delivery.egress.source_backoff",
+                node.delivery.egress.source_backoff,
+            )
             .key("events", &node.events)
             .key("ports.smtp", &self.fleet.ports.smtp)
             .key("ports.https", self.fleet.ports.https);

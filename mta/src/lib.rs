@@ -99,6 +99,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     )
     .map_err(anyhow::Error::msg)?;
     let mut service = Service::new(control, settings);
+    fleet::secret::register_metrics(&secrets, &mut service.registry);
     let ingress_metrics = ingress::IngressMetrics::register(&mut service.registry);
     let egress_metrics = queue::EgressMetrics::default();
     egress_metrics.register(&mut service.registry);

@@ -13,6 +13,8 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use fleet::secret::SecretStore;
+
 use crate::config::TlsConfig;
 
 /// One rustls configuration per protocol: HTTPS announces ALPN `http/1.1`,
@@ -24,21 +26,19 @@ pub struct TlsConfigs {
 }
 
 impl TlsConfigs {
-    /// Reads and checks the certificate chain and key; the error is a
-    /// sentence naming the file.
-    pub fn load(config: &TlsConfig) -> Result<TlsConfigs, String> {
+    /// Reads and checks the certificate chain and key (a file or a Vault
+    /// reference read through `secrets`); the error is a sentence naming
+    /// the file or reference, never the key.
+    pub fn load(config: &TlsConfig, secrets: &SecretStore) -> Result<TlsConfigs, String> {
         let certs = read_chain(&config.certificate)?;
-        let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
-            format!(
-                "cannot read a PEM private key from {}: {e}",
-                config.key.display()
-            )
-        })?;
+        let pem = config.key.read(secrets)?;
+        let key = PrivateKeyDer::from_pem_slice(pem.expose())
+            .map_err(|e| format!("cannot read a PEM private key from {}: {e}", config.key))?;
         let smtp = server_config(certs, key).map_err(|e| {
             format!(
                 "certificate {} and key {}: {e}",
                 config.certificate.display(),
-                config.key.display()
+                config.key
             )
         })?;
         let mut https = smtp.clone();

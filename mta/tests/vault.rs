@@ -13,6 +13,7 @@ use egress_support::{with_marker, Node, LIMIT, MX_PORT};
 use fleet::testkit::dns::{Record, StaticDns};
 use fleet::testkit::example_configs::ExampleConfigs;
 use fleet::testkit::process::{eventually, http_get};
+use fleet::testkit::proxies;
 use fleet::testkit::sink::{Sink, SinkConfig};
 use fleet::testkit::Bao;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
@@ -324,6 +325,16 @@ async fn with_vault_gone_mail_flows_and_ready_says_degraded() {
     })
     .await
     .unwrap();
+    // /metrics: the token's remaining TTL (at most the 2 s it got) and the
+    // logins and renewals.
+    let ttl = node
+        .metric("vault_token_ttl_seconds{method=\"approle\"}")
+        .await;
+    assert!(ttl.is_some_and(|t| (0.0..=2.0).contains(&t)), "{ttl:?}");
+    let renewals = node
+        .metric("vault_token_renewals_total{method=\"approle\"}")
+        .await;
+    assert!(renewals.is_some_and(|n| n >= 3.0), "{renewals:?}");
     signed_with(&node, &sink, &dns, "before", "s1").await;
 
     bao.stop();
@@ -430,4 +441,98 @@ async fn webhook_signing_secrets_come_from_vault() {
         "{error}"
     );
     assert!(!error.contains("tiny"), "{error}");
+}
+
+/// The TLS private key and a SOCKS5 egress source's password come from
+/// Vault (their files gone): STARTTLS works with the key, mail leaves
+/// through Dante with the password, and `/metrics` counts each reference's
+/// reads, their age and Vault's state without a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics() {
+    let net = 8;
+    let mut bao = Bao::start(&ip(net, 1).to_string(), BAO_PORT).await.unwrap();
+    let (sink, _dns) = start_mail(net, Vec::new()).await;
+    let socks = SocketAddr::new(ip(net, 30).into(), 1080);
+    let mut dante = proxies::dante(socks, ip(net, 31).into(), Some(("unmta", "pw-from-vault")))
+        .expect("dante starts (needs root)");
+    dante.wait_listening(LIMIT).await.unwrap();
+    let configs = vault_configs(net, &bao, &token_auth(&bao, "1h"), false);
+    let key_file = configs.path("tls/cluster-key.pem");
+    let pem = std::fs::read_to_string(&key_file).unwrap();
+    bao.put("tls/cluster", &[("private_key", &pem)])
+        .await
+        .unwrap();
+    bao.put("egress/socks", &[("password", "pw-from-vault")])
+        .await
+        .unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    configs
+        .edit("mta.toml", |doc| {
+            doc["tls"]["key"] = value("vault:secret/data/tls/cluster#private_key")
+        })
+        .unwrap();
+    configs
+        .edit("fleet.toml", |doc| {
+            let mut source = toml_edit::Table::new();
+            source["name"] = value("socks");
+            source["source_address"] = value(ip(net, 31).to_string());
+            source["socks5"] = value(socks.to_string());
+            source["username"] = value("unmta");
+            source["password"] = value("vault:secret/data/egress/socks#password");
+            let mut sources = toml_edit::ArrayOfTables::new();
+            sources.push(source);
+            doc["clusters"][0]["egress_sources"] = toml_edit::Item::ArrayOfTables(sources);
+        })
+        .unwrap();
+    let node = Node::start(configs).await;
+    Node::submit(&node.client(1), "reader@signed.test", "via-socks")
+        .await
+        .expect("STARTTLS with the key from Vault, AUTH, accepted");
+    let got = sink.wait_for(1, LIMIT).await.unwrap();
+    assert_eq!(
+        got[0].peer.ip(),
+        std::net::IpAddr::V4(ip(net, 31)),
+        "left through Dante"
+    );
+
+    let (_, text) = http_get(&format!("http://{}/metrics", node.admin))
+        .await
+        .unwrap();
+    for line in [
+        "vault_secret_reads_total{reference=\"vault:secret/data/tls/cluster#private_key\",result=\"ok\"} ",
+        "vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"ok\"} ",
+        "vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"unreachable\"} 0",
+        "vault_secret_seconds_since_success{reference=\"vault:secret/data/egress/socks#password\"} ",
+        "vault_secret_version{reference=\"vault:secret/data/tls/cluster#private_key\"} 1",
+        "vault_degraded 0",
+        "vault_logins_total{method=\"token\"} 0",
+    ] {
+        assert!(text.contains(line), "no `{line}` in\n{text}");
+    }
+    assert!(
+        !text.contains("pw-from-vault") && !text.contains("PRIVATE KEY"),
+        "{text}"
+    );
+    // Vault gone: the reads of a reload fail as unreachable, counted, and
+    // the last values serve.
+    bao.stop();
+    node.reload();
+    let counted = eventually(LIMIT, "an unreachable read is counted", || async {
+        let (_, text) = http_get(&format!("http://{}/metrics", node.admin))
+            .await
+            .unwrap_or_default();
+        text.contains("vault_degraded 1")
+            && !text.contains(
+                "reference=\"vault:secret/data/egress/socks#password\",result=\"unreachable\"} 0",
+            )
+    })
+    .await;
+    if let Err(error) = counted {
+        let (_, text) = http_get(&format!("http://{}/metrics", node.admin))
+            .await
+            .unwrap_or_default();
+        let vault: Vec<&str> = text.lines().filter(|l| l.starts_with("vault_")).collect();
+        panic!("{error}: {vault:#?}");
+    }
+    node.stop().await;
 }

@@ -33,9 +33,20 @@ struct VaultImport {
     /// The fleet file: its credential hashes written in place are copied.
     #[arg(long, value_name = "FILE")]
     fleet: PathBuf,
-    /// An MTA config: its DKIM key files are copied (repeatable).
+    /// An MTA config: its DKIM key files and TLS key file are copied
+    /// (repeatable).
     #[arg(long = "mta-config", value_name = "FILE")]
     mta_configs: Vec<PathBuf>,
+    /// A healthd config: its admin and followers' token hashes (repeatable).
+    #[arg(long = "healthd-config", value_name = "FILE")]
+    healthd_configs: Vec<PathBuf>,
+    /// An lb-dns config: its `healthd_token` (repeatable).
+    #[arg(long = "lb-dns-config", value_name = "FILE")]
+    lb_dns_configs: Vec<PathBuf>,
+    /// Also write the references into the files, in place of the values
+    /// (the files and values themselves are left to you to delete).
+    #[arg(long)]
+    write: bool,
     /// Vault's address, e.g. https://vault.internal:8200.
     #[arg(long)]
     address: String,
@@ -56,8 +67,13 @@ struct VaultImport {
 }
 
 fn vault_import(args: VaultImport) -> Result<(), String> {
-    let writes =
-        fleet::vault::import::plan(&args.fleet, &args.mta_configs, &args.mount, &args.prefix)?;
+    let sources = fleet::vault::import::Sources {
+        fleet_file: args.fleet,
+        mta_configs: args.mta_configs,
+        healthd_configs: args.healthd_configs,
+        lb_dns_configs: args.lb_dns_configs,
+    };
+    let writes = fleet::vault::import::plan_sources(&sources, &args.mount, &args.prefix)?;
     if writes.is_empty() {
         println!("nothing to import: every secret is already a Vault reference");
         return Ok(());
@@ -73,7 +89,12 @@ fn vault_import(args: VaultImport) -> Result<(), String> {
     let assignments = runtime
         .block_on(fleet::vault::import::import(&client, &writes))
         .map_err(|e| e.to_string())?;
-    println!("# copied into Vault; write these references in place of the files and values:");
+    if args.write {
+        fleet::vault::import::apply(&assignments)?;
+        println!("# copied into Vault; these references now stand in the files:");
+    } else {
+        println!("# copied into Vault; write these references in place of the files and values:");
+    }
     for assignment in assignments {
         println!(
             "{}: {} = \"{}\"",

@@ -11,6 +11,7 @@
 //! - [`Secret<T>`]: a validated value such as a password hash; resolved in
 //!   place at load by [`Secret::resolve`].
 
+mod metrics;
 mod store;
 
 use std::fmt;
@@ -19,7 +20,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
-pub use store::{forbid_core_dumps, refresh_loop, watch, ReadStatus, SecretStore, StoreStatus};
+pub use metrics::register_metrics;
+pub use store::{
+    forbid_core_dumps, refresh_loop, watch, EntryMetrics, MetricsSnapshot, ReadStatus, SecretStore,
+    StoreStatus,
+};
 
 /// Bytes of a secret: zeroized on drop, redacted when printed.
 #[derive(Clone, PartialEq, Eq)]

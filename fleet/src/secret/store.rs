@@ -43,6 +43,32 @@ struct Entry {
     version: u64,
     last_read: Option<u64>,
     last_error: Option<String>,
+    reads_ok: u64,
+    reads_unreachable: u64,
+    reads_error: u64,
+}
+
+/// One reference's counts for `/metrics` (never its value).
+#[derive(Debug, Clone)]
+pub struct EntryMetrics {
+    pub reference: String,
+    pub version: u64,
+    pub reads_ok: u64,
+    pub reads_unreachable: u64,
+    pub reads_error: u64,
+    /// Seconds since the last successful read, if there was one.
+    pub since_success: Option<i64>,
+}
+
+/// The store for `/metrics`; `None` when no Vault is configured.
+#[derive(Debug, Clone)]
+pub struct MetricsSnapshot {
+    pub entries: Vec<EntryMetrics>,
+    pub degraded: bool,
+    pub auth: AuthStats,
+    /// Seconds the token in use has left (AppRole); `None` when unknown or
+    /// it does not expire.
+    pub token_ttl_left: Option<i64>,
 }
 
 #[derive(Default)]
@@ -174,6 +200,7 @@ impl SecretStore {
                 entry.version = read.version;
                 entry.last_read = Some(now_secs());
                 entry.last_error = None;
+                entry.reads_ok += 1;
                 Ok(read.value)
             }
             Err(error @ VaultError::Unreachable(..)) => {
@@ -181,6 +208,7 @@ impl SecretStore {
                 inner.unreachable(&message);
                 let entry = inner.entries.entry(reference.clone()).or_default();
                 entry.last_error = Some(error.to_string());
+                entry.reads_unreachable += 1;
                 match &entry.value {
                     Some(value) => {
                         tracing::warn!("{message}; keeping the value read before");
@@ -193,6 +221,7 @@ impl SecretStore {
                 inner.reachable();
                 let entry = inner.entries.entry(reference.clone()).or_default();
                 entry.last_error = Some(error.to_string());
+                entry.reads_error += 1;
                 Err(error.to_string())
             }
         }
@@ -243,6 +272,37 @@ impl SecretStore {
                 })
                 .collect(),
         }
+    }
+
+    /// What `/metrics` shows of the store; `None` without Vault.
+    pub fn metrics_snapshot(&self) -> Option<MetricsSnapshot> {
+        let inner = self.inner.lock();
+        let client = inner.client.as_ref()?;
+        let now = now_secs();
+        let auth = client.auth_stats();
+        let token_ttl_left = auth.expires.map(|at| {
+            let left = at.saturating_duration_since(std::time::Instant::now());
+            i64::try_from(left.as_secs()).unwrap_or(i64::MAX)
+        });
+        Some(MetricsSnapshot {
+            entries: inner
+                .entries
+                .iter()
+                .map(|(reference, entry)| EntryMetrics {
+                    reference: reference.to_string(),
+                    version: entry.version,
+                    reads_ok: entry.reads_ok,
+                    reads_unreachable: entry.reads_unreachable,
+                    reads_error: entry.reads_error,
+                    since_success: entry
+                        .last_read
+                        .map(|at| i64::try_from(now.saturating_sub(at)).unwrap_or(i64::MAX)),
+                })
+                .collect(),
+            degraded: inner.unreachable.is_some(),
+            auth,
+            token_ttl_left,
+        })
     }
 
     /// How often [`refresh_loop`] reads; `None` without Vault.

@@ -22,17 +22,24 @@ pub struct Bao {
 impl Bao {
     /// `bao server -dev` on http://ip:port.
     pub async fn start(ip: &str, port: u16) -> anyhow::Result<Bao> {
-        Self::launch(ip, port, false).await
+        Self::launch(ip, port, false, false).await
+    }
+
+    /// As [`Bao::start`], and the server gets SIGTERM when the thread that
+    /// started it ends (local-cluster, whose one thread is the cluster's
+    /// lifetime): no server is left behind by a `kill -9`.
+    pub async fn start_attached(ip: &str, port: u16) -> anyhow::Result<Bao> {
+        Self::launch(ip, port, false, true).await
     }
 
     /// As [`Bao::start`], plus a TLS listener on https://ip:(port+1)
     /// ([`Bao::tls_address`]) with a certificate for `ip` from a fresh
     /// local CA ([`Bao::ca_file`]).
     pub async fn start_tls(ip: &str, port: u16) -> anyhow::Result<Bao> {
-        Self::launch(ip, port, true).await
+        Self::launch(ip, port, true, false).await
     }
 
-    async fn launch(ip: &str, port: u16, tls: bool) -> anyhow::Result<Bao> {
+    async fn launch(ip: &str, port: u16, tls: bool, attached: bool) -> anyhow::Result<Bao> {
         let dir = tempfile::tempdir()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -52,6 +59,19 @@ impl Bao {
             .stderr(Stdio::from(std::fs::File::create(
                 dir.path().join("bao.err"),
             )?));
+        if attached {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs in the
+            // child between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let ca_file = tls.then(|| dir.path().join("ca.pem"));
         if tls {
             let ca = super::LocalCa::new("bao test CA")?;

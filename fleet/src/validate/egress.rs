@@ -105,6 +105,12 @@ fn check_source(c: &mut Checker<'_>, source: &EgressSource, path: &KeyPath) {
     ];
     for (key, value) in credentials {
         let Some(value) = value else { continue };
+        if key == "password" && crate::secret::VaultRef::is_reference(value) {
+            // Read (and its length checked) by the MTA that uses it.
+            if let Err(message) = crate::secret::VaultRef::parse(value) {
+                c.report(&path.key(key), message);
+            }
+        }
         if source.socks5.is_none() {
             c.report(
                 &path.key(key),

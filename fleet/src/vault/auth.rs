@@ -18,6 +18,9 @@ pub struct AuthStats {
     pub renewals: u64,
     /// TTL of the token in use, seconds (0: does not expire).
     pub token_ttl_secs: u64,
+    /// When the token in use expires (AppRole; `None`: never or unknown).
+    #[serde(skip)]
+    pub expires: Option<Instant>,
 }
 
 pub(super) struct Lease {
@@ -155,6 +158,7 @@ impl Auth {
                     let mut stats = stats.lock();
                     stats.renewals += 1;
                     stats.token_ttl_secs = ttl.as_secs();
+                    stats.expires = (!ttl.is_zero()).then(|| Instant::now() + ttl);
                     tracing::debug!(ttl_secs = ttl.as_secs(), "vault: token renewed");
                 }
                 Err(error) => {
@@ -169,6 +173,7 @@ impl Auth {
             let mut stats = stats.lock();
             stats.logins += 1;
             stats.token_ttl_secs = ttl.as_secs();
+            stats.expires = (!ttl.is_zero()).then(|| Instant::now() + ttl);
             tracing::info!(ttl_secs = ttl.as_secs(), "vault: AppRole login");
         }
         Ok(lease.as_ref().expect("set above").token.clone())

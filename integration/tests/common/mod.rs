@@ -174,6 +174,20 @@ impl Cluster {
     /// An SMTP client for one MTA: STARTTLS required, the certificate
     /// verified against the cluster CA with the cluster hostname, AUTH PLAIN.
     pub fn smtp(&self, address: Ipv4Addr) -> AsyncSmtpTransport<Tokio1Executor> {
+        self.smtp_as(
+            address,
+            &self.info.credential.username,
+            &self.info.credential.password,
+        )
+    }
+
+    /// As [`Cluster::smtp`], authenticating as `username` with `password`.
+    pub fn smtp_as(
+        &self,
+        address: Ipv4Addr,
+        username: &str,
+        password: &str,
+    ) -> AsyncSmtpTransport<Tokio1Executor> {
         let tls = TlsParameters::builder(self.info.cluster.hostname.clone())
             .add_root_certificate(Certificate::from_pem(&self.ca_pem()).expect("CA PEM"))
             .build_rustls()
@@ -181,10 +195,7 @@ impl Cluster {
         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string())
             .port(self.info.cluster.smtp_ports[0])
             .tls(Tls::Required(tls))
-            .credentials(Credentials::new(
-                self.info.credential.username.clone(),
-                self.info.credential.password.clone(),
-            ))
+            .credentials(Credentials::new(username.to_string(), password.to_string()))
             .authentication(vec![Mechanism::Plain])
             .timeout(Some(Duration::from_secs(10)))
             .build()
