@@ -25,7 +25,7 @@ enum Command {
     HashPassword,
     /// Copy the fleet's file-based secrets (credential hashes, DKIM keys)
     /// into Vault (KV v2) and print the reference to write for each.
-    VaultImport(VaultImport),
+    VaultImport(Box<VaultImport>),
 }
 
 #[derive(clap::Args)]
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::VaultImport(args) => match vault_import(args) {
+        Command::VaultImport(args) => match vault_import(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("fleet vault-import: {error}");
