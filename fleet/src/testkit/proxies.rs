@@ -129,16 +129,11 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// A Dante SOCKS5 server on `listen` whose connections leave from
-/// `external`; with `auth`, only that username and password get in.
-pub fn dante(
-    listen: SocketAddr,
-    external: IpAddr,
-    auth: Option<(&str, &str)>,
-) -> anyhow::Result<ProxyProcess> {
-    let dir = tempfile::tempdir()?;
-    let method = if auth.is_some() { "username" } else { "none" };
-    let config = format!(
+/// `danted.conf` for a server on `listen` whose connections leave from
+/// `external`; with `username_auth`, RFC 1929 against the system's users.
+pub fn dante_config(listen: SocketAddr, external: IpAddr, username_auth: bool) -> String {
+    let method = if username_auth { "username" } else { "none" };
+    format!(
         "logoutput: stderr\n\
          internal: {} port = {}\n\
          external: {external}\n\
@@ -150,7 +145,30 @@ pub fn dante(
          socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n",
         listen.ip(),
         listen.port(),
-    );
+    )
+}
+
+/// `haproxy.cfg` for PROXY v2 in on `listen`, out to the destination the
+/// header names from the source it names.
+pub fn haproxy_config(listen: SocketAddr) -> String {
+    format!(
+        "global\n  log stderr format short local0 info\n\
+         defaults\n  mode tcp\n  log global\n  option tcplog\n\
+         \x20 timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend egress\n  bind {listen} accept-proxy\n  default_backend out\n\
+         backend out\n  source 0.0.0.0 usesrc clientip\n  server destination 0.0.0.0\n"
+    )
+}
+
+/// A Dante SOCKS5 server on `listen` whose connections leave from
+/// `external`; with `auth`, only that username and password get in.
+pub fn dante(
+    listen: SocketAddr,
+    external: IpAddr,
+    auth: Option<(&str, &str)>,
+) -> anyhow::Result<ProxyProcess> {
+    let dir = tempfile::tempdir()?;
+    let config = dante_config(listen, external, auth.is_some());
     let config_file = dir.path().join("danted.conf");
     std::fs::write(&config_file, config)?;
     let danted = format!("exec danted -f {} -N 1", config_file.display());
@@ -221,13 +239,7 @@ fn password_files(dir: &Path, user: &str, password: &str) -> anyhow::Result<(Pat
 /// names (`source 0.0.0.0 usesrc clientip`, `server 0.0.0.0`).
 pub fn haproxy(listen: SocketAddr) -> anyhow::Result<ProxyProcess> {
     let dir = tempfile::tempdir()?;
-    let config = format!(
-        "global\n  log stderr format short local0 info\n\
-         defaults\n  mode tcp\n  log global\n  option tcplog\n\
-         \x20 timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-         frontend egress\n  bind {listen} accept-proxy\n  default_backend out\n\
-         backend out\n  source 0.0.0.0 usesrc clientip\n  server destination 0.0.0.0\n"
-    );
+    let config = haproxy_config(listen);
     let config_file = dir.path().join("haproxy.cfg");
     std::fs::write(&config_file, config)?;
     let mut command = Command::new("haproxy");

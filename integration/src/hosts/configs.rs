@@ -9,7 +9,7 @@ use anyhow::Context;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::topology::{Host, Topology};
+use super::topology::{Host, Role, Topology, HAPROXY_PORT, SOCKS5_PORT};
 use crate::plan::write_private;
 use crate::state::sha256_hex;
 
@@ -77,6 +77,10 @@ impl Files {
     pub fn sink_dir(&self) -> PathBuf {
         self.root.join("sink")
     }
+    /// A proxy host's `danted.conf` or `haproxy.cfg`.
+    pub fn proxy_config(&self, host: &str) -> PathBuf {
+        self.root.join(format!("{host}.proxy.conf"))
+    }
     pub fn events(&self, host: &str) -> PathBuf {
         self.root.join("var").join(host).join("events.log")
     }
@@ -103,6 +107,9 @@ pub fn write_all(root: &Path, topology: &Topology, secrets: &Secrets) -> anyhow:
     for host in topology.mtas() {
         std::fs::create_dir_all(root.join("var").join(&host.name))?;
         write_private(&files.config(&host.name), &mta_toml(topology, host))?;
+    }
+    for host in topology.proxies() {
+        write_private(&files.proxy_config(&host.name), &proxy_config(host))?;
     }
     write_private(
         &root.join("hosts.json"),
@@ -167,9 +174,52 @@ fn fleet_toml(topology: &Topology, secrets: &Secrets) -> anyhow::Result<String> 
             mta.name, mta.ipv4, mta.ipv6
         ));
     }
+    text.push_str(&egress_sources(topology));
     fleet::parse_fleet(&text, "the hosts fleet file")
         .map_err(|e| anyhow::anyhow!("the harness wrote an invalid fleet file: {e}"))?;
     Ok(text)
+}
+
+/// Dante leaving from its host's own address; HAProxy sending from the
+/// source the PROXY header names (its own address, see [`egress_sources`]).
+fn proxy_config(host: &Host) -> String {
+    let v4 = std::net::IpAddr::V4(host.ipv4);
+    match host.role {
+        Role::HaProxy => {
+            fleet::testkit::proxies::haproxy_config(std::net::SocketAddr::new(v4, HAPROXY_PORT))
+        }
+        _ => fleet::testkit::proxies::dante_config(
+            std::net::SocketAddr::new(v4, SOCKS5_PORT),
+            v4,
+            false,
+        ),
+    }
+}
+
+/// `[[clusters.egress_sources]]`, one per proxy host (each the address
+/// receivers see), and the pool of all three, equal weights.
+fn egress_sources(topology: &Topology) -> String {
+    let mut text = String::new();
+    let mut entries = Vec::new();
+    for host in topology.proxies() {
+        let via = match host.role {
+            Role::HaProxy => format!("ha_proxy = \"{}:{HAPROXY_PORT}\"", host.ipv4),
+            _ => format!("socks5 = \"{}:{SOCKS5_PORT}\"", host.ipv4),
+        };
+        text.push_str(&format!(
+            "\n  [[clusters.egress_sources]]\n  name = \"{name}\"\n  source_address = \"{ip}\"\n  {via}\n",
+            name = host.name,
+            ip = host.ipv4,
+        ));
+        entries.push(format!("{{ name = \"{}\" }}", host.name));
+    }
+    if !entries.is_empty() {
+        text.push_str(&format!(
+            "\n  [clusters.egress_pool]\n  name = \"proxies\"\n  entries = [{}]\n",
+            entries.join(", ")
+        ));
+    }
+    text
 }
 
 fn lb_dns_toml(topology: &Topology, host: &Host, token: &str) -> String {
@@ -228,7 +278,8 @@ fn mta_toml(topology: &Topology, host: &Host) -> String {
          [planned_stop]\nmax_wait = \"30s\"\npoll = \"100ms\"\n\n\
          [events]\ndir = \"var/{name}/events\"\n\n\
          [delivery]\nnameservers = [\"{dns}\"]\n\
-         retry_initial = \"1s\"\nretry_max = \"2s\"\n",
+         retry_initial = \"1s\"\nretry_max = \"2s\"\ntimeout = \"10s\"\n\n\
+         [delivery.egress]\nsource_backoff = \"5s\"\n",
         name = host.name,
         v4 = host.ipv4,
         dns = internet.ipv4,

@@ -97,6 +97,15 @@ impl HostsFleet {
                 let dns_args: Vec<&str> = dns_args.iter().map(String::as_str).collect();
                 started.push(self.network.spawn(name, &bin, &dns_args, &log)?);
             }
+            Role::Socks5 | Role::HaProxy => {
+                let config = self.files.proxy_config(name);
+                let config = config.to_string_lossy();
+                let (program, args) = match host.role {
+                    Role::HaProxy => ("haproxy", vec!["-f", &*config, "-db"]),
+                    _ => ("danted", vec!["-f", &*config, "-N", "1"]),
+                };
+                started.push(self.network.spawn(name, program, &args, &log)?);
+            }
             Role::Client => {}
         }
         self.children.lock().insert(name.to_string(), started);
@@ -233,6 +242,7 @@ impl HostsFleet {
     /// answers them all; returns how long that took.
     pub async fn wait_ready(&self, bound: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
+        self.wait_proxies(bound).await?;
         let mtas: Vec<String> = self
             .topology
             .mtas()
@@ -256,6 +266,38 @@ impl HostsFleet {
         self.wait_answers(&all, bound.saturating_sub(start.elapsed()))
             .await?;
         Ok(start.elapsed())
+    }
+
+    /// Waits until every proxy host accepts connections on its port,
+    /// tried from the client host.
+    pub async fn wait_proxies(&self, bound: Duration) -> anyhow::Result<()> {
+        let ns = self.network.ns(&self.topology.client().name);
+        let targets: Vec<(String, std::net::SocketAddr)> = (self.topology.proxies().iter())
+            .map(|h| {
+                let port = match h.role {
+                    Role::HaProxy => super::topology::HAPROXY_PORT,
+                    _ => super::topology::SOCKS5_PORT,
+                };
+                (
+                    h.name.clone(),
+                    std::net::SocketAddr::new(IpAddr::V4(h.ipv4), port),
+                )
+            })
+            .collect();
+        super::inside::run_in(&ns, move || async move {
+            let start = Instant::now();
+            for (name, target) in targets {
+                while tokio::net::TcpStream::connect(target).await.is_err() {
+                    anyhow::ensure!(
+                        start.elapsed() < bound,
+                        "proxy host {name} does not listen on {target} within {bound:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Every message file at the sink, as text.

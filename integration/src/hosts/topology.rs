@@ -1,6 +1,7 @@
 //! The hosts of a multi-host fleet and their addresses, all from the
 //! documentation prefixes (RFC 5737, RFC 3849), which exist only inside the
-//! harness's namespaces: the fleet's infrastructure in 192.0.2.0/24, the
+//! harness's namespaces: the fleet's infrastructure (with the egress
+//! proxies, whose addresses are the ones receivers see) in 192.0.2.0/24, the
 //! MTAs in 203.0.113.0/24, "the internet" (the recipients' MX, their DNS,
 //! the client) in 198.51.100.0/24, IPv6 in 2001:db8::/32.
 
@@ -20,6 +21,11 @@ pub enum Role {
     LbDns,
     Healthd,
     Mta,
+    /// A Dante SOCKS5 server the MTAs send through.
+    Socks5,
+    /// An HAProxy taking PROXY v2 from the MTAs, sending from its own
+    /// address.
+    HaProxy,
     /// The recipients' MX (the sink) and the DNS that names it.
     Internet,
     Client,
@@ -49,7 +55,12 @@ impl Host {
     }
 }
 
-/// 2 lb-dns, 2 healthd, `mtas` MTAs, the internet host and the client.
+/// The SOCKS5 port of the Dante hosts and HAProxy's PROXY v2 port.
+pub const SOCKS5_PORT: u16 = 1080;
+pub const HAPROXY_PORT: u16 = 5000;
+
+/// 2 lb-dns, 2 healthd, `mtas` MTAs, 2 SOCKS5 proxies and an HAProxy, the
+/// internet host and the client.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub hosts: Vec<Host>,
@@ -81,6 +92,24 @@ impl Topology {
                 &format!("2001:db8:113::{}", 10 + i),
             ));
         }
+        hosts.push(Host::new(
+            "socks-1",
+            Role::Socks5,
+            [192, 0, 2, 81],
+            "2001:db8:2::81",
+        ));
+        hosts.push(Host::new(
+            "socks-2",
+            Role::Socks5,
+            [192, 0, 2, 82],
+            "2001:db8:2::82",
+        ));
+        hosts.push(Host::new(
+            "haproxy-1",
+            Role::HaProxy,
+            [192, 0, 2, 83],
+            "2001:db8:2::83",
+        ));
         hosts.push(Host::new(
             "internet",
             Role::Internet,
@@ -114,6 +143,13 @@ impl Topology {
 
     pub fn healthd(&self) -> Vec<&Host> {
         self.with_role(Role::Healthd).collect()
+    }
+
+    /// The egress proxies, in the pool's order.
+    pub fn proxies(&self) -> Vec<&Host> {
+        (self.hosts.iter())
+            .filter(|h| matches!(h.role, Role::Socks5 | Role::HaProxy))
+            .collect()
     }
 
     pub fn internet(&self) -> &Host {

@@ -154,6 +154,84 @@ impl Setup {
     }
 }
 
+/// One message at the sink: when it arrived (the file's millis), its
+/// Subject and the address it came from (`X-Sink-Peer`).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub millis: u64,
+    pub subject: String,
+    pub peer: IpAddr,
+}
+
+impl Setup {
+    /// The sink's messages whose Subject starts with `prefix`, in order of
+    /// arrival.
+    pub fn arrivals(&self, prefix: &str) -> Vec<Arrival> {
+        let Ok(entries) = std::fs::read_dir(self.fleet.files.sink_dir()) else {
+            return Vec::new();
+        };
+        let mut files: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        files.sort();
+        let mut arrivals = Vec::new();
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let millis = (file.file_name().and_then(|n| n.to_str()))
+                .and_then(|n| n.split('-').next()?.parse().ok())
+                .unwrap_or_default();
+            let peer =
+                (text.lines()).find_map(|l| l.strip_prefix("X-Sink-Peer: ")?.trim().parse().ok());
+            match (subject(&text), peer) {
+                (Some(subject), Some(peer)) if subject.starts_with(prefix) => {
+                    arrivals.push(Arrival {
+                        millis,
+                        subject,
+                        peer,
+                    })
+                }
+                _ => {}
+            }
+        }
+        arrivals
+    }
+
+    /// Delivery events per egress source name, from every MTA's event log.
+    pub fn delivery_sources(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for mta in self.fleet.topology.mtas() {
+            let dir = self
+                .fleet
+                .files
+                .root
+                .join("var")
+                .join(&mta.name)
+                .join("events");
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                // `<sequence> <crc32> <event JSON>` per line.
+                for line in text.lines() {
+                    let json = line.splitn(3, ' ').nth(2).unwrap_or_default();
+                    let Ok(event) = serde_json::from_str::<serde_json::Value>(json) else {
+                        continue;
+                    };
+                    if event["type"] == "Delivery" {
+                        let source = event["egress_source"].as_str().unwrap_or("none");
+                        *counts.entry(source.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        counts
+    }
+}
+
 /// The state healthd `hd` reports for `mta`, asked from the client host.
 pub async fn healthd_state(setup: &Setup, hd: &str, mta: &str) -> Option<String> {
     setup.fleet.healthd_state(hd, mta).await

@@ -204,10 +204,13 @@ impl Shared {
             let name = format!("{millis}-{sequence:06}.eml");
             let tmp = dir.join(format!(".{name}.tmp"));
             let path = dir.join(&name);
+            // X-Sink-Peer: the address the message came from (an egress
+            // proxy's, when the sender used one).
             let mut body = format!(
-                "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+                "Return-Path: <{}>\r\nDelivered-To: {}\r\nX-Sink-Peer: {}\r\n",
                 received.mail_from,
-                received.rcpt_to.join(", ")
+                received.rcpt_to.join(", "),
+                received.peer.ip()
             )
             .into_bytes();
             body.extend_from_slice(&received.data);

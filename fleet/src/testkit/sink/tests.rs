@@ -59,6 +59,8 @@ async fn accepts_over_starttls_and_stores_files() {
     let file = got[1].file.clone().expect("stored as a file");
     let stored = std::fs::read_to_string(file).unwrap();
     assert!(stored.starts_with("Return-Path: <sender@yourdomain.test>\r\n"));
+    let peer = format!("\r\nX-Sink-Peer: {}\r\n", got[1].peer.ip());
+    assert!(stored.contains(&peer), "{stored}");
     assert!(stored.contains("<two@yourdomain.test>"));
     assert_eq!(sink.attempts().len(), 2);
 }
