@@ -2,6 +2,7 @@
 //! the health-feed types, and the runtime pieces every daemon uses.
 
 pub mod admin;
+pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -245,6 +245,10 @@ impl Layout {
     pub fn ca_file(&self) -> PathBuf {
         self.tls_dir().join("ca.pem")
     }
+    /// The cluster's certificate (`write_bundle`'s `cluster.pem`).
+    pub fn cluster_cert(&self) -> PathBuf {
+        self.tls_dir().join("cluster.pem")
+    }
     pub fn dkim_key(&self) -> PathBuf {
         self.tls_dir().join(format!("dkim-{DKIM_SELECTOR}.pem"))
     }

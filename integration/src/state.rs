@@ -37,7 +37,7 @@ pub fn prepare(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Result
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    if !layout.ca_file().exists() {
+    if certificates_need_renewal(layout) {
         write_certificates(layout, plan)?;
     }
     if !layout.dkim_key().exists() {
@@ -66,6 +66,26 @@ pub fn prepare(layout: &Layout, plan: &Plan, rate_given: bool) -> anyhow::Result
     healthd::config::Settings::load(&layout.config("healthd"))
         .map_err(|e| anyhow::anyhow!("healthd refuses the config local-cluster wrote: {e}"))?;
     Ok(mtas)
+}
+
+/// A leaf this close to expiry is renewed at the next start.
+const RENEW_WITHIN_SECS: i64 = 30 * 86_400;
+
+/// Whether the state dir lacks its certificates, or keeps a leaf that
+/// strict clients refuse (one from before the RFC 5280 profile, valid for
+/// more than 398 days) or that expires within 30 days. The CA's key is not
+/// kept, so a renewal makes a new CA too.
+fn certificates_need_renewal(layout: &Layout) -> bool {
+    if !layout.ca_file().exists() {
+        return true;
+    }
+    match fleet::certificate::CertificateInfo::from_pem_file(&layout.cluster_cert()) {
+        Ok(leaf) => {
+            leaf.lifetime() > fleet::testkit::pki::MAX_LEAF_VALIDITY
+                || leaf.seconds_left(fleet::certificate::now()) < RENEW_WITHIN_SECS
+        }
+        Err(_) => true,
+    }
 }
 
 fn write_certificates(layout: &Layout, plan: &Plan) -> anyhow::Result<()> {
@@ -465,6 +485,32 @@ mod tests {
         let records = dkim_records(&layout);
         assert_eq!(records.len(), 2);
         assert!(records[1].1.starts_with("v=DKIM1; k=rsa; p="));
+        fleet::testkit::pki::openssl_verify_strict(&layout.ca_file(), &layout.cluster_cert())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_leaf_near_expiry_is_renewed_with_its_ca_and_a_fresh_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let plan = plan(&StartArgs::default());
+        prepare(&layout, &plan, false).unwrap();
+        let ca = std::fs::read(layout.ca_file()).unwrap();
+        prepare(&layout, &plan, false).unwrap();
+        assert_eq!(std::fs::read(layout.ca_file()).unwrap(), ca);
+
+        let old = fleet::testkit::LocalCa::new("old CA").unwrap();
+        let expiring = old
+            .issue_valid_for(&["localhost"], std::time::Duration::from_secs(5 * 86_400))
+            .unwrap();
+        std::fs::write(layout.cluster_cert(), expiring.cert_pem).unwrap();
+        prepare(&layout, &plan, false).unwrap();
+        assert_ne!(std::fs::read(layout.ca_file()).unwrap(), ca);
+        let leaf =
+            fleet::certificate::CertificateInfo::from_pem_file(&layout.cluster_cert()).unwrap();
+        assert!(leaf.seconds_left(fleet::certificate::now()) > 390 * 86_400);
+        fleet::testkit::pki::openssl_verify_strict(&layout.ca_file(), &layout.cluster_cert())
+            .unwrap();
     }
 
     #[test]

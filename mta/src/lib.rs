@@ -126,11 +126,13 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
                     "vault": s.secrets.status(),
                     "spool_quarantined": spool.quarantined(),
                     "webhooks": status_hooks.status(),
+                    "certificates": [s.tls.certificate.status(fleet::certificate::now())],
                 })
             }
         },
     );
     fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
+    watch_certificates(&started);
     // Delivery first: the queue is in place before the first client connects.
     let egress = delivery::start_for_node(
         spool.clone(),
@@ -186,6 +188,20 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     let _ = tokio::task::spawn_blocking(move || events.close()).await;
     Ok(())
+}
+
+/// `/ready` says degraded while the certificate in service is within 14
+/// days of expiry (followed across reloads).
+fn watch_certificates(started: &fleet::daemon::Started<Settings>) {
+    started
+        .control
+        .tasks
+        .spawn(fleet::certificate::watch_expiry(
+            started.live.clone(),
+            started.readiness.clone(),
+            started.control.shutdown.clone(),
+            |s: &Settings| vec![s.tls.certificate.clone()],
+        ));
 }
 
 /// On a stop request: not ready at once, serving until out of DNS for one

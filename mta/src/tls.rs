@@ -18,11 +18,13 @@ use fleet::secret::SecretStore;
 use crate::config::TlsConfig;
 
 /// One rustls configuration per protocol: HTTPS announces ALPN `http/1.1`,
-/// SMTP announces none.
+/// SMTP announces none; and what the leaf certificate says (serial and
+/// validity, for `/status` and the expiry warning of `/ready`).
 #[derive(Debug, Clone)]
 pub struct TlsConfigs {
     pub smtp: Arc<ServerConfig>,
     pub https: Arc<ServerConfig>,
+    pub certificate: fleet::certificate::CertificateInfo,
 }
 
 impl TlsConfigs {
@@ -31,6 +33,8 @@ impl TlsConfigs {
     /// the file or reference, never the key.
     pub fn load(config: &TlsConfig, secrets: &SecretStore) -> Result<TlsConfigs, String> {
         let certs = read_chain(&config.certificate)?;
+        let certificate =
+            fleet::certificate::CertificateInfo::from_der(&config.certificate, &certs[0])?;
         let pem = config.key.read(secrets)?;
         let key = PrivateKeyDer::from_pem_slice(pem.expose())
             .map_err(|e| format!("cannot read a PEM private key from {}: {e}", config.key))?;
@@ -46,6 +50,7 @@ impl TlsConfigs {
         Ok(TlsConfigs {
             smtp: Arc::new(smtp),
             https: Arc::new(https),
+            certificate,
         })
     }
 }

@@ -19,23 +19,35 @@ pub fn repo_configs() -> PathBuf {
 impl ExampleConfigs {
     /// Copies `configs/` (files and `tls/`) and rewrites every address to
     /// `base.x` (MTAs from `.11`, DNS on `.53`, admin and HTTP listeners on
-    /// `.1`) and every port to an unprivileged one.
+    /// `.1`) and every port to an unprivileged one. `tls/` gets a fresh
+    /// cluster certificate from the example CA (its key is
+    /// `tls/ca-key.pem`) for the clusters' hostnames and the new addresses:
+    /// the committed leaf expires within 398 days, a test's copy does not.
     pub fn relocated(base: [u8; 3]) -> anyhow::Result<ExampleConfigs> {
         let dir = tempfile::tempdir()?;
         copy_dir(&repo_configs(), dir.path())?;
         let configs = ExampleConfigs { dir };
         let host = |last: u8| Ipv4Addr::new(base[0], base[1], base[2], last).to_string();
+        let mut names = vec!["localhost".to_string()];
 
         configs.edit("fleet.toml", |doc| {
+            let origin = doc["zone"]["origin"]
+                .as_str()
+                .unwrap_or("unmta.net")
+                .to_string();
             doc["ports"]["smtp"] = value(Array::from_iter([10587i64, 10025, 12587]));
             doc["ports"]["https"] = value(10443i64);
             doc["zone"]["nameservers"][0]["ipv4"] = value(host(53));
             let mut last = 11u8;
             if let Some(clusters) = doc["clusters"].as_array_of_tables_mut() {
                 for cluster in clusters.iter_mut() {
+                    if let Some(id) = cluster["id"].as_str() {
+                        names.push(format!("c-{id}.{origin}"));
+                    }
                     if let Some(mtas) = cluster["mtas"].as_array_of_tables_mut() {
                         for mta in mtas.iter_mut() {
                             mta["ipv4"] = value(host(last));
+                            names.push(host(last));
                             mta.remove("ipv6");
                             last += 1;
                         }
@@ -54,6 +66,14 @@ impl ExampleConfigs {
             doc["admin_listen"] = value(format!("{}:9300", host(1)));
             doc["healthd"] = value(Array::from_iter([format!("http://{}:9200", host(1))]));
         })?;
+        names.push(host(1));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ca_key = std::fs::read_to_string(configs.path("tls/ca-key.pem"))?;
+        super::LocalCa::from_key(super::pki::EXAMPLE_CA, &ca_key)?.write_leaf(
+            &configs.path("tls"),
+            "cluster",
+            &names,
+        )?;
         Ok(configs)
     }
 

@@ -473,32 +473,55 @@ impl Raw {
     /// TLS trusting only `ca_pem`, SNI the cluster hostname; `None` when
     /// the handshake fails.
     pub async fn try_tls(self, ca_pem: &str) -> Option<Raw> {
+        self.try_tls_served(ca_pem).await.map(|(raw, _)| raw)
+    }
+
+    /// [`Raw::try_tls`], and the leaf certificate the server presented.
+    pub async fn try_tls_served(
+        self,
+        ca_pem: &str,
+    ) -> Option<(Raw, rustls_pki_types::CertificateDer<'static>)> {
         assert!(
             self.nothing_buffered(),
             "the server sent more after its 220 to STARTTLS"
         );
         let stream = self.stream.into_inner();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+        let tls = strict_tls(stream, ca_pem, &[]).await.ok()?;
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+        Some((
+            Raw {
+                stream: BufReader::new(Box::new(tls)),
+            },
+            leaf,
         ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
-        let tls = tokio::time::timeout(LIMIT, connector.connect(name, stream))
-            .await
-            .expect("TLS within the limit")
-            .ok()?;
-        Some(Raw {
-            stream: BufReader::new(Box::new(tls)),
-        })
     }
+}
+
+/// A TLS client as strict as rustls makes it (its default
+/// `WebPkiServerVerifier`) trusting only `ca_pem`, SNI the cluster
+/// hostname, offering `alpn`.
+pub async fn strict_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
+    tokio::time::timeout(LIMIT, connector.connect(name, stream))
+        .await
+        .expect("TLS within the limit")
 }
 
 use rustls_pki_types::pem::PemObject;
