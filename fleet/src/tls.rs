@@ -1,5 +1,6 @@
 //! TLS on a daemon's HTTP listener (healthd's feed and APIs between hosts):
-//! the server configuration from a PEM chain and key, and a listener that
+//! the server configuration from a PEM chain and key, whose certificate a
+//! reload replaces for the connections that follow, and a listener that
 //! hands axum only connections whose handshake finished.
 
 use std::net::SocketAddr;
@@ -7,6 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -16,6 +20,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::certificate::CertificateInfo;
+use crate::live::Live;
+
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes finished but not yet taken by the server.
@@ -24,6 +31,88 @@ const BACKLOG: usize = 128;
 /// A rustls server configuration (TLS 1.2 and 1.3, ALPN `http/1.1`) from
 /// a PEM certificate chain and a PEM private key; the error names the file.
 pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    ServerTls::load(certificate, key).map(|tls| tls.config)
+}
+
+/// The certificate a listener serves, replaceable while it runs: rustls
+/// asks for it at every handshake, so after a replacement every new
+/// connection gets the new one and established ones keep their session.
+#[derive(Debug)]
+pub struct ServedCertificate(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for ServedCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A listener's TLS as a config load builds it: the rustls configuration
+/// (serving `served`) and what its certificate says (for `/status`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub served: Arc<ServedCertificate>,
+    pub certificate: CertificateInfo,
+}
+
+impl ServerTls {
+    /// Reads and checks the PEM chain and key; the error names the file.
+    pub fn load(certificate: &Path, key_file: &Path) -> Result<ServerTls, String> {
+        let (chain, key) = read_pair(certificate, key_file)?;
+        let info = CertificateInfo::from_der(certificate, &chain[0])?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            format!(
+                "certificate {} does not go with its key {}: {e}",
+                certificate.display(),
+                key_file.display()
+            )
+        })?;
+        let served = Arc::new(ServedCertificate(ArcSwap::from_pointee(certified)));
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(served.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+            served,
+            certificate: info,
+        })
+    }
+
+    /// Serves `newer`'s certificate on the listener built with this one.
+    pub fn take_certificate_of(&self, newer: &ServerTls) {
+        self.served.0.store(newer.served.0.load_full());
+    }
+}
+
+/// Keeps `running` (the TLS a listener was started with) serving the
+/// certificate of the settings in service: after every reload, until
+/// `shutdown`.
+pub async fn follow_reloads<S: Send + Sync + 'static>(
+    live: Arc<Live<S>>,
+    running: ServerTls,
+    shutdown: CancellationToken,
+    tls_of: impl Fn(&S) -> Option<ServerTls> + Send,
+) {
+    let mut reloads = live.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = reloads.changed() => if changed.is_err() { return },
+        }
+        if let Some(newer) = tls_of(&live.get()) {
+            running.take_certificate_of(&newer);
+        }
+    }
+}
+
+fn read_pair(
+    certificate: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain = CertificateDer::pem_file_iter(certificate)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
@@ -40,20 +129,7 @@ pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read a PEM private key from {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up failed: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            format!(
-                "certificate {} does not go with its key: {e}",
-                certificate.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((chain, key))
 }
 
 /// Accepts TCP connections and runs each handshake in its own task (bounded

@@ -71,7 +71,7 @@ pub struct Follower {
 }
 
 /// `[tls]`: the certificate chain and key of the HTTPS listener (read at
-/// start and on reload; a new one applies after a restart).
+/// start and on reload; a reload's serves the connections after it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
@@ -158,7 +158,7 @@ pub struct Settings {
     /// The TLS client every probe uses, trusting `ca_file` only.
     pub tls: Arc<rustls::ClientConfig>,
     /// The HTTPS listener's configuration, when `[tls]` names one.
-    pub listen_tls: Option<Arc<rustls::ServerConfig>>,
+    pub listen_tls: Option<fleet::tls::ServerTls>,
     /// What was read from Vault; kept across reloads.
     pub secrets: Arc<SecretStore>,
 }
@@ -206,7 +206,7 @@ impl Settings {
         let listen_tls = match &node.tls {
             None => None,
             Some(tls) => Some(
-                fleet::tls::server_config(&tls.certificate, &tls.key)
+                fleet::tls::ServerTls::load(&tls.certificate, &tls.key)
                     .map_err(|message| ConfigError::single(&file, format!("tls: {message}")))?,
             ),
         };
@@ -289,12 +289,14 @@ fn follower_problems(followers: &[Follower]) -> Vec<(String, String)> {
 }
 
 /// Everything else applies on reload: the fleet, probe settings and the
-/// CA (from the next probe), the tokens (from the next request).
+/// CA (from the next probe), the tokens (from the next request), `[tls]`'s
+/// certificate and key (from the next connection; whether there is a
+/// `[tls]` at all needs a restart).
 impl fleet::Reloadable for Settings {
     fn startup_only(&self) -> fleet::StartupOnly {
         fleet::StartupOnly::new()
             .key("listen", self.node.listen)
-            .key("tls", &self.node.tls)
+            .key("tls", self.node.tls.is_some())
             .key("state_file", &self.node.state_file)
             .key("log_format", self.node.log_format)
     }

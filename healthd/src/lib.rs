@@ -64,7 +64,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let secrets = settings.secrets.clone();
     let mut service = Service::new(control, settings);
     fleet::secret::register_metrics(&secrets, &mut service.registry);
-    service.admin_tls = listen_tls;
+    service.admin_tls = listen_tls.as_ref().map(|tls| tls.config.clone());
     service.admin_max_connections = Some(service.live.get().node.max_connections);
     let long_polls = Arc::new(tokio::sync::Semaphore::new(
         service.live.get().node.max_long_polls,
@@ -117,15 +117,42 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
                 "generation": status_board.generation(),
                 "instance": status_board.instance(),
                 "vault": s.secrets.status(),
+                "certificates": s.listen_tls.iter()
+                    .map(|tls| tls.certificate.status(fleet::certificate::now()))
+                    .collect::<Vec<_>>(),
             })
         },
     );
     fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
+    if let Some(running) = listen_tls {
+        follow_certificate(&started, running);
+    }
     started.control.tasks.spawn(scheduler.run(shutdown));
     started
         .until_shutdown(|s: &Settings| s.node.shutdown_grace)
         .await;
     Ok(())
+}
+
+/// The HTTPS listener serves the certificate of each reloaded `[tls]`, and
+/// `/ready` says degraded within 14 days of its expiry.
+fn follow_certificate(started: &fleet::daemon::Started<Settings>, running: fleet::tls::ServerTls) {
+    let (live, shutdown) = (started.live.clone(), started.control.shutdown.clone());
+    started.control.tasks.spawn(fleet::tls::follow_reloads(
+        live.clone(),
+        running,
+        shutdown.clone(),
+        |s: &Settings| s.listen_tls.clone(),
+    ));
+    started
+        .control
+        .tasks
+        .spawn(fleet::certificate::watch_expiry(
+            live,
+            started.readiness.clone(),
+            shutdown,
+            |s: &Settings| s.listen_tls.iter().map(|t| t.certificate.clone()).collect(),
+        ));
 }
 
 pub struct Healthd;

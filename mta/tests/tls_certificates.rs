@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use fleet::certificate::CertificateInfo;
 use fleet::testkit::process::{eventually, http_get, DaemonProcess};
+use fleet::testkit::strict_tls::Https;
 use fleet::testkit::LocalCa;
 use ingress_support::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const MTA: &str = env!("CARGO_BIN_EXE_mta");
 const ADMIN_PORT: u16 = 19110;
@@ -100,59 +99,12 @@ async fn smtp(fixture: &Fixture) -> (Raw, (String, i64)) {
     (raw, served(&leaf))
 }
 
-/// An HTTP/1.1 keep-alive connection over the strict client.
-struct Https {
-    stream: BufReader<tokio_rustls::client::TlsStream<TcpStream>>,
-    leaf: (String, i64),
-}
-
-impl Https {
-    async fn connect(fixture: &Fixture) -> Https {
-        let addr = SocketAddr::new(IpAddr::V4(fixture.ip), HTTPS_PORT);
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = strict_tls(tcp, &fixture.ca_pem, &[b"http/1.1"])
-            .await
-            .expect("the strict client accepts the HTTPS certificate");
-        let session = tls.get_ref().1;
-        assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
-        let leaf = served(session.peer_certificates().unwrap()[0].as_ref());
-        Https {
-            stream: BufReader::new(tls),
-            leaf,
-        }
-    }
-
-    /// One request on this connection: the status and the body.
-    async fn get(&mut self, path: &str) -> (u16, String) {
-        tokio::time::timeout(LIMIT, self.exchange(path))
-            .await
-            .expect("an HTTP answer within the limit")
-    }
-
-    async fn exchange(&mut self, path: &str) -> (u16, String) {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {HOSTNAME}\r\n\r\n");
-        self.stream.write_all(request.as_bytes()).await.unwrap();
-        self.stream.flush().await.unwrap();
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await.unwrap();
-        let code = line.split(' ').nth(1).and_then(|c| c.parse().ok());
-        let code = code.unwrap_or_else(|| panic!("a status line, not {line:?}"));
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            self.stream.read_line(&mut header).await.unwrap();
-            let header = header.trim_end().to_ascii_lowercase();
-            if header.is_empty() {
-                break;
-            }
-            if let Some(value) = header.strip_prefix("content-length:") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await.unwrap();
-        (code, String::from_utf8(body).unwrap())
-    }
+/// A keep-alive HTTPS connection to the node with the strict client.
+async fn https(fixture: &Fixture) -> Https {
+    let addr = SocketAddr::new(IpAddr::V4(fixture.ip), HTTPS_PORT);
+    Https::connect(addr, HOSTNAME, &fixture.ca_pem)
+        .await
+        .expect("the strict client accepts the HTTPS certificate")
 }
 
 /// SMTP STARTTLS then HTTPS with Python's default context made strict
@@ -181,9 +133,12 @@ async fn strict_clients_accept_smtp_starttls_and_https() {
     let (mut raw, smtp_leaf) = smtp(&fixture).await;
     assert_eq!(smtp_leaf, identity(&leaf));
     assert_eq!(raw.cmd("QUIT").await.code, 221);
-    let mut https = Https::connect(&fixture).await;
-    assert_eq!(https.leaf, identity(&leaf));
-    assert_eq!(https.get("/ready").await, (200, "ready\n".to_string()));
+    let mut connection = https(&fixture).await;
+    assert_eq!(identity(&connection.leaf), identity(&leaf));
+    assert_eq!(
+        connection.get("/ready").await.unwrap(),
+        (200, "ready\n".to_string())
+    );
 
     let ca_file = fixture.dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.cert_pem()).unwrap();
@@ -230,8 +185,8 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
         .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
         .await;
     assert_eq!(reply.code, 235, "{reply:?}");
-    let mut https_before = Https::connect(&fixture).await;
-    assert_eq!(https_before.get("/ready").await.0, 200);
+    let mut https_before = https(&fixture).await;
+    assert_eq!(https_before.get("/ready").await.unwrap().0, 200);
 
     // Renewed, by the same CA, with an hour short of 5 days left (4 whole
     // days): inside the warning window.
@@ -241,7 +196,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
     eventually(
         LIMIT,
         "a new connection gets the renewed certificate",
-        || async { Https::connect(&fixture).await.leaf == identity(&new) },
+        || async { identity(&https(&fixture).await.leaf) == identity(&new) },
     )
     .await
     .unwrap();
@@ -253,7 +208,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
     let reply = transaction(&mut before, message("before-reload").as_bytes()).await;
     assert_eq!(reply.code, 250, "{reply:?}");
     assert_eq!(before.cmd("QUIT").await.code, 221);
-    let (code, body) = https_before.get("/ready").await;
+    let (code, body) = https_before.get("/ready").await.unwrap();
     assert_eq!(code, 200, "{body}");
 
     // Five days left: `/ready` stays 200 but says degraded, with the file.

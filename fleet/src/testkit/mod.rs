@@ -1,6 +1,7 @@
 //! Fixtures for the daemons' tests, the benchmarks and `local-cluster`
 //! (feature `testkit`): a local CA, a sink MX, a static DNS server, the
-//! example configs relocated per test, and helpers for daemon processes.
+//! example configs relocated per test, helpers for daemon processes, and a
+//! strict TLS client.
 
 pub mod bao;
 pub mod dns;
@@ -9,6 +10,7 @@ pub mod pki;
 pub mod process;
 pub mod proxies;
 pub mod sink;
+pub mod strict_tls;
 
 pub use bao::Bao;
 pub use dns::StaticDns;

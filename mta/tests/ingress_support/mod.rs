@@ -10,7 +10,7 @@ pub mod flood;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use fleet::testkit::LocalCa;
@@ -497,34 +497,15 @@ impl Raw {
     }
 }
 
-/// A TLS client as strict as rustls makes it (its default
-/// `WebPkiServerVerifier`) trusting only `ca_pem`, SNI the cluster
-/// hostname, offering `alpn`.
+/// TLS over `stream` with the strict client (rustls's default verifier)
+/// trusting only `ca_pem`, SNI the cluster hostname, offering `alpn`.
 pub async fn strict_tls<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     ca_pem: &str,
     alpn: &[&[u8]],
-) -> std::io::Result<tokio_rustls::client::TlsStream<S>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls_pki_types::ServerName::try_from(HOSTNAME).unwrap();
-    tokio::time::timeout(LIMIT, connector.connect(name, stream))
-        .await
-        .expect("TLS within the limit")
+) -> anyhow::Result<tokio_rustls::client::TlsStream<S>> {
+    fleet::testkit::strict_tls::connect(stream, HOSTNAME, ca_pem, alpn).await
 }
-
-use rustls_pki_types::pem::PemObject;
 
 /// SASL PLAIN initial response.
 pub fn plain(user: &str, password: &str) -> String {
