@@ -216,7 +216,7 @@ impl Spool {
         let unavailable = SpoolError::Unavailable;
         create_private_dir(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        staged::clear_incoming(dir).map_err(unavailable)?;
+        staged::clear_incoming(dir);
         let started = Instant::now();
         let recovered = recover::recover(dir).map_err(unavailable)?;
         let shared = Arc::new(Shared {

@@ -26,22 +26,26 @@ pub(crate) fn incoming_dir(spool: &Path) -> PathBuf {
 }
 
 /// Deletes what a previous run left in `incoming/` (never acknowledged)
-/// and makes sure the folder exists (mode 0700).
-pub(crate) fn clear_incoming(spool: &Path) -> Result<(), String> {
+/// and makes sure the folder exists (mode 0700). Best effort: a spool that
+/// cannot be written (a read-only copy) is still read.
+pub(crate) fn clear_incoming(spool: &Path) {
     let dir = incoming_dir(spool);
     let left = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
     match std::fs::remove_dir_all(&dir) {
+        Ok(()) if left > 0 => tracing::info!(
+            "spool {}: deleted {left} message(s) that were still arriving when the node stopped (never acknowledged)",
+            dir.display()
+        ),
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot clear {}: {e}", dir.display())),
+        Err(e) => tracing::warn!("cannot clear {}: {e}", dir.display()),
     }
-    if left > 0 {
-        tracing::info!(
-            "spool {}: deleted {left} message(s) that were still arriving when the node stopped (never acknowledged)",
+    if let Err(e) = super::create_private_dir(&dir) {
+        tracing::warn!(
+            "cannot create {}: {e}; messages larger than smtp.max_header_size cannot be received",
             dir.display()
         );
     }
-    super::create_private_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
 /// A message being written to its own file; dropped before
