@@ -58,7 +58,12 @@ fn main() {
         .collect();
     let connections = args.first().copied().unwrap_or(2000);
     let size = args.get(1).copied().unwrap_or(10) << 20;
-    let fixture = Fixture::new(210, "max_connections = 2100");
+    // Connections that are through wait for the others before ending their
+    // data: the wait may be longer than the default data_timeout.
+    let fixture = Fixture::new(
+        210,
+        "max_connections = 2100\ndata_timeout = \"30m\"\nsession_timeout = \"2h\"",
+    );
     let need = (connections * size) as u64 / 10 * 11;
     let free = free_bytes(fixture.dir.path());
     assert!(
