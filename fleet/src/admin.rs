@@ -1,8 +1,9 @@
 //! The admin HTTP listener every daemon serves: `/live`, `/ready` (503 with
-//! the reason), `/metrics` (Prometheus text) and `/status` (JSON).
+//! the reason), `/metrics` (Prometheus text or OpenMetrics) and `/status` (JSON).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -54,15 +55,15 @@ impl Readiness {
         joined(&lock(&self.degraded))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, String>> {
         lock(&self.reasons)
     }
 }
 
 fn lock(
     map: &Mutex<BTreeMap<String, String>>,
-) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
-    map.lock().unwrap_or_else(|e| e.into_inner())
+) -> parking_lot::MutexGuard<'_, BTreeMap<String, String>> {
+    map.lock()
 }
 
 fn joined(map: &BTreeMap<String, String>) -> Option<String> {
@@ -106,9 +107,9 @@ pub fn admin_router(state: AdminState) -> Router {
     health_routes(state.readiness)
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let registry = metrics_registry.clone();
-                async move { metrics(&registry) }
+                async move { metrics(&registry, &headers) }
             }),
         )
         .route(
@@ -120,22 +121,15 @@ pub fn admin_router(state: AdminState) -> Router {
         )
 }
 
-fn metrics(registry: &Registry) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("metrics encoding failed: {e}\n"),
-        )
-            .into_response(),
+/// `/metrics` in the format the `Accept` header asks for (see
+/// [`crate::metrics`]).
+fn metrics(registry: &Registry, headers: &axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    match crate::metrics::encode(registry, accept) {
+        Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

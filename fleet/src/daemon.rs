@@ -113,9 +113,11 @@ pub struct Service<S> {
 }
 
 impl<S: crate::live::Reloadable + Send + Sync + 'static> Service<S> {
+    /// Every metric registered in `registry` is named
+    /// `<S::METRICS_PREFIX>_…` (`lb_dns`, `healthd`, `mta`).
     pub fn new(control: Control, settings: S) -> Self {
         let live = crate::Live::new(settings);
-        let mut registry = prometheus_client::registry::Registry::default();
+        let mut registry = crate::metrics::registry(S::METRICS_PREFIX);
         live.register(&mut registry);
         Service {
             control,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod certificate;
 pub mod clock;
+pub mod clusters_api;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -14,6 +15,7 @@ pub mod fs;
 pub mod live;
 pub mod load;
 pub mod locate;
+pub mod metrics;
 pub mod model;
 pub mod password;
 pub mod rate;

@@ -24,6 +24,10 @@ use crate::load::ConfigError;
 
 /// A daemon's settings, and which of them apply only when it starts.
 pub trait Reloadable {
+    /// The prefix of every metric the daemon registers (`lb_dns`,
+    /// `healthd`, `mta`): `/metrics` names each family `<prefix>_…`.
+    const METRICS_PREFIX: &'static str;
+
     /// Every setting read only at start (listen addresses, spool and state
     /// directories, log format, ...) with its value.
     fn startup_only(&self) -> StartupOnly;
@@ -196,6 +200,8 @@ mod tests {
     }
 
     impl Reloadable for Node {
+        const METRICS_PREFIX: &'static str = "test";
+
         fn startup_only(&self) -> StartupOnly {
             StartupOnly::new().key("listen", self.listen)
         }

@@ -57,7 +57,10 @@ pub fn caller_for_token(token: &str, fleet: &Fleet, admin_sha256: Option<&str>) 
 }
 
 pub fn message(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "message": message }))).into_response()
+    let body = fleet::clusters_api::ErrorMessage {
+        message: message.to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 pub fn unauthenticated() -> Response {

@@ -37,7 +37,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
-    pub shutdown_grace: std::time::Duration,
+    pub shutdown_grace: Duration,
     /// How often and how strictly MTAs are probed.
     #[serde(default)]
     pub probe: ProbeConfig,
@@ -145,8 +145,8 @@ impl ProbeConfig {
     }
 }
 
-fn default_grace() -> std::time::Duration {
-    std::time::Duration::from_secs(5)
+fn default_grace() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Everything healthd reads from disk, reloaded together on SIGHUP.
@@ -293,6 +293,8 @@ fn follower_problems(followers: &[Follower]) -> Vec<(String, String)> {
 /// certificate and key (from the next connection; whether there is a
 /// `[tls]` at all needs a restart).
 impl fleet::Reloadable for Settings {
+    const METRICS_PREFIX: &'static str = "healthd";
+
     fn startup_only(&self) -> fleet::StartupOnly {
         fleet::StartupOnly::new()
             .key("listen", self.node.listen)

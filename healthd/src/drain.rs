@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use fleet::clusters_api::{Data, DrainView};
 use fleet::Live;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::auth::{caller, forbidden, message, not_found, unauthenticated, Caller};
 use crate::board::{Board, Record};
@@ -137,17 +137,20 @@ async fn change(
     if changed {
         tracing::info!(mta = %name, "{name} {} by admin call; shown as {}", if on { "drained" } else { "undrained" }, record.shown.as_str());
     }
-    Json(json!({ "data": drain_json(&name, &record) })).into_response()
+    Json(Data {
+        data: drain_view(&name, &record),
+    })
+    .into_response()
 }
 
-fn drain_json(name: &str, record: &Record) -> serde_json::Value {
-    json!({
-        "name": name,
-        "state": record.shown.as_str(),
-        "drained": record.drained(),
-        "drained_by_admin": record.admin_drain,
-        "drained_by_fleet": record.fleet_drain,
-        "probes": record.health.state.as_str(),
-        "reason": record.reason(),
-    })
+fn drain_view(name: &str, record: &Record) -> DrainView {
+    DrainView {
+        name: name.to_string(),
+        state: record.shown,
+        drained: record.drained(),
+        drained_by_admin: record.admin_drain,
+        drained_by_fleet: record.fleet_drain,
+        probes: record.health.state,
+        reason: record.reason(),
+    }
 }

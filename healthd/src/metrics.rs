@@ -44,8 +44,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("healthd");
+    /// Registers every family in healthd's registry (prefix `healthd`).
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "mta_up",
             "1 while the probes find the MTA up",

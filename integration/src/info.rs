@@ -73,9 +73,30 @@ pub struct HealthdInfo {
     pub api_token: String,
 }
 
+/// What a child of the local cluster is (`role` in cluster.json).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessRole {
+    Dns,
+    Sink,
+    Mta,
+    Healthd,
+    LbDns,
+}
+
+impl ProcessRole {
+    /// lb-dns, healthd and the MTAs: the daemons that reload on SIGHUP.
+    pub fn is_daemon(self) -> bool {
+        matches!(
+            self,
+            ProcessRole::Mta | ProcessRole::Healthd | ProcessRole::LbDns
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessInfo {
-    pub role: String,
+    pub role: ProcessRole,
     pub name: String,
     pub pid: u32,
     pub address: Ipv4Addr,
@@ -126,7 +147,7 @@ impl ClusterInfo {
                 .children
                 .iter()
                 .map(|c| ProcessInfo {
-                    role: c.spec.role.clone(),
+                    role: c.spec.role,
                     name: c.spec.name.clone(),
                     pid: c.pid,
                     address: c.spec.address,
@@ -177,6 +198,6 @@ impl ClusterInfo {
     }
 
     pub fn mtas(&self) -> impl Iterator<Item = &ProcessInfo> {
-        self.processes.iter().filter(|p| p.role == "mta")
+        self.processes.iter().filter(|p| p.role == ProcessRole::Mta)
     }
 }

@@ -2,16 +2,17 @@
 //! wait until the fleet is healthy and answered, write cluster.json, then
 //! supervise until SIGINT or SIGTERM and stop everything.
 
+use parking_lot::Mutex;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::StartArgs;
-use crate::info::ClusterInfo;
+use crate::info::{ClusterInfo, ProcessRole};
 use crate::ops::{self, Request};
 use crate::plan::{Layout, Plan, SINK_DOMAINS, SINK_HOST};
 use crate::ready::Expectation;
@@ -27,7 +28,7 @@ fn os(items: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 
 pub fn mta_spec(plan: &Plan, layout: &Layout, mta: &MtaEntry) -> Spec {
     Spec {
-        role: "mta".into(),
+        role: ProcessRole::Mta,
         name: mta.name.clone(),
         address: mta.ipv4,
         admin_url: Some(format!("http://{}", plan.mta_admin_addr(mta.ipv4))),
@@ -50,14 +51,14 @@ fn specs(plan: &Plan, layout: &Layout, mtas: &[MtaEntry]) -> Vec<Spec> {
     }
     let mut specs = vec![
         Spec {
-            role: "dns".into(),
+            role: ProcessRole::Dns,
             name: "dns".into(),
             address: plan.address,
             admin_url: None,
             args: dns_args,
         },
         Spec {
-            role: "sink".into(),
+            role: ProcessRole::Sink,
             name: "sink".into(),
             address: plan.address,
             admin_url: None,
@@ -72,7 +73,7 @@ fn specs(plan: &Plan, layout: &Layout, mtas: &[MtaEntry]) -> Vec<Spec> {
     ];
     specs.extend(mtas.iter().map(|m| mta_spec(plan, layout, m)));
     specs.push(Spec {
-        role: "healthd".into(),
+        role: ProcessRole::Healthd,
         name: "healthd".into(),
         address: plan.address,
         admin_url: Some(plan.healthd_url()),
@@ -84,7 +85,7 @@ fn specs(plan: &Plan, layout: &Layout, mtas: &[MtaEntry]) -> Vec<Spec> {
         ]),
     });
     specs.push(Spec {
-        role: "lb-dns".into(),
+        role: ProcessRole::LbDns,
         name: "lb-dns".into(),
         address: plan.address,
         admin_url: Some(format!("http://{}", plan.lb_dns_admin_addr())),
@@ -212,7 +213,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             loop {
                 match expectation.check().await {
                     Ok(()) => return,
-                    Err(why) => *last.lock().unwrap_or_else(|e| e.into_inner()) = why,
+                    Err(why) => *last.lock() = why,
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -224,7 +225,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 Ok(()) => None,
                 Err(_) => Some(format!(
                     "the cluster was not ready within {timeout:?}: {}",
-                    last.lock().unwrap_or_else(|e| e.into_inner())
+                    last.lock()
                 )),
             },
             _ = term.recv() => Some("stopped by SIGTERM while starting".to_string()),

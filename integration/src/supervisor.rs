@@ -12,12 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use crate::info::ProcessRole;
 use crate::plan::Layout;
 
 /// How to start one child.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub role: String,
+    pub role: ProcessRole,
     pub name: String,
     pub address: Ipv4Addr,
     pub admin_url: Option<String>,
@@ -158,7 +159,7 @@ impl Supervisor {
     pub fn reload_daemons(&self) -> Vec<String> {
         self.children
             .iter()
-            .filter(|c| c.running && ["mta", "healthd", "lb-dns"].contains(&c.spec.role.as_str()))
+            .filter(|c| c.running && c.spec.role.is_daemon())
             .filter(|c| send_signal(c.pid, libc::SIGHUP))
             .map(|c| c.spec.name.clone())
             .collect()
@@ -235,7 +236,13 @@ impl Supervisor {
     /// `grace`. Returns the names that had to be killed.
     pub async fn stop_all(&mut self, grace: Duration) -> Vec<String> {
         self.stopping = true;
-        let order = ["mta", "healthd", "lb-dns", "sink", "dns"];
+        let order = [
+            ProcessRole::Mta,
+            ProcessRole::Healthd,
+            ProcessRole::LbDns,
+            ProcessRole::Sink,
+            ProcessRole::Dns,
+        ];
         for role in order {
             for child in self
                 .children

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{listening, Cluster};
+use integration::info::ProcessRole;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tour_resolve_send_every_way_deliver_stop_and_reuse() -> anyhow::Result<()> {
@@ -16,10 +17,15 @@ async fn tour_resolve_send_every_way_deliver_stop_and_reuse() -> anyhow::Result<
 
     // cluster.json names every process and endpoint.
     assert_eq!(info.mtas().count(), 3);
-    for role in ["lb-dns", "healthd", "sink", "dns"] {
+    for role in [
+        ProcessRole::LbDns,
+        ProcessRole::Healthd,
+        ProcessRole::Sink,
+        ProcessRole::Dns,
+    ] {
         assert!(
             info.processes.iter().any(|p| p.role == role),
-            "no {role} in cluster.json"
+            "no {role:?} in cluster.json"
         );
     }
     assert!(

@@ -118,6 +118,8 @@ impl Settings {
 /// Everything else applies on reload: the fleet, the feeds followed and
 /// where the state is saved.
 impl fleet::Reloadable for Settings {
+    const METRICS_PREFIX: &'static str = "lb_dns";
+
     fn startup_only(&self) -> fleet::StartupOnly {
         fleet::StartupOnly::new()
             .key("listen", &self.node.listen)

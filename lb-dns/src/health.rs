@@ -8,8 +8,9 @@
 //! service unchanged: from the feeds before they went away, or from the state
 //! file at start-up, or nothing (every cluster then answers `when_all_down`).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fleet::feed::{FleetHealth, MtaState};
@@ -128,8 +129,8 @@ impl Health {
         health
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// Changes whenever the merged state changes.

@@ -195,12 +195,10 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let health = Health::new(initial, &settings.node.healthd);
     let mut service = Service::new(control, settings);
     fleet::secret::register_metrics(&service.live.get().secrets, &mut service.registry);
-    let metrics = Arc::new(Metrics::register(
-        service.registry.sub_registry_with_prefix("lb_dns"),
-    ));
+    let metrics = Arc::new(Metrics::register(&mut service.registry));
     let rrl = rrl::Rrl::new(service.live.get().node.rrl);
     if let Some(rrl) = &rrl {
-        let registry = service.registry.sub_registry_with_prefix("lb_dns");
+        let registry = &mut service.registry;
         registry.register(
             "rrl_slipped",
             "UDP replies over the RRL rate sent truncated (TC) so the client retries over TCP",

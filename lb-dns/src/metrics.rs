@@ -138,8 +138,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them in `registry` (give it the
-    /// `lb_dns` sub-registry).
+    /// Creates the metrics and registers them in `registry` (lb-dns's
+    /// registry, prefix `lb_dns`).
     pub fn register(registry: &mut Registry) -> Metrics {
         let query_family = Family::<QueryLabels, Counter>::default();
         let queries = QTYPES

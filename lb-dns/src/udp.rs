@@ -77,7 +77,7 @@ impl Batch {
         for i in 0..BATCH {
             let hdr = &mut self.in_msgs[i].msg_hdr;
             hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = &mut self.in_iov[i];
             hdr.msg_iovlen = 1;
             hdr.msg_control = std::ptr::null_mut();

@@ -30,7 +30,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default = "default_grace", with = "fleet::config::duration")]
-    pub shutdown_grace: std::time::Duration,
+    pub shutdown_grace: Duration,
     /// Limits of the SMTP and HTTP ingress.
     #[serde(default)]
     pub smtp: SmtpConfig,
@@ -151,8 +151,8 @@ pub struct TlsConfig {
     pub key: fleet::secret::SecretFile,
 }
 
-fn default_grace() -> std::time::Duration {
-    std::time::Duration::from_secs(10)
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Everything the MTA reads from disk, reloaded together on SIGHUP.
@@ -215,24 +215,10 @@ impl Settings {
         node.tls.key.resolve_path(config_file);
         node.delivery
             .prepare(config_file)
-            .map_err(|(key, message)| ConfigError {
-                file: config_file.display().to_string(),
-                problems: vec![Problem {
-                    line: None,
-                    key,
-                    message,
-                }],
-            })?;
+            .map_err(|(key, message)| problem(config_file, &key, message))?;
         node.events
             .prepare(config_file)
-            .map_err(|(key, message)| ConfigError {
-                file: config_file.display().to_string(),
-                problems: vec![Problem {
-                    line: None,
-                    key,
-                    message,
-                }],
-            })?;
+            .map_err(|(key, message)| problem(config_file, &key, message))?;
         crate::events::classify::Classifier::load(node.events.bounce_rules.as_deref())
             .map_err(|message| ConfigError::single(&config_file.display().to_string(), &message))?;
         // Keys that cannot be read or parsed fail `--check` and a reload.
@@ -378,6 +364,8 @@ fn resolve_credentials(
 /// `[delivery.egress]`, credentials, egress sources and rate limits of the
 /// fleet.
 impl fleet::Reloadable for Settings {
+    const METRICS_PREFIX: &'static str = "mta";
+
     fn startup_only(&self) -> fleet::StartupOnly {
         let node = &self.node;
         let keys = fleet::StartupOnly::new()

@@ -2,9 +2,10 @@
 //! spool, the authenticator, the connection caps, the metrics, and the last
 //! step of both paths (trace headers, then the spool).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::admin::Readiness;
@@ -62,7 +63,7 @@ impl Ingress {
     /// `Err` with the reason while the spool cannot take mail (checked in
     /// the background, so this costs nothing per message).
     pub fn spool_health(&self) -> Result<(), String> {
-        match &*self.spool_problem.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*self.spool_problem.lock() {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
@@ -215,7 +216,7 @@ impl Ingress {
                     .readiness
                     .not_ready("spool", format!("spool: {reason}")),
             }
-            *self.spool_problem.lock().unwrap_or_else(|e| e.into_inner()) = health.err();
+            *self.spool_problem.lock() = health.err();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -498,8 +499,8 @@ impl ConnectionLimiter {
         self.lock().total
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Open> {
+        self.open.lock()
     }
 }
 

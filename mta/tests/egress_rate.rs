@@ -43,10 +43,10 @@ async fn a_hundred_messages_at_ten_per_second_take_ten_seconds() {
     while held < 20.0 {
         assert!(
             Instant::now() < deadline,
-            "queue_rate_limited stayed at {held}"
+            "mta_queue_rate_limited stayed at {held}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-        held = node.metric("queue_rate_limited").await.unwrap_or(0.0);
+        held = node.metric("mta_queue_rate_limited").await.unwrap_or(0.0);
     }
     let got = sink.wait_for(100, Duration::from_secs(40)).await.unwrap();
     assert_eq!(got.len(), 100);
@@ -65,7 +65,7 @@ async fn a_hundred_messages_at_ten_per_second_take_ten_seconds() {
         );
     }
     let delayed = node
-        .metric("queue_delayed_by_rate_limit_total")
+        .metric("mta_queue_delayed_by_rate_limit_total")
         .await
         .unwrap_or(0.0);
     assert!(delayed >= 90.0, "{delayed} Delayed");

@@ -174,6 +174,9 @@ async fn auth_failures_are_limited_per_address_and_per_username() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("ingress_auth_blocked_total"), "{metrics}");
+    assert!(
+        metrics.contains("mta_ingress_auth_blocked_total"),
+        "{metrics}"
+    );
     node.stop().await;
 }

@@ -756,12 +756,12 @@ async fn ingress_metrics_on_the_admin_listener() {
         .await
         .unwrap();
     for line in [
-        "ingress_messages_total{listener=\"smtp:10587\"} 1",
-        "ingress_connections_total{listener=\"smtp:10587\"} 1",
-        "ingress_tls_handshakes_total{listener=\"smtp:10587\",result=\"ok\"} 1",
+        "mta_ingress_messages_total{listener=\"smtp:10587\"} 1",
+        "mta_ingress_connections_total{listener=\"smtp:10587\"} 1",
+        "mta_ingress_tls_handshakes_total{listener=\"smtp:10587\",result=\"ok\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
-    assert!(metrics.contains("ingress_bytes_total{listener=\"smtp:10587\"}"));
+    assert!(metrics.contains("mta_ingress_bytes_total{listener=\"smtp:10587\"}"));
     node.stop().await;
 }

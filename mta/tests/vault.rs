@@ -328,11 +328,11 @@ async fn with_vault_gone_mail_flows_and_ready_says_degraded() {
     // /metrics: the token's remaining TTL (at most the 2 s it got) and the
     // logins and renewals.
     let ttl = node
-        .metric("vault_token_ttl_seconds{method=\"approle\"}")
+        .metric("mta_vault_token_ttl_seconds{method=\"approle\"}")
         .await;
     assert!(ttl.is_some_and(|t| (0.0..=2.0).contains(&t)), "{ttl:?}");
     let renewals = node
-        .metric("vault_token_renewals_total{method=\"approle\"}")
+        .metric("mta_vault_token_renewals_total{method=\"approle\"}")
         .await;
     assert!(renewals.is_some_and(|n| n >= 3.0), "{renewals:?}");
     signed_with(&node, &sink, &dns, "before", "s1").await;
@@ -531,7 +531,10 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
         let (_, text) = http_get(&format!("http://{}/metrics", node.admin))
             .await
             .unwrap_or_default();
-        let vault: Vec<&str> = text.lines().filter(|l| l.starts_with("vault_")).collect();
+        let vault: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mta_vault_"))
+            .collect();
         panic!("{error}: {vault:#?}");
     }
     node.stop().await;

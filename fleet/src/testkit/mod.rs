@@ -8,6 +8,7 @@ pub mod dns;
 pub mod example_configs;
 pub mod pki;
 pub mod process;
+pub mod promtool;
 pub mod proxies;
 pub mod sink;
 pub mod strict_tls;

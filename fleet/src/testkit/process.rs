@@ -206,3 +206,77 @@ pub fn check_accepts_example_config(binary: &Path, config_name: &str) -> anyhow:
     anyhow::ensure!(said.contains("is valid"), "--check said: {said}");
     Ok(())
 }
+
+/// The binary started from a relocated copy of `configs/`, reloaded once so
+/// that its reload counter has a sample: its `/metrics` passes
+/// [`super::promtool::check_daemon_metrics`] with `prefix`.
+pub async fn check_example_metrics(
+    binary: &Path,
+    config_name: &str,
+    base: [u8; 3],
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let configs = super::example_configs::ExampleConfigs::relocated(base)?;
+    let admin = configs
+        .get(config_name, "admin_listen")
+        .or_else(|_| configs.get(config_name, "listen"))?;
+    let daemon = DaemonProcess::start(binary, &configs.path(config_name))?;
+    let status_url = format!("http://{admin}/status");
+    eventually(Duration::from_secs(20), "GET /status answers", || async {
+        matches!(http_get(&status_url).await, Some((200, _)))
+    })
+    .await?;
+    daemon.signal("HUP")?;
+    eventually(Duration::from_secs(10), "the reload is counted", || async {
+        let Some((_, body)) = http_get(&status_url).await else {
+            return false;
+        };
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|status| status["config"]["version"] == 1)
+    })
+    .await?;
+    super::promtool::check_daemon_metrics(&format!("http://{admin}/metrics"), prefix).await
+}
+
+/// The tests every daemon's `tests/lifecycle.rs` holds, run against its
+/// binary from a relocated copy of `configs/`: [`check_lifecycle`] on
+/// `base`, [`check_accepts_example_config`], and [`check_example_metrics`]
+/// on `metrics_base` with the daemon's metric `prefix`.
+#[macro_export]
+macro_rules! daemon_binary_tests {
+    (binary: $binary:expr, config: $config:literal, base: $base:expr, metrics_base: $metrics_base:expr, prefix: $prefix:literal $(,)?) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn starts_reloads_and_stops_from_the_example_configs() {
+            $crate::testkit::process::check_lifecycle(
+                std::path::Path::new($binary),
+                $config,
+                $base,
+            )
+            .await
+            .unwrap();
+        }
+
+        #[test]
+        fn check_accepts_the_example_config() {
+            $crate::testkit::process::check_accepts_example_config(
+                std::path::Path::new($binary),
+                $config,
+            )
+            .unwrap();
+        }
+
+        /// Its real `/metrics` passes `promtool check metrics`, every family
+        /// named with its prefix, and Prometheus's `Accept` gets OpenMetrics.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn metrics_pass_promtool() {
+            $crate::testkit::process::check_example_metrics(
+                std::path::Path::new($binary),
+                $config,
+                $metrics_base,
+                $prefix,
+            )
+            .await
+            .unwrap();
+        }
+    };
+}

@@ -2,8 +2,9 @@
 //! MTA's current state; the journal follows the board and writes down every
 //! change of a shown state it sees (from, to, when, why).
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fleet::feed::{FleetHealth, MtaState};
 use serde::Serialize;
@@ -66,7 +67,7 @@ impl Journal {
 
     /// Records the differences between `snapshot` and the last one.
     fn take(&self, snapshot: &FleetHealth) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock();
         let mut last = HashMap::with_capacity(inner.last.len());
         for cluster in &snapshot.clusters {
             for mta in &cluster.mtas {
@@ -111,7 +112,7 @@ impl Journal {
 
     /// The last `limit` transitions of `cluster`, newest first.
     pub fn recent(&self, cluster: &str, limit: usize) -> Vec<Entry> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.lock();
         inner
             .entries
             .iter()

@@ -4,10 +4,11 @@
 //! end of DATA apart from the body, which Nagle's algorithm would hold back
 //! for a delayed ACK (40 ms a message).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
@@ -105,7 +106,7 @@ impl Connector {
         via: Option<&Via>,
         tls: StartTls,
     ) -> Arc<Destination> {
-        let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.destinations.lock();
         let now = self.epoch.elapsed().as_secs();
         let key = (
             addr,
@@ -211,7 +212,7 @@ impl Connector {
     }
 
     fn take_idle(&self, destination: &Destination) -> Option<AsyncSmtpConnection> {
-        let mut idle = destination.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = destination.idle.lock();
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < IDLE && !entry.conn.has_broken() {
                 return Some(entry.conn);
@@ -259,14 +260,10 @@ impl Connector {
             match result {
                 Ok(Ok(response)) => {
                     if !conn.has_broken() {
-                        destination
-                            .idle
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(Idle {
-                                conn,
-                                since: Instant::now(),
-                            });
+                        destination.idle.lock().push(Idle {
+                            conn,
+                            since: Instant::now(),
+                        });
                     }
                     return Reply::Accepted {
                         code: response.code().into(),
@@ -299,15 +296,9 @@ impl Connector {
 
     /// Closes every pooled connection (QUIT).
     pub async fn shutdown(&self) {
-        let all: Vec<Arc<Destination>> = self
-            .destinations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, d)| d)
-            .collect();
+        let all: Vec<Arc<Destination>> = self.destinations.lock().drain().map(|(_, d)| d).collect();
         for d in all {
-            let idle = std::mem::take(&mut *d.idle.lock().unwrap_or_else(|e| e.into_inner()));
+            let idle = std::mem::take(&mut *d.idle.lock());
             for mut entry in idle {
                 let _ = tokio::time::timeout(Duration::from_secs(1), entry.conn.quit()).await;
             }

@@ -10,9 +10,10 @@
 //!
 //! Only [`Job`]s (32 bytes) are held; bodies stay in the spool.
 
+use parking_lot::Mutex;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::RateLimit;
@@ -35,16 +36,12 @@ pub struct Requeue {
 
 impl Requeue {
     pub fn push(&self, job: Job) {
-        self.inner
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job);
+        self.inner.0.lock().push(job);
         self.inner.1.notify_one();
     }
 
     fn take(&self) -> Vec<Job> {
-        std::mem::take(&mut *self.inner.0.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.inner.0.lock())
     }
 }
 

@@ -16,12 +16,13 @@ mod recover;
 mod staged;
 mod writer;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -155,22 +156,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn segment(&self, id: u32) -> Option<Arc<Segment>> {
-        self.segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
+        self.segments.read().get(&id).cloned()
     }
 
     pub fn set_error(&self, error: Option<String>) {
-        *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        *self.write_error.lock() = error;
     }
 
     pub fn error(&self) -> Option<String> {
-        self.write_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.write_error.lock().clone()
     }
 }
 
@@ -227,7 +221,7 @@ impl Spool {
         });
         let mut empty = Vec::new();
         {
-            let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
+            let mut segments = shared.segments.write();
             for segment in recovered.segments {
                 shared
                     .metrics
@@ -269,7 +263,7 @@ impl Spool {
     }
 
     fn send(&self, op: writer::Op) -> Result<(), SpoolError> {
-        let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let ops = self.ops.lock();
         match ops.as_ref() {
             Some(tx) => tx
                 .send(op)
@@ -335,10 +329,7 @@ impl Spool {
             rcpt,
             attempts: 0,
         });
-        self.arrivals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(jobs);
+        self.arrivals.lock().extend(jobs);
         self.arrived.notify_one();
         // The caller records the Reception event (the ingress does).
         record::message_id(at.seq)
@@ -346,10 +337,10 @@ impl Spool {
 
     /// `Err` with the reason when the spool cannot take mail.
     pub fn health(&self) -> Result<(), String> {
-        if self.ops.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self.ops.lock().is_none() {
             return Err("the spool is closed".into());
         }
-        let mut probe = self.probe.lock().unwrap_or_else(|e| e.into_inner());
+        let mut probe = self.probe.lock();
         let fresh = matches!(&*probe, Some((at, _)) if at.elapsed() < PROBE_EVERY);
         if !fresh {
             let result = self.probe_write();
@@ -386,7 +377,7 @@ impl Spool {
 
     /// New (and, after open, recovered) recipients for the queue.
     pub fn take_arrivals(&self) -> Vec<Job> {
-        std::mem::take(&mut *self.arrivals.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.arrivals.lock())
     }
 
     /// Notified whenever [`Spool::take_arrivals`] has something.
@@ -468,19 +459,15 @@ impl Spool {
 
     /// Syncs and stops the writer; later calls fail as unavailable.
     pub fn close(&self) {
-        let tx = self.ops.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let tx = self.ops.lock().take();
         drop(tx);
-        if let Some(handle) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(handle) = self.writer.lock().take() {
             let _ = handle.join();
         }
     }
 
     pub fn stats(&self) -> SpoolStats {
-        let segments = self
-            .shared
-            .segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let segments = self.shared.segments.read();
         SpoolStats {
             queued: self.shared.metrics.jobs.get().max(0) as u64,
             segments: segments.len(),

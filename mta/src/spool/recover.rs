@@ -10,11 +10,11 @@
 //! header that cannot be read ends the chain: the rest of the segment is
 //! quarantined and cut.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use super::record::{self, ACK_DONE, ACK_LEN, ACK_RETRY, HEADER_LEN};
 use super::{ack_path, segment_path, Job, Segment};
@@ -299,22 +299,19 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
                     break;
                 };
                 match recover_segment(dir, id) {
-                    Ok(result) => results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(result),
+                    Ok(result) => results.lock().push(result),
                     Err(error) => {
-                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                        *failure.lock() = Some(error);
                         break;
                     }
                 }
             });
         }
     });
-    if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    if let Some(error) = failure.into_inner() {
         return Err(error);
     }
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut results = results.into_inner();
     results.sort_unstable_by_key(|r| r.segment.id);
     let total: usize = results.iter().map(|r| r.jobs.len()).sum();
     let mut recovered = Recovered {

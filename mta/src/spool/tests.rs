@@ -168,12 +168,12 @@ async fn an_unwritable_spool_is_unhealthy() {
     let gone = dir.path().with_extension("moved");
     std::fs::rename(dir.path(), &gone).unwrap();
     std::fs::write(dir.path(), b"not a directory").unwrap();
-    *spool.probe.lock().unwrap() = None;
+    *spool.probe.lock() = None;
     let reason = spool.health().unwrap_err();
     assert!(reason.contains("cannot be written"), "{reason}");
     std::fs::remove_file(dir.path()).unwrap();
     std::fs::rename(&gone, dir.path()).unwrap();
-    *spool.probe.lock().unwrap() = None;
+    *spool.probe.lock() = None;
     assert_eq!(spool.health(), Ok(()));
 }
 
@@ -192,7 +192,7 @@ async fn a_failed_write_is_refused_and_reported() {
     );
     assert!(spool.health().is_err());
     std::fs::rename(&gone, dir.path()).unwrap();
-    *spool.probe.lock().unwrap() = None;
+    *spool.probe.lock() = None;
     assert_eq!(spool.health(), Ok(()));
     spool.accept(message(3, 1)).await.unwrap();
 }

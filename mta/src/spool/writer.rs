@@ -224,21 +224,17 @@ impl Writer {
             error
         })?;
         self.next_segment += 1;
-        self.shared
-            .segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        self.shared.segments.write().insert(
+            id,
+            Arc::new(Segment {
                 id,
-                Arc::new(Segment {
-                    id,
-                    file: Some(read),
-                    bytes: AtomicU64::new(0),
-                    live: AtomicU64::new(0),
-                    sealed: AtomicBool::new(false),
-                    delete_requested: AtomicBool::new(false),
-                }),
-            );
+                file: Some(read),
+                bytes: AtomicU64::new(0),
+                live: AtomicU64::new(0),
+                sealed: AtomicBool::new(false),
+                delete_requested: AtomicBool::new(false),
+            }),
+        );
         self.active = Some(Active { id, file, len: 0 });
         Ok(())
     }
@@ -258,21 +254,17 @@ impl Writer {
         }
         self.next_segment += 1;
         self.shared.metrics.bytes.inc_by(len as i64);
-        self.shared
-            .segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        self.shared.segments.write().insert(
+            id,
+            Arc::new(Segment {
                 id,
-                Arc::new(Segment {
-                    id,
-                    file: None,
-                    bytes: AtomicU64::new(len),
-                    live: AtomicU64::new(jobs),
-                    sealed: AtomicBool::new(true),
-                    delete_requested: AtomicBool::new(false),
-                }),
-            );
+                file: None,
+                bytes: AtomicU64::new(len),
+                live: AtomicU64::new(jobs),
+                sealed: AtomicBool::new(true),
+                delete_requested: AtomicBool::new(false),
+            }),
+        );
         self.adopted.push((id, reply));
     }
 
@@ -449,13 +441,7 @@ impl Writer {
             }
         }
         let _ = std::fs::remove_file(ack_path(dir, segment));
-        if let Some(gone) = self
-            .shared
-            .segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&segment)
-        {
+        if let Some(gone) = self.shared.segments.write().remove(&segment) {
             self.shared
                 .metrics
                 .bytes

@@ -147,7 +147,7 @@ fn policy_validation_and_templates() {
     assert_eq!(
         texts(&mut request)[0].clone().err(),
         Some(RenderError::Policy(PolicyError::From(
-            crate::from_header::FromError::Missing
+            from_header::FromError::Missing
         )))
     );
     let mut request =
