@@ -57,6 +57,10 @@ pub struct MtaView {
     pub latency_ms: Option<f64>,
     /// The last failure, in words.
     pub reason: Option<String>,
+    /// What the MTA's passing `/ready` says is degraded (also in
+    /// `reason`), if anything.
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 /// An MTA after an admin drain or undrain (`POST`/`DELETE

@@ -9,9 +9,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fleet::feed::rfc3339;
+use fleet::clusters_api::{ClusterView, Connection, Data, MtaView, SmtpPort};
+use fleet::feed::{rfc3339, MtaState};
 use fleet::{Cluster, Fleet, Live};
-use serde_json::{json, Value};
 
 use crate::auth::{caller, not_found, unauthenticated, Caller};
 use crate::board::{Board, Record};
@@ -40,13 +40,13 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
         let Some(caller) = who(&state, &headers, fleet) else {
             return unauthenticated();
         };
-        let clusters: Vec<Value> = fleet
+        let clusters: Vec<ClusterView> = fleet
             .clusters
             .iter()
             .filter(|c| caller.may_read(&c.id))
-            .map(|c| cluster_json(fleet, c, records))
+            .map(|c| cluster_view(fleet, c, records))
             .collect();
-        Json(json!({ "data": clusters })).into_response()
+        Json(Data { data: clusters }).into_response()
     })
 }
 
@@ -60,9 +60,10 @@ async fn show(
             return unauthenticated();
         };
         match fleet.cluster(&id).filter(|c| caller.may_read(&c.id)) {
-            Some(cluster) => {
-                Json(json!({ "data": cluster_json(fleet, cluster, records) })).into_response()
-            }
+            Some(cluster) => Json(Data {
+                data: cluster_view(fleet, cluster, records),
+            })
+            .into_response(),
             None => not_found(),
         }
     })
@@ -79,7 +80,11 @@ fn use_case(port: u16) -> &'static str {
 }
 
 /// One cluster as the Clusters API writes it.
-pub fn cluster_json(fleet: &Fleet, cluster: &Cluster, records: &HashMap<String, Record>) -> Value {
+pub fn cluster_view(
+    fleet: &Fleet,
+    cluster: &Cluster,
+    records: &HashMap<String, Record>,
+) -> ClusterView {
     let hostname = fleet.hostname(cluster);
     let https = fleet.ports.https;
     let http_endpoint = if https == 443 {
@@ -87,37 +92,48 @@ pub fn cluster_json(fleet: &Fleet, cluster: &Cluster, records: &HashMap<String, 
     } else {
         format!("https://{hostname}:{https}/api/inject/v1")
     };
-    let smtp_ports: Vec<Value> = fleet
+    let smtp_ports = fleet
         .ports
         .smtp
         .iter()
-        .map(|port| json!({ "port": port, "use_case": use_case(*port), "starttls_required": true }))
+        .map(|&port| SmtpPort {
+            port,
+            use_case: use_case(port).to_string(),
+            starttls_required: true,
+        })
         .collect();
-    let mtas: Vec<Value> = cluster
+    let mtas = cluster
         .mtas
         .iter()
         .map(|mta| match records.get(&mta.name) {
-            Some(record) => json!({
-                "name": mta.name,
-                "state": record.shown.as_str(),
-                "since": rfc3339(record.shown_since),
-                "latency_ms": record.latency_ms(),
-                "reason": record.reason(),
-                "degraded": record.degraded,
-            }),
-            None => json!({ "name": mta.name, "state": "unknown", "since": null, "latency_ms": null, "reason": null, "degraded": null }),
+            Some(record) => MtaView {
+                name: mta.name.clone(),
+                state: record.shown,
+                since: Some(rfc3339(record.shown_since)),
+                latency_ms: record.latency_ms(),
+                reason: record.reason(),
+                degraded: record.degraded.clone(),
+            },
+            None => MtaView {
+                name: mta.name.clone(),
+                state: MtaState::Unknown,
+                since: None,
+                latency_ms: None,
+                reason: None,
+                degraded: None,
+            },
         })
         .collect();
-    json!({
-        "id": cluster.id,
-        "hostname": hostname,
-        "connection": {
-            "http_endpoint": http_endpoint,
-            "smtp_host": hostname,
-            "smtp_ports": smtp_ports,
-            "https_port": https,
+    ClusterView {
+        id: cluster.id.clone(),
+        hostname: hostname.clone(),
+        connection: Connection {
+            http_endpoint,
+            smtp_host: hostname,
+            smtp_ports,
+            https_port: https,
         },
-        "rate_limit": cluster.rate_limit.per_mta_wording(),
-        "mtas": mtas,
-    })
+        rate_limit: cluster.rate_limit.per_mta_wording(),
+        mtas,
+    }
 }

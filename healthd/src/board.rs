@@ -3,9 +3,10 @@
 //! `generation` moves only when something a consumer needs changes: a
 //! shown state, an address, a weight, membership.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fleet::feed::{rfc3339, ClusterHealth, FleetHealth, MtaHealth, MtaState};
@@ -156,7 +157,7 @@ impl Board {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     pub fn instance(&self) -> &str {

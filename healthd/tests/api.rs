@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use fleet::clusters_api::{ClusterView, Data};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_api_answers_by_token() {
@@ -42,21 +43,24 @@ async fn clusters_api_answers_by_token() {
         .get("/api/v1/clusters/a1", Some(ACCOUNT_TOKEN))
         .await;
     assert_eq!(status, 200);
-    let cluster = &body["data"];
-    assert_eq!(cluster["hostname"], "c-a1.unmta.net");
-    assert_eq!(cluster["rate_limit"], "500/hr per MTA");
-    let connection = &cluster["connection"];
+    // The wire format is the shared types' (fleet::clusters_api).
+    let cluster = serde_json::from_value::<Data<ClusterView>>(body)
+        .unwrap()
+        .data;
+    assert_eq!(cluster.hostname, "c-a1.unmta.net");
+    assert_eq!(cluster.rate_limit, "500/hr per MTA");
+    let connection = &cluster.connection;
     assert_eq!(
-        connection["http_endpoint"],
+        connection.http_endpoint,
         "https://c-a1.unmta.net:8443/api/inject/v1"
     );
-    assert_eq!(connection["smtp_host"], "c-a1.unmta.net");
-    assert_eq!(connection["https_port"], 8443);
-    assert_eq!(connection["smtp_ports"][0]["port"], SMTP_PORT);
-    assert_eq!(connection["smtp_ports"][1]["port"], 25);
-    assert_eq!(connection["smtp_ports"][1]["starttls_required"], true);
-    assert_eq!(cluster["mtas"][0]["name"], "mta-a");
-    assert!(cluster["mtas"][0]["since"].is_string());
+    assert_eq!(connection.smtp_host, "c-a1.unmta.net");
+    assert_eq!(connection.https_port, 8443);
+    assert_eq!(connection.smtp_ports[0].port, SMTP_PORT);
+    assert_eq!(connection.smtp_ports[1].port, 25);
+    assert!(connection.smtp_ports[1].starttls_required);
+    assert_eq!(cluster.mtas[0].name, "mta-a");
+    assert!(cluster.mtas[0].since.is_some());
 
     // Another account's cluster and an unknown one are both Not Found.
     for path in ["/api/v1/clusters/b2", "/api/v1/clusters/zz"] {

@@ -248,9 +248,9 @@ async fn every_event_type_reaches_the_webhook_signed_with_the_documented_fields(
         .await
         .unwrap();
     for name in [
-        "webhook_sent_events_total{webhook=\"test\"}",
-        "webhook_backlog_events{webhook=\"test\"}",
-        "bounces_received_total{kind=\"unparseable\"} 1",
+        "mta_webhook_sent_events_total{webhook=\"test\"}",
+        "mta_webhook_backlog_events{webhook=\"test\"}",
+        "mta_bounces_received_total{kind=\"unparseable\"} 1",
     ] {
         assert!(metrics.contains(name), "{name} not in /metrics");
     }

@@ -8,7 +8,7 @@
 //! an `Authorization: Bearer` header or kept server-side in a session whose
 //! opaque random id is the HttpOnly, SameSite=Strict cookie the login form
 //! (or `/?token=…`) sets; the cookie never holds the token. What a cluster is comes from
-//! `api::cluster_json`, the API's own JSON.
+//! `api::cluster_view`, the API's own types.
 
 mod journal;
 mod page;
@@ -22,13 +22,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use fleet::clusters_api::ClusterView;
 use fleet::feed::MtaState;
 use fleet::{Fleet, Live};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::cluster_json;
+use crate::api::cluster_view;
 use crate::auth::{self, Caller};
 use crate::board::Board;
 use crate::config::Settings;
@@ -333,21 +333,18 @@ fn gather(state: &DashboardState, headers: &HeaderMap, id: Option<&str>) -> Opti
             Some(id) => visible.iter().find(|c| c.id == id),
             None => visible.first(),
         };
-        let selected = chosen.and_then(|c| {
-            let view = serde_json::from_value(cluster_json(fleet, c, records)).ok()?;
-            Some(page::Selected {
-                view,
-                domain: c
-                    .domains
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "yourdomain.com".to_string()),
-                username: c
-                    .credentials
-                    .first()
-                    .map(|c| c.username.clone())
-                    .unwrap_or_else(|| "your-credential".to_string()),
-            })
+        let selected = chosen.map(|c| page::Selected {
+            view: cluster_view(fleet, c, records),
+            domain: c
+                .domains
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "yourdomain.com".to_string()),
+            username: c
+                .credentials
+                .first()
+                .map(|c| c.username.clone())
+                .unwrap_or_else(|| "your-credential".to_string()),
         });
         Some(Gathered {
             viewer,
@@ -429,25 +426,47 @@ async fn live(
         return auth::not_found();
     };
     let transitions = state.journal.recent(&id, RECENT);
-    let nav: Vec<_> = gathered
+    let nav = gathered
         .nav
         .iter()
-        .map(|n| json!({ "id": n.id, "count": n.count() }))
+        .map(|n| NavCount {
+            id: n.id.clone(),
+            count: n.count(),
+        })
         .collect();
-    let body = json!({
-        "instance": state.board.instance(),
-        "generation": generation,
-        "data": selected.view,
-        "summary": page::summary(&selected.view),
-        "mtas_html": page::mta_rows(&selected.view).into_string(),
-        "transitions_html": page::transitions(&transitions).into_string(),
-        "nav": nav,
-    });
+    let body = LiveUpdate {
+        instance: state.board.instance().to_string(),
+        generation,
+        summary: page::summary(&selected.view),
+        mtas_html: page::mta_rows(&selected.view).into_string(),
+        transitions_html: page::transitions(&transitions).into_string(),
+        data: selected.view,
+        nav,
+    };
     let mut response = Json(body).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// What the page's script receives from `/dashboard/clusters/{id}/live`.
+#[derive(Debug, Serialize)]
+struct LiveUpdate {
+    instance: String,
+    generation: u64,
+    data: ClusterView,
+    summary: String,
+    mtas_html: String,
+    transitions_html: String,
+    nav: Vec<NavCount>,
+}
+
+/// A sidebar entry's `n/m up`.
+#[derive(Debug, Serialize)]
+struct NavCount {
+    id: String,
+    count: String,
 }
 
 #[cfg(test)]

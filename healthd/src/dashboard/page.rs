@@ -1,46 +1,10 @@
 //! The dashboard's HTML, rendered with maud (which escapes every value).
 
+use fleet::clusters_api::{ClusterView, Connection};
+use fleet::feed::MtaState;
 use maud::{html, Markup, DOCTYPE};
-use serde::{Deserialize, Serialize};
 
 use super::journal::Entry;
-
-/// One cluster as the Clusters API writes it (`api::cluster_json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterView {
-    pub id: String,
-    pub hostname: String,
-    pub connection: Connection,
-    pub rate_limit: String,
-    pub mtas: Vec<MtaView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Connection {
-    pub http_endpoint: String,
-    pub smtp_host: String,
-    pub smtp_ports: Vec<SmtpPort>,
-    pub https_port: u16,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SmtpPort {
-    pub port: u16,
-    pub use_case: String,
-    pub starttls_required: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MtaView {
-    pub name: String,
-    pub state: String,
-    pub since: Option<String>,
-    pub latency_ms: Option<f64>,
-    pub reason: Option<String>,
-    /// What a passing `/ready` says is degraded (also in `reason`).
-    #[serde(default)]
-    pub degraded: Option<String>,
-}
 
 /// A sidebar entry.
 pub struct Nav {
@@ -64,10 +28,10 @@ pub struct Selected {
 }
 
 /// A state as people read it.
-fn label(state: &str) -> &str {
+fn label(state: MtaState) -> &'static str {
     match state {
-        "drain" => "draining",
-        other => other,
+        MtaState::Drain => "draining",
+        other => other.as_str(),
     }
 }
 
@@ -97,9 +61,9 @@ fn time(rfc3339: &Option<String>) -> Markup {
     }
 }
 
-fn state_badge(state: &str) -> Markup {
+fn state_badge(state: MtaState) -> Markup {
     html! {
-        span class={ "state state-" (state) } data-state=(state) { (label(state)) }
+        span class={ "state state-" (state.as_str()) } data-state=(state.as_str()) { (label(state)) }
     }
 }
 
@@ -199,13 +163,13 @@ fn layout(title: &str, viewer: &str, nav: &[Nav], current: Option<&str>, main: M
 }
 
 pub fn summary(view: &ClusterView) -> String {
-    let up = view.mtas.iter().filter(|m| m.state == "up").count();
+    let up = view.mtas.iter().filter(|m| m.state == MtaState::Up).count();
     let total = view.mtas.len();
     let mut words = format!(
         "{up} of {total} MTA{} up",
         if total == 1 { "" } else { "s" }
     );
-    for state in ["down", "drain", "unknown"] {
+    for state in [MtaState::Down, MtaState::Drain, MtaState::Unknown] {
         let n = view.mtas.iter().filter(|m| m.state == state).count();
         if n > 0 {
             words.push_str(&format!(", {n} {}", label(state)));
@@ -218,9 +182,9 @@ pub fn summary(view: &ClusterView) -> String {
 pub fn mta_rows(view: &ClusterView) -> Markup {
     html! {
         @for mta in &view.mtas {
-            tr data-mta=(mta.name) data-state=(mta.state) {
+            tr data-mta=(mta.name) data-state=(mta.state.as_str()) {
                 th scope="row" { (mta.name) }
-                td { (state_badge(&mta.state)) }
+                td { (state_badge(mta.state)) }
                 td.since { (time(&mta.since)) }
                 td.num {
                     @match mta.latency_ms {
@@ -254,10 +218,10 @@ pub fn transitions(entries: &[Entry]) -> Markup {
                         span.t-time { (time(&Some(e.at.clone()))) }
                         span.t-what {
                             strong { (e.mta) } " "
-                            (state_badge(e.from.as_str()))
+                            (state_badge(e.from))
                             span aria-hidden="true" { " → " }
                             span.visually-hidden { " to " }
-                            (state_badge(e.to.as_str()))
+                            (state_badge(e.to))
                         }
                         @if let Some(reason) = &e.reason {
                             span.t-reason { (reason) }
@@ -504,6 +468,11 @@ pub fn no_clusters(viewer: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet::clusters_api::{MtaView, SmtpPort};
+
+    fn state(word: &str) -> MtaState {
+        serde_json::from_value(serde_json::Value::from(word)).unwrap()
+    }
 
     fn view(states: &[&str]) -> ClusterView {
         ClusterView {
@@ -528,7 +497,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| MtaView {
                     name: format!("mta-<{i}>"),
-                    state: s.to_string(),
+                    state: state(s),
                     since: None,
                     latency_ms: None,
                     reason: Some("<b>x</b>".into()),
