@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use fleet::testkit::process::{eventually, DaemonProcess};
-use ingress_support::flood::{big_message, flood, Flood};
+use ingress_support::flood::{big_message, flood, Finish, Flood};
 use ingress_support::*;
 
 const MTA: &str = env!("CARGO_BIN_EXE_mta");
@@ -64,6 +64,8 @@ async fn concurrent_10_mb_transfers_do_not_grow_memory_with_message_size() {
         Flood {
             connections: CONNECTIONS,
             size: SIZE,
+            head: SIZE,
+            finish: Finish::Together,
             sources: (1..=4).map(|i| Ipv4Addr::new(127, 1, 61, i)).collect(),
             bystander: Ipv4Addr::new(127, 1, 61, 200),
             limit: Duration::from_secs(300),

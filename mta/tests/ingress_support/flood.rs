@@ -3,11 +3,11 @@
 //! reads it), and one more client served in the middle of them.
 //!
 //! Every flood connection authenticates and opens DATA first; then all of
-//! them send their message but for the final `.`; once half of them are
-//! through (the others still sending), a bystander from another address
-//! sends a small message and must get its 250; when all are through, the
-//! floods end their data and must all get theirs. Every transfer is open
-//! from the first byte to the last 250: the peak holds them all at once.
+//! them send the head of their message (all of it but the final `.`, or a
+//! part); once half of them are through (the others still sending), a
+//! bystander from another address sends a small message and must get its
+//! 250; when all are through, every transfer is open at once, in its
+//! middle. Then they end their messages ([`Finish`]) and must all get 250.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +24,11 @@ pub struct Flood {
     pub connections: usize,
     /// Octets of each message.
     pub size: usize,
+    /// Octets every connection sends before any of them ends its message
+    /// (`size`: all of it; less keeps the spool small, see [`Finish`]).
+    pub head: usize,
+    /// How the connections end their messages.
+    pub finish: Finish,
     /// Client addresses, used in turn.
     pub sources: Vec<Ipv4Addr>,
     /// Where the bystander connects from (not among `sources`).
@@ -32,16 +37,33 @@ pub struct Flood {
     pub limit: Duration,
 }
 
+/// How the connections end their messages once all have sent their head.
+pub enum Finish {
+    /// All at once.
+    Together,
+    /// At most `window` at a time, and only while fewer than `backlog`
+    /// accepted messages are still undelivered (by `delivered`): the spool
+    /// on disk stays small (the node delivers to a [`DiscardMx`]).
+    Rolling {
+        window: usize,
+        backlog: usize,
+        delivered: Arc<AtomicUsize>,
+    },
+}
+
 /// What happened.
 #[derive(Debug)]
 pub struct FloodReport {
     /// The node's RSS before the flood, kB.
     pub idle_kb: u64,
-    /// Its peak RSS during the flood, kB.
+    /// Its peak RSS while every connection was in the middle of its
+    /// transfer (before any ended), kB.
+    pub open_peak_kb: u64,
+    /// Its peak RSS over the whole flood, kB.
     pub peak_kb: u64,
     /// The bystander's wait for its 250 (STARTTLS and AUTH included).
     pub bystander: Duration,
-    /// Flood connections still sending their data when it got it.
+    /// Flood connections still sending their head when it got it.
     pub still_sending: usize,
     /// From the first byte of data to the last 250.
     pub transfer: Duration,
@@ -79,76 +101,129 @@ pub fn big_message(size: usize) -> Vec<u8> {
     out
 }
 
+/// What the flood's clients share.
+struct Shared {
+    data: Vec<u8>,
+    head: usize,
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    limit: Duration,
+    setup: Semaphore,
+    window: Semaphore,
+    ready: AtomicUsize,
+    sent: AtomicUsize,
+    accepted: AtomicUsize,
+}
+
+/// One flood client: set up to DATA, wait for `go`, send the head, wait
+/// for `release`, then end the message within the window.
+async fn client(
+    shared: Arc<Shared>,
+    source: IpAddr,
+    mut go: watch::Receiver<bool>,
+    mut release: watch::Receiver<bool>,
+    gate: Option<(usize, Arc<AtomicUsize>)>,
+) -> Result<(), super::Reply> {
+    let permit = shared.setup.acquire().await.unwrap();
+    let mut raw = Raw::authenticated_at(shared.addr, &shared.ca_pem, source).await;
+    for (cmd, code) in [
+        ("MAIL FROM:<sender@yourdomain.com>", 250),
+        ("RCPT TO:<rcpt@example.com>", 250),
+        ("DATA", 354),
+    ] {
+        let reply = raw.cmd(cmd).await;
+        assert_eq!(reply.code, code, "{cmd}: {reply:?}");
+    }
+    drop(permit);
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    go.wait_for(|go| *go).await.unwrap();
+    let (head, rest) = shared.data.split_at(shared.head);
+    for chunk in head.chunks(64 * 1024) {
+        raw.send_within(chunk, shared.limit).await;
+    }
+    shared.sent.fetch_add(1, Ordering::SeqCst);
+    release.wait_for(|r| *r).await.unwrap();
+    let _turn = shared.window.acquire().await.unwrap();
+    if let Some((backlog, delivered)) = gate {
+        let what = "the node's backlog of undelivered flood messages";
+        let (accepted, delivered) = (&shared.accepted, &*delivered);
+        let under = || async {
+            accepted.load(Ordering::SeqCst) < delivered.load(Ordering::SeqCst) + backlog
+        };
+        eventually(shared.limit, what, under).await.unwrap();
+    }
+    for chunk in rest.chunks(64 * 1024) {
+        raw.send_within(chunk, shared.limit).await;
+    }
+    raw.send(b".\r\n").await;
+    // Its 250 waits for its file to be synced, behind the others.
+    let reply = raw.reply_within(shared.limit).await;
+    shared.accepted.fetch_add(1, Ordering::SeqCst);
+    (reply.code == 250).then_some(()).ok_or(reply)
+}
+
 /// Runs the flood against the node `pid` serving `fixture`.
 pub async fn flood(fixture: &Fixture, pid: u32, flood: Flood) -> FloodReport {
-    let data = Arc::new(big_message(flood.size));
-    let ca_pem = Arc::new(fixture.ca_pem.clone());
-    let ready = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
+    let (window, gate) = match &flood.finish {
+        Finish::Together => (flood.connections, None),
+        Finish::Rolling {
+            window,
+            backlog,
+            delivered,
+        } => (*window, Some((*backlog, delivered.clone()))),
+    };
+    let data = big_message(flood.size);
+    let shared = Arc::new(Shared {
+        head: flood.head.min(data.len()),
+        data,
+        addr: fixture.smtp_addr(),
+        ca_pem: fixture.ca_pem.clone(),
+        limit: flood.limit,
+        // Connections are set up a few at a time (each pays a handshake).
+        setup: Semaphore::new(64),
+        window: Semaphore::new(window.max(1)),
+        ready: AtomicUsize::new(0),
+        sent: AtomicUsize::new(0),
+        accepted: AtomicUsize::new(0),
+    });
+    let (go, going) = watch::channel(false);
     let (release, released) = watch::channel(false);
-    // Connections are set up a few at a time (each pays a TLS handshake).
-    let setup = Arc::new(Semaphore::new(64));
     let idle_kb = status_kb(pid, "VmRSS:");
     reset_peak(pid);
-    let (go, going) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for i in 0..flood.connections {
-        let source = IpAddr::V4(flood.sources[i % flood.sources.len()]);
-        let (data, ready, sent, setup) = (data.clone(), ready.clone(), sent.clone(), setup.clone());
-        let (mut going, mut released) = (going.clone(), released.clone());
-        let (addr, ca_pem, limit) = (fixture.smtp_addr(), ca_pem.clone(), flood.limit);
-        tasks.push(tokio::spawn(async move {
-            let permit = setup.acquire().await.unwrap();
-            let mut raw = Raw::authenticated_at(addr, &ca_pem, source).await;
-            for (cmd, code) in [
-                ("MAIL FROM:<sender@yourdomain.com>", 250),
-                ("RCPT TO:<rcpt@example.com>", 250),
-                ("DATA", 354),
-            ] {
-                let reply = raw.cmd(cmd).await;
-                assert_eq!(reply.code, code, "{cmd}: {reply:?}");
-            }
-            drop(permit);
-            ready.fetch_add(1, Ordering::SeqCst);
-            going.wait_for(|go| *go).await.unwrap();
-            for chunk in data.chunks(64 * 1024) {
-                raw.send_within(chunk, limit).await;
-            }
-            sent.fetch_add(1, Ordering::SeqCst);
-            released.wait_for(|r| *r).await.unwrap();
-            raw.send(b".\r\n").await;
-            // Its 250 waits for its file to be synced, behind the others.
-            let reply = raw.reply_within(limit).await;
-            (reply.code == 250).then_some(()).ok_or(reply)
-        }));
-    }
-    wait_count(
-        &ready,
-        flood.connections,
-        flood.limit,
-        "flood connections in DATA",
-    )
-    .await;
+    let tasks: Vec<_> = (0..flood.connections)
+        .map(|i| {
+            let source = IpAddr::V4(flood.sources[i % flood.sources.len()]);
+            let (going, released) = (going.clone(), released.clone());
+            tokio::spawn(client(
+                shared.clone(),
+                source,
+                going,
+                released,
+                gate.clone(),
+            ))
+        })
+        .collect();
+    let all = flood.connections;
+    wait_count(&shared.ready, all, flood.limit, "flood connections in DATA").await;
     let started = Instant::now();
     go.send(true).unwrap();
-    let half = flood.connections / 2;
-    wait_count(&sent, half, flood.limit, "half the flood messages sent").await;
+    wait_count(
+        &shared.sent,
+        all / 2,
+        flood.limit,
+        "half the flood heads sent",
+    )
+    .await;
     // Every transfer is under way, half of them still sending: another
     // client is still served.
     let asked = Instant::now();
     let mut raw = Raw::authenticated_from(fixture, IpAddr::V4(flood.bystander)).await;
     let reply = transaction(&mut raw, message("bystander").as_bytes()).await;
     let bystander = asked.elapsed();
-    let still_sending = flood.connections - sent.load(Ordering::SeqCst);
+    let still_sending = all - shared.sent.load(Ordering::SeqCst);
     assert_eq!(reply.code, 250, "the bystander during the flood: {reply:?}");
-    let all = flood.connections;
-    wait_count(
-        &sent,
-        all,
-        flood.limit,
-        "flood messages sent but for the end",
-    )
-    .await;
+    wait_count(&shared.sent, all, flood.limit, "flood heads sent").await;
+    let open_peak_kb = status_kb(pid, "VmHWM:");
     release.send(true).unwrap();
     let mut accepted = 0;
     for task in tasks {
@@ -161,11 +236,66 @@ pub async fn flood(fixture: &Fixture, pid: u32, flood: Flood) -> FloodReport {
     }
     FloodReport {
         idle_kb,
+        open_peak_kb,
         peak_kb: status_kb(pid, "VmHWM:"),
         bystander,
         still_sending,
         transfer: started.elapsed(),
         accepted,
+    }
+}
+
+/// An MX that takes every message and keeps nothing but a count.
+pub struct DiscardMx {
+    pub delivered: Arc<AtomicUsize>,
+}
+
+impl DiscardMx {
+    pub async fn start(addr: std::net::SocketAddr) -> DiscardMx {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let count = delivered.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(discard_session(stream, count.clone()));
+            }
+        });
+        DiscardMx { delivered }
+    }
+}
+
+async fn discard_session(stream: tokio::net::TcpStream, count: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = BufReader::with_capacity(256 * 1024, stream);
+    let mut line = Vec::new();
+    let mut in_data = false;
+    let _ = stream.get_mut().write_all(b"220 discard ESMTP\r\n").await;
+    loop {
+        line.clear();
+        if stream.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let reply: &[u8] = if in_data {
+            if line != b".\r\n" {
+                continue;
+            }
+            in_data = false;
+            count.fetch_add(1, Ordering::SeqCst);
+            b"250 2.0.0 discarded\r\n"
+        } else {
+            match line.get(..4).map(|v| v.to_ascii_uppercase()).as_deref() {
+                Some(b"EHLO") => b"250-discard\r\n250 8BITMIME\r\n",
+                Some(b"DATA") => {
+                    in_data = true;
+                    b"354 go on\r\n"
+                }
+                Some(b"QUIT") => return,
+                _ => b"250 2.0.0 ok\r\n",
+            }
+        };
+        if stream.get_mut().write_all(reply).await.is_err() {
+            return;
+        }
     }
 }
 
