@@ -2,7 +2,8 @@
 //! ed25519 key for its domain signs every message twice; Python's dkimpy
 //! (Debian `python3-dkim`) verifies both signatures of every file the sink
 //! MX stored: an 8-bit body, UTF-8 headers (as SMTPUTF8 mail carries
-//! them), a builder message with attachments. 127.9.30.0/24.
+//! them), a builder message with attachments, and an SMTPUTF8 message
+//! (a UTF-8 mailbox) sent and relayed over SMTP. 127.9.30.0/24.
 
 mod ingress_support;
 
@@ -53,6 +54,14 @@ fn keys(dir: &Path) -> Value {
         "ed._domainkey.yourdomain.com":
             format!("v=DKIM1; k=ed25519; p={}", b64(ed.raw_public_key().unwrap())),
     })
+}
+
+/// DATA with `data` (CRLF lines) and its end, after MAIL and RCPT.
+async fn transaction_data(smtp: &mut Raw, data: &[u8]) -> Reply {
+    assert_eq!(smtp.cmd("DATA").await.code, 354);
+    smtp.send(data).await;
+    smtp.send(b".\r\n").await;
+    smtp.reply().await
 }
 
 async fn post(fixture: &Fixture, body: &Value) {
@@ -128,7 +137,27 @@ algorithm = "ed25519-sha256"
         }
     }))
     .await;
-    let got = sink.wait_for(3, Duration::from_secs(30)).await.unwrap();
+    // Over SMTP with SMTPUTF8: a UTF-8 mailbox in the envelope and the
+    // headers, an 8-bit body; relayed to the sink with SMTPUTF8.
+    let mut smtp = Raw::authenticated(&fixture).await;
+    let reply = smtp.cmd("MAIL FROM:<news@yourdomain.com> SMTPUTF8").await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let reply = smtp.cmd("RCPT TO:<zoë@example.com>").await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let data = "From: Jörg <news@yourdomain.com>\r\nTo: Zoë <zoë@example.com>\r\n\
+                Subject: SMTPUTF8 ✓\r\nMIME-Version: 1.0\r\n\
+                Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+                Grüße an zoë@example.com ☕\r\n";
+    let reply = transaction_data(&mut smtp, data.as_bytes()).await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    assert_eq!(smtp.cmd("QUIT").await.code, 221);
+
+    let got = sink.wait_for(4, Duration::from_secs(30)).await.unwrap();
+    assert!(
+        got.iter()
+            .any(|m| m.rcpt_to == ["zoë@example.com"] && m.text().contains("Grüße an zoë")),
+        "the SMTPUTF8 message did not reach the sink as sent"
+    );
     node.stop().await;
     let files: Vec<String> = got
         .iter()
@@ -153,7 +182,7 @@ algorithm = "ed25519-sha256"
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(output.status.success(), "dkimpy: {stdout}\n{stderr}");
-    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
     for line in stdout.lines() {
         let result: Value = serde_json::from_str(line).unwrap();
         assert_eq!(
