@@ -207,8 +207,8 @@ fn watch_certificates(started: &fleet::daemon::Started<Settings>) {
 /// On a stop request: not ready at once, serving until out of DNS for one
 /// TTL (bounded), then the shutdown.
 async fn planned_stop(
-    live: std::sync::Arc<fleet::Live<Settings>>,
-    readiness: std::sync::Arc<fleet::admin::Readiness>,
+    live: Arc<fleet::Live<Settings>>,
+    readiness: Arc<fleet::admin::Readiness>,
     control: Control,
 ) {
     tokio::select! {

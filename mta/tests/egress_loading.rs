@@ -20,7 +20,7 @@ fn ip(last: u8) -> Ipv4Addr {
 
 /// A message of about `size` bytes to `to`.
 fn large(to: &str, marker: &str, size: usize) -> mta::message::NewMessage {
-    let mut message = egress_support::message(&[to], marker);
+    let mut message = message(&[to], marker);
     let mut data = message.data.to_vec();
     while data.len() < size {
         data.extend_from_slice(format!("{}\r\n", "z".repeat(76)).as_bytes());

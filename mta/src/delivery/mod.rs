@@ -193,7 +193,7 @@ impl Engine {
 
     /// Room for `job`'s message in memory (`max_loaded_bytes`), held
     /// until dropped: a spool of large messages is not read back all at once.
-    async fn load_budget(&self, job: &Job) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn load_budget(&self, job: &Job) -> Option<OwnedSemaphorePermit> {
         let kib = job.len.div_ceil(1024).clamp(1, self.loading_kib.max(1));
         self.loading.clone().acquire_many_owned(kib).await.ok()
     }
