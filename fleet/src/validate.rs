@@ -23,6 +23,20 @@ impl Checker<'_> {
         });
     }
 
+    /// `value` must be a [`Token`] of its kind; `what` names it in the error.
+    fn token(&mut self, path: &KeyPath, kind: Token, what: &str, value: &str) {
+        if !kind.accepts(value) {
+            self.report(
+                path,
+                format!(
+                    "{what} `{value}` must be 1 to {} {}",
+                    kind.max(),
+                    kind.words()
+                ),
+            );
+        }
+    }
+
     fn dns_name(&mut self, path: &KeyPath, name: &str) {
         if let Err(why) = check_dns_name(name) {
             self.report(path, format!("`{name}` is not a valid DNS name: {why}"));
@@ -122,21 +136,12 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
     let mut addresses: HashMap<IpAddr, KeyPath> = HashMap::new();
     for (ci, cluster) in fleet.clusters.iter().enumerate() {
         let cpath = root.key("clusters").index(ci);
-        let id_ok = !cluster.id.is_empty()
-            && cluster.id.len() <= 61
-            && cluster
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !id_ok {
-            c.report(
-                &cpath.key("id"),
-                format!(
-                    "cluster id `{}` must be 1 to 61 lowercase letters or digits",
-                    cluster.id
-                ),
-            );
-        }
+        c.token(
+            &cpath.key("id"),
+            Token::ClusterId,
+            "cluster id",
+            &cluster.id,
+        );
         c.unique(&mut cluster_ids, &cluster.id, cpath.key("id"), "cluster id");
         if cluster.domains.is_empty() {
             c.report(
@@ -189,21 +194,7 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
         check_events(&mut c, cluster, &cpath);
         for (mi, mta) in cluster.mtas.iter().enumerate() {
             let path = cpath.key("mtas").index(mi);
-            let name_ok = !mta.name.is_empty()
-                && mta.name.len() <= 63
-                && mta
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-            if !name_ok {
-                c.report(
-                    &path.key("name"),
-                    format!(
-                        "MTA name `{}` must be 1 to 63 letters, digits, `-`, `_` or `.`",
-                        mta.name
-                    ),
-                );
-            }
+            c.token(&path.key("name"), Token::Name, "MTA name", &mta.name);
             c.unique(&mut mta_names, &mta.name, path.key("name"), "MTA name");
             c.unique(
                 &mut addresses,
@@ -270,21 +261,12 @@ fn check_events(c: &mut Checker<'_>, cluster: &crate::model::Cluster, cpath: &Ke
     let mut names = HashMap::new();
     for (wi, hook) in cluster.webhooks.iter().enumerate() {
         let path = cpath.key("webhooks").index(wi);
-        let name_ok = !hook.name.is_empty()
-            && hook.name.len() <= 63
-            && hook
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !name_ok {
-            c.report(
-                &path.key("name"),
-                format!(
-                    "webhook name `{}` must be 1 to 63 letters, digits, `-` or `_`",
-                    hook.name
-                ),
-            );
-        }
+        c.token(
+            &path.key("name"),
+            Token::WebhookName,
+            "webhook name",
+            &hook.name,
+        );
         c.unique(&mut names, &hook.name, path.key("name"), "webhook name");
         if let Err(why) = check_webhook_url(&hook.url) {
             c.report(&path.key("url"), why);
@@ -383,4 +365,44 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The kinds of identifier the fleet file holds, each with its own rule.
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    /// Part of the cluster hostname: lowercase letters and digits.
+    ClusterId,
+    /// MTAs, egress sources and pools (in events, metrics and Redis keys).
+    Name,
+    /// Webhook names (in the cursor file's name).
+    WebhookName,
+}
+
+impl Token {
+    fn max(self) -> usize {
+        match self {
+            Token::ClusterId => 61,
+            Token::Name | Token::WebhookName => 63,
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Token::ClusterId => "lowercase letters or digits",
+            Token::Name => "letters, digits, `-`, `_` or `.`",
+            Token::WebhookName => "letters, digits, `-` or `_`",
+        }
+    }
+
+    fn allows(self, b: u8) -> bool {
+        match self {
+            Token::ClusterId => b.is_ascii_lowercase() || b.is_ascii_digit(),
+            Token::Name => b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'),
+            Token::WebhookName => b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'),
+        }
+    }
+
+    fn accepts(self, value: &str) -> bool {
+        !value.is_empty() && value.len() <= self.max() && value.bytes().all(|b| self.allows(b))
+    }
 }

@@ -2,33 +2,16 @@
 
 use std::collections::HashMap;
 
-use super::Checker;
+use super::{Checker, Token};
 use crate::egress::{parse_proxy_address, EgressSource};
 use crate::locate::KeyPath;
 use crate::model::Cluster;
-
-/// Source and pool names: what events, metrics and Redis keys carry.
-fn name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
 
 pub(super) fn check_cluster(c: &mut Checker<'_>, cluster: &Cluster, cpath: &KeyPath) {
     let mut names = HashMap::new();
     for (si, source) in cluster.egress_sources.iter().enumerate() {
         let path = cpath.key("egress_sources").index(si);
-        if !name_ok(&source.name) {
-            c.report(
-                &path.key("name"),
-                format!(
-                    "source name `{}` must be 1 to 63 letters, digits, `-`, `_` or `.`",
-                    source.name
-                ),
-            );
-        }
+        c.token(&path.key("name"), Token::Name, "source name", &source.name);
         c.unique(&mut names, &source.name, path.key("name"), "source name");
         check_source(c, source, &path);
     }
@@ -46,15 +29,7 @@ pub(super) fn check_cluster(c: &mut Checker<'_>, cluster: &Cluster, cpath: &KeyP
         );
         return;
     }
-    if !name_ok(&pool.name) {
-        c.report(
-            &ppath.key("name"),
-            format!(
-                "pool name `{}` must be 1 to 63 letters, digits, `-`, `_` or `.`",
-                pool.name
-            ),
-        );
-    }
+    c.token(&ppath.key("name"), Token::Name, "pool name", &pool.name);
     let mut listed = HashMap::new();
     for (ei, entry) in pool.entries.iter().enumerate() {
         let path = ppath.key("entries").index(ei);
