@@ -91,3 +91,41 @@ pub async fn check_daemon_metrics(url: &str, prefix: &str) -> anyhow::Result<()>
     anyhow::ensure!(openmetrics.ends_with("# EOF\n"), "no # EOF:\n{openmetrics}");
     Ok(())
 }
+
+/// The value of `series` (a name with its labels as written, e.g.
+/// `mta_ingress_messages_total{listener="smtp:10587"}`) in an exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+}
+
+/// [`sample`] of `series` in what `url` (a `/metrics`) answers now.
+pub async fn scrape_sample(url: &str, series: &str) -> Option<f64> {
+    let (_, body) = scrape(url, None).await.ok()?;
+    sample(&body, series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_finds_the_exact_series_only() {
+        let text =
+            "# TYPE a_total counter\na_total{l=\"x\"} 3\na_total_other 4\na_total 5 1700000000\n";
+        assert_eq!(sample(text, "a_total{l=\"x\"}"), Some(3.0));
+        assert_eq!(sample(text, "a_total"), Some(5.0));
+        assert_eq!(sample(text, "a_total{l=\"y\"}"), None);
+        assert_eq!(sample(text, "a"), None);
+    }
+
+    #[test]
+    fn promtool_flags_an_openmetrics_counter_and_passes_the_classic_one() {
+        let openmetrics = "# HELP x_a Requests.\n# TYPE x_a counter\nx_a_total 1\n# EOF\n";
+        assert!(check_metrics(openmetrics).is_err());
+        let classic = crate::metrics::to_classic(openmetrics);
+        check_metrics(&classic).unwrap();
+    }
+}

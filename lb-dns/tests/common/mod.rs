@@ -348,10 +348,7 @@ impl LbDns {
     /// A metric's value from `/metrics` (the first line starting with `series`).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.http("/metrics").await;
-        body.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        fleet::testkit::promtool::sample(&body, series)
     }
 
     pub async fn a(&self, name: &str) -> Vec<IpAddr> {

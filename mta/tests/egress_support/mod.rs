@@ -317,10 +317,8 @@ impl Node {
 
     /// A sample of `/metrics`, by metric name.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) =
-            fleet::testkit::process::http_get(&format!("http://{}/metrics", self.admin)).await?;
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        let url = format!("http://{}/metrics", self.admin);
+        fleet::testkit::promtool::scrape_sample(&url, name).await
     }
 
     /// What SIGHUP does: re-read the files and swap them in.
