@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certificate::CertificateInfo;
 use crate::live::Live;
+use crate::secret::{SecretFile, SecretStore};
 
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,9 +30,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKLOG: usize = 128;
 
 /// A rustls server configuration (TLS 1.2 and 1.3, ALPN `http/1.1`) from
-/// a PEM certificate chain and a PEM private key; the error names the file.
-pub fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
-    ServerTls::load(certificate, key).map(|tls| tls.config)
+/// a PEM certificate chain and a PEM private key (a file, or a Vault
+/// reference read through `secrets`); the error names the file or
+/// reference, never the key.
+pub fn server_config(
+    certificate: &Path,
+    key: &SecretFile,
+    secrets: &SecretStore,
+) -> Result<Arc<ServerConfig>, String> {
+    ServerTls::load(certificate, key, secrets).map(|tls| tls.config)
 }
 
 /// The certificate a listener serves, replaceable while it runs: rustls
@@ -56,16 +63,20 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// Reads and checks the PEM chain and key; the error names the file.
-    pub fn load(certificate: &Path, key_file: &Path) -> Result<ServerTls, String> {
-        let (chain, key) = read_pair(certificate, key_file)?;
+    /// Reads and checks the PEM chain and key (a file or a Vault
+    /// reference); the error names the file or reference.
+    pub fn load(
+        certificate: &Path,
+        key_file: &SecretFile,
+        secrets: &SecretStore,
+    ) -> Result<ServerTls, String> {
+        let (chain, key) = read_pair(certificate, key_file, secrets)?;
         let info = CertificateInfo::from_der(certificate, &chain[0])?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
             format!(
-                "certificate {} does not go with its key {}: {e}",
+                "certificate {} does not go with its key {key_file}: {e}",
                 certificate.display(),
-                key_file.display()
             )
         })?;
         let served = Arc::new(ServedCertificate(ArcSwap::from_pointee(certified)));
@@ -111,7 +122,8 @@ pub async fn follow_reloads<S: Send + Sync + 'static>(
 
 fn read_pair(
     certificate: &Path,
-    key: &Path,
+    key: &SecretFile,
+    secrets: &SecretStore,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain = CertificateDer::pem_file_iter(certificate)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
@@ -127,8 +139,9 @@ fn read_pair(
             certificate.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a PEM private key from {}: {e}", key.display()))?;
+    let pem = key.read(secrets)?;
+    let key = PrivateKeyDer::from_pem_slice(pem.expose())
+        .map_err(|e| format!("cannot read a PEM private key from {key}: {e}"))?;
     Ok((chain, key))
 }
 

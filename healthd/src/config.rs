@@ -76,7 +76,8 @@ pub struct Follower {
 #[serde(deny_unknown_fields)]
 pub struct ListenTls {
     pub certificate: PathBuf,
-    pub key: PathBuf,
+    /// A PEM file, or a Vault reference.
+    pub key: fleet::secret::SecretFile,
 }
 
 /// Probe timing and thresholds. The defaults take a dead MTA out within
@@ -180,7 +181,7 @@ impl Settings {
         node.state_file = resolve(config_file, &node.state_file);
         if let Some(tls) = &mut node.tls {
             tls.certificate = resolve(config_file, &tls.certificate);
-            tls.key = resolve(config_file, &tls.key);
+            tls.key.resolve_path(config_file);
         }
         let file = config_file.display().to_string();
         let mut problems: Vec<(String, String)> = (node.probe.problems().into_iter())
@@ -206,7 +207,7 @@ impl Settings {
         let listen_tls = match &node.tls {
             None => None,
             Some(tls) => Some(
-                fleet::tls::ServerTls::load(&tls.certificate, &tls.key)
+                fleet::tls::ServerTls::load(&tls.certificate, &tls.key, &secrets)
                     .map_err(|message| ConfigError::single(&file, format!("tls: {message}")))?,
             ),
         };

@@ -82,3 +82,57 @@ async fn token_hashes_come_from_vault_and_a_missing_one_names_its_reference() {
         "{error}"
     );
 }
+
+/// The feed's TLS key read from Vault (its file gone); a missing one is an
+/// error naming `tls` and the reference.
+#[tokio::test]
+async fn the_feed_tls_key_comes_from_vault() {
+    let bao = Bao::start("127.7.7.2", 8200).await.unwrap();
+    let configs = ExampleConfigs::relocated([127, 7, 7]).unwrap();
+    let dir = configs.path("feed-tls");
+    fleet::testkit::LocalCa::new("feed test CA")
+        .unwrap()
+        .write_bundle(&dir, "healthd", &["127.7.7.1"])
+        .unwrap();
+    let key_file = dir.join("healthd-key.pem");
+    let pem = std::fs::read_to_string(&key_file).unwrap();
+    bao.put("unmta/tls/healthd", &[("private_key", &pem)])
+        .await
+        .unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let token_file = bao.token_file().unwrap();
+    let tls = |reference: &'static str| {
+        let (certificate, token_file) = (dir.join("healthd.pem"), token_file.clone());
+        let address = bao.address().to_string();
+        move |doc: &mut toml_edit::DocumentMut| {
+            doc["tls"] = toml_edit::table();
+            doc["tls"]["certificate"] = value(certificate.display().to_string());
+            doc["tls"]["key"] = value(reference);
+            doc["vault"] = toml_edit::table();
+            doc["vault"]["address"] = value(address);
+            doc["vault"]["token_file"] = value(token_file.display().to_string());
+        }
+    };
+    configs
+        .edit(
+            "healthd.toml",
+            tls("vault:secret/data/unmta/tls/healthd#private_key"),
+        )
+        .unwrap();
+    let settings = healthd::Settings::load(&configs.path("healthd.toml")).unwrap();
+    assert!(settings.listen_tls.is_some());
+    configs
+        .edit(
+            "healthd.toml",
+            tls("vault:secret/data/unmta/tls/gone#private_key"),
+        )
+        .unwrap();
+    let error = healthd::Settings::load(&configs.path("healthd.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("tls") && error.contains("vault:secret/data/unmta/tls/gone#private_key"),
+        "{error}"
+    );
+    assert!(!error.contains("PRIVATE KEY"), "{error}");
+}

@@ -169,5 +169,18 @@ async fn vault_cluster_accepts_signs_and_rotates_from_openbao_only() -> anyhow::
     cluster
         .wait_delivered(&["vault rotated".to_string()], LIMIT)
         .await?;
+
+    // A restart: the dev server kept nothing, so the secrets are imported
+    // afresh (new DKIM keys, published by the local DNS) and still live
+    // only in OpenBao; mail flows and verifies again.
+    let mut cluster = cluster;
+    let dir = cluster.take_dir();
+    let again = Cluster::start_in(dir, NET, &[])?;
+    assert!(again.info.vault.is_some(), "the restart keeps --vault");
+    assert_no_secret_files(&again);
+    again.send_smtp(first, "vault after restart").await?;
+    let tag = ["vault after restart".to_string()];
+    again.wait_delivered(&tag, LIMIT).await?;
+    assert_dkim_verifies(&again, &again.sink_message(&tag[0]).unwrap()).await;
     Ok(())
 }

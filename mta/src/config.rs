@@ -52,7 +52,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub bounces: crate::bounces::BouncesConfig,
     /// sha256 (hex) of the token the admin API (`/api/admin/…`) requires
-    /// as `Authorization: Bearer`; absent: the admin API is off.
+    /// as `Authorization: Bearer` (or a Vault reference); absent: the admin
+    /// API is off.
     pub admin_token_sha256: Option<String>,
 }
 
@@ -213,6 +214,15 @@ impl Settings {
         node.spool_dir = resolve(config_file, &node.spool_dir);
         node.tls.certificate = resolve(config_file, &node.tls.certificate);
         node.tls.key.resolve_path(config_file);
+        if let Some(admin) = &mut node.admin_token_sha256 {
+            fleet::secret::resolve_text(admin, &secrets)
+                .and_then(|()| {
+                    fleet::secret::is_sha256_hex(admin)
+                        .then_some(())
+                        .ok_or_else(|| "must be 64 hex digits (a sha256)".to_string())
+                })
+                .map_err(|m| problem(config_file, "admin_token_sha256", m))?;
+        }
         node.delivery
             .prepare(config_file)
             .map_err(|(key, message)| problem(config_file, &key, message))?;

@@ -19,6 +19,7 @@ use fleet::testkit::Bao;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use sha2::Digest as _;
 use toml_edit::value;
 
 const BAO_PORT: u16 = 8200;
@@ -466,9 +467,14 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
         .await
         .unwrap();
     std::fs::remove_file(&key_file).unwrap();
+    let admin_hash = hex::encode(sha2::Sha256::digest(b"admin-from-vault"));
+    bao.put("mta/admin", &[("token_sha256", &admin_hash)])
+        .await
+        .unwrap();
     configs
         .edit("mta.toml", |doc| {
-            doc["tls"]["key"] = value("vault:secret/data/tls/cluster#private_key")
+            doc["tls"]["key"] = value("vault:secret/data/tls/cluster#private_key");
+            doc["admin_token_sha256"] = value("vault:secret/data/mta/admin#token_sha256");
         })
         .unwrap();
     configs
@@ -493,6 +499,26 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
         got[0].peer.ip(),
         std::net::IpAddr::V4(ip(net, 31)),
         "left through Dante"
+    );
+    // The admin API takes the token whose hash is in Vault (a bounce of
+    // nothing is a 2xx), and refuses another.
+    let bounce = |token: &'static str| {
+        let url = format!("http://{}/api/admin/bounce", node.admin);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "domain": "nothing.test", "reason": "test" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert!(bounce("admin-from-vault").await.is_success());
+    assert_eq!(
+        bounce("another-token").await,
+        reqwest::StatusCode::UNAUTHORIZED
     );
 
     let (_, text) = http_get(&format!("http://{}/metrics", node.admin))

@@ -9,10 +9,12 @@
 //!   source's password (`<cluster>/egress/<source>#password`);
 //! - MTA configs: every DKIM key file (`dkim/<domain>`, fields `private_key`
 //!   and `selector`; a second key of one domain goes to
-//!   `dkim/<domain>/<selector>`) and the TLS private key file
-//!   (`tls/<file stem>#private_key`);
-//! - healthd configs: `admin_token_sha256` (`healthd/admin#token_sha256`) and
-//!   each follower's (`healthd/followers/<name>#token_sha256`);
+//!   `dkim/<domain>/<selector>`), the TLS private key file
+//!   (`tls/<file stem>#private_key`) and `admin_token_sha256`
+//!   (`mta/admin#token_sha256`);
+//! - healthd configs: `admin_token_sha256` (`healthd/admin#token_sha256`),
+//!   each follower's (`healthd/followers/<name>#token_sha256`) and the TLS
+//!   key file (`tls/<file stem>#private_key`);
 //! - lb-dns configs: `healthd_token` (`lb-dns/<file stem>#healthd_token`).
 //!
 //! One path holds one value: configs that agree share it, configs that
@@ -146,9 +148,18 @@ pub fn plan_sources(sources: &Sources, mount: &str, prefix: &str) -> Result<Vec<
         let doc = read_table(config)?;
         plan_dkim(config, &doc, &mut planner)?;
         plan_tls_key(config, &doc, &mut planner)?;
+        plan_hash(
+            config,
+            &doc,
+            "admin_token_sha256",
+            "mta/admin",
+            &mut planner,
+        )?;
     }
     for config in &sources.healthd_configs {
-        plan_healthd(config, &read_table(config)?, &mut planner)?;
+        let doc = read_table(config)?;
+        plan_healthd(config, &doc, &mut planner)?;
+        plan_tls_key(config, &doc, &mut planner)?;
     }
     for config in &sources.lb_dns_configs {
         let doc = read_table(config)?;
@@ -297,7 +308,7 @@ fn plan_dkim(config: &Path, doc: &toml::Table, planner: &mut Planner) -> Result<
     Ok(())
 }
 
-/// `[tls] key`: the MTA's TLS private key file.
+/// `[tls] key`: the TLS private key file (an MTA's, healthd's).
 fn plan_tls_key(config: &Path, doc: &toml::Table, planner: &mut Planner) -> Result<(), String> {
     let Some(key) = doc
         .get("tls")
@@ -316,19 +327,25 @@ fn plan_tls_key(config: &Path, doc: &toml::Table, planner: &mut Planner) -> Resu
     planner.single(config, "tls.key", &path, "private_key", &pem)
 }
 
+/// A token hash at the top of a node config, to `<path>#token_sha256`.
+fn plan_hash(
+    config: &Path,
+    doc: &toml::Table,
+    key: &str,
+    path: &str,
+    planner: &mut Planner,
+) -> Result<(), String> {
+    match doc.get(key).and_then(|v| v.as_str()) {
+        Some(hash) if !VaultRef::is_reference(hash) => {
+            planner.single(config, key, path, "token_sha256", hash.as_bytes())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// healthd's admin token hash and its followers' token hashes.
 fn plan_healthd(config: &Path, doc: &toml::Table, planner: &mut Planner) -> Result<(), String> {
-    if let Some(admin) = doc.get("admin_token_sha256").and_then(|v| v.as_str()) {
-        if !VaultRef::is_reference(admin) {
-            planner.single(
-                config,
-                "admin_token_sha256",
-                "healthd/admin",
-                "token_sha256",
-                admin.as_bytes(),
-            )?;
-        }
-    }
+    plan_hash(config, doc, "admin_token_sha256", "healthd/admin", planner)?;
     let followers = doc
         .get("followers")
         .and_then(|f| f.as_array())
