@@ -137,10 +137,10 @@ async fn vault_cluster_accepts_signs_and_rotates_from_openbao_only() -> anyhow::
     // /metrics counts reads per reference, never a value.
     let text = metrics(&cluster, "mta-1").await;
     for line in [
-        "vault_secret_reads_total{reference=\"vault:secret/data/unmta/dkim/yourdomain.test#private_key\",result=\"ok\"}",
-        "vault_secret_seconds_since_success{reference=\"vault:secret/data/unmta/tls/cluster-key#private_key\"}",
-        "vault_degraded 0",
-        "vault_logins_total{method=\"token\"} 0",
+        "mta_vault_secret_reads_total{reference=\"vault:secret/data/unmta/dkim/yourdomain.test#private_key\",result=\"ok\"}",
+        "mta_vault_secret_seconds_since_success{reference=\"vault:secret/data/unmta/tls/cluster-key#private_key\"}",
+        "mta_vault_degraded 0",
+        "mta_vault_logins_total{method=\"token\"} 0",
     ] {
         assert!(text.contains(line), "no {line} in\n{text}");
     }

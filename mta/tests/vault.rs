@@ -525,13 +525,13 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
         .await
         .unwrap();
     for line in [
-        "vault_secret_reads_total{reference=\"vault:secret/data/tls/cluster#private_key\",result=\"ok\"} ",
-        "vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"ok\"} ",
-        "vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"unreachable\"} 0",
-        "vault_secret_seconds_since_success{reference=\"vault:secret/data/egress/socks#password\"} ",
-        "vault_secret_version{reference=\"vault:secret/data/tls/cluster#private_key\"} 1",
-        "vault_degraded 0",
-        "vault_logins_total{method=\"token\"} 0",
+        "mta_vault_secret_reads_total{reference=\"vault:secret/data/tls/cluster#private_key\",result=\"ok\"} ",
+        "mta_vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"ok\"} ",
+        "mta_vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"unreachable\"} 0",
+        "mta_vault_secret_seconds_since_success{reference=\"vault:secret/data/egress/socks#password\"} ",
+        "mta_vault_secret_version{reference=\"vault:secret/data/tls/cluster#private_key\"} 1",
+        "mta_vault_degraded 0",
+        "mta_vault_logins_total{method=\"token\"} 0",
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
@@ -547,7 +547,7 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
         let (_, text) = http_get(&format!("http://{}/metrics", node.admin))
             .await
             .unwrap_or_default();
-        text.contains("vault_degraded 1")
+        text.contains("mta_vault_degraded 1")
             && !text.contains(
                 "reference=\"vault:secret/data/egress/socks#password\",result=\"unreachable\"} 0",
             )
