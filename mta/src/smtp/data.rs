@@ -29,7 +29,9 @@ pub struct DataLimits {
 }
 
 /// What a streamed message's rest is written in, at most this much at a time.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 32 * 1024;
+/// What the buffer of a streamed message may hold: a chunk and one read.
+const STREAM_HOLD: usize = CHUNK + 16 * 1024;
 
 /// Where the rest of a streamed message goes.
 pub trait Sink {
@@ -213,7 +215,7 @@ impl Receiver {
         if want > self.body.capacity() {
             let hold = match self.keep {
                 Keep::Memory => self.limits.max_header.saturating_add(CHUNK),
-                _ => 2 * CHUNK,
+                _ => STREAM_HOLD,
             };
             let to = (self.body.capacity() * 2).min(hold).max(want);
             self.body.reserve_exact(to - self.body.len());
@@ -337,7 +339,12 @@ impl Stream {
             if receiver.keep == Keep::Stream && (full || (done && !receiver.body.is_empty())) {
                 let chunk = std::mem::take(&mut receiver.body);
                 match sink.write(chunk).await {
-                    Ok(empty) => receiver.body = empty,
+                    Ok(mut empty) => {
+                        // The first chunk may have been large (what was
+                        // held with the header): keep no more than a chunk.
+                        empty.shrink_to(STREAM_HOLD);
+                        receiver.body = empty;
+                    }
                     Err(error) => {
                         receiver.unstored = Some(error);
                         receiver.drop_rest();
@@ -525,7 +532,12 @@ mod tests {
         assert!(matches!(received, Received::Whole(Data::Message(ref m)) if m.is_empty()));
         assert_eq!(sink.1, plain, "the stream is the unstuffed message");
         assert!(sink.0.len() > 10, "{:?}", sink.0);
-        assert!(sink.0.iter().all(|n| *n <= 2 * CHUNK), "{:?}", sink.0);
+        // A chunk, plus at most one read of the pipe.
+        assert!(
+            sink.0.iter().all(|n| *n < CHUNK + 64 * 1024),
+            "{:?}",
+            sink.0
+        );
         // Small messages stay whole.
         let (wire, plain) = message(10, 10);
         let (received, sink) = stream(wire, 10 << 20, 4096).await;
