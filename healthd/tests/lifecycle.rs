@@ -3,9 +3,6 @@
 //! `/metrics` passes `promtool check metrics`.
 
 fleet::daemon_binary_tests! {
-    binary: env!("CARGO_BIN_EXE_healthd"),
-    config: "healthd.toml",
-    base: [127, 6, 2],
-    metrics_base: [127, 6, 12],
-    prefix: "healthd",
+    binary: env!("CARGO_BIN_EXE_healthd"), config: "healthd.toml", prefix: "healthd",
+    base: [127, 6, 2], metrics_base: [127, 6, 12],
 }

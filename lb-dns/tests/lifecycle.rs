@@ -3,9 +3,6 @@
 //! `/metrics` passes `promtool check metrics`.
 
 fleet::daemon_binary_tests! {
-    binary: env!("CARGO_BIN_EXE_lb-dns"),
-    config: "lb-dns.toml",
-    base: [127, 6, 3],
-    metrics_base: [127, 6, 13],
-    prefix: "lb_dns",
+    binary: env!("CARGO_BIN_EXE_lb-dns"), config: "lb-dns.toml", prefix: "lb_dns",
+    base: [127, 6, 3], metrics_base: [127, 6, 13],
 }

@@ -3,9 +3,6 @@
 //! `/metrics` passes `promtool check metrics`.
 
 fleet::daemon_binary_tests! {
-    binary: env!("CARGO_BIN_EXE_mta"),
-    config: "mta.toml",
-    base: [127, 6, 1],
-    metrics_base: [127, 6, 11],
-    prefix: "mta",
+    binary: env!("CARGO_BIN_EXE_mta"), config: "mta.toml", prefix: "mta",
+    base: [127, 6, 1], metrics_base: [127, 6, 11],
 }

@@ -244,7 +244,7 @@ pub async fn check_example_metrics(
 /// on `metrics_base` with the daemon's metric `prefix`.
 #[macro_export]
 macro_rules! daemon_binary_tests {
-    (binary: $binary:expr, config: $config:literal, base: $base:expr, metrics_base: $metrics_base:expr, prefix: $prefix:literal $(,)?) => {
+    (binary: $binary:expr, config: $config:literal, prefix: $prefix:literal, base: $base:expr, metrics_base: $metrics_base:expr $(,)?) => {
         #[tokio::test(flavor = "multi_thread")]
         async fn starts_reloads_and_stops_from_the_example_configs() {
             $crate::testkit::process::check_lifecycle(
