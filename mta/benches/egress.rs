@@ -385,7 +385,7 @@ fn message(size: usize, n: usize) -> NewMessage {
         data: body(size, n).into(),
         cluster: "a1b2c3d4".into(),
         credential: "bench".into(),
-        via: "smtp",
+        via: mta::message::Protocol::Smtp,
         peer: "127.2.200.1:40000".parse().unwrap(),
     }
 }

@@ -41,7 +41,7 @@ fn message(n: usize) -> NewMessage {
         data: text.into(),
         cluster: "a1b2c3d4".into(),
         credential: "bench".into(),
-        via: "smtp",
+        via: mta::message::Protocol::Smtp,
         peer: "127.6.200.1:40000".parse().unwrap(),
     }
 }

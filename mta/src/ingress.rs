@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::auth::{Authenticator, Principal};
 use crate::config::Settings;
-use crate::message::{MessageId, NewMessage};
+use crate::message::{MessageId, NewMessage, Protocol};
 use crate::spool::{Spool, SpoolError};
 
 /// Everything an ingress connection needs, shared by all of them.
@@ -304,10 +304,10 @@ pub enum Via<'a> {
 }
 
 impl Via<'_> {
-    pub fn protocol(&self) -> &'static str {
+    pub fn protocol(&self) -> Protocol {
         match self {
-            Via::Smtp { .. } => "smtp",
-            Via::Http { .. } => "http",
+            Via::Smtp { .. } => Protocol::Smtp,
+            Via::Http { .. } => Protocol::Http,
         }
     }
 
@@ -321,10 +321,7 @@ impl Via<'_> {
 
     /// An event's `reception_protocol`.
     pub fn reception_protocol(&self) -> &'static str {
-        match self {
-            Via::Smtp { .. } => "ESMTP",
-            Via::Http { .. } => "HTTP",
-        }
+        self.protocol().reception_protocol()
     }
 
     pub fn listener(&self) -> String {

@@ -69,7 +69,7 @@ async fn the_seed_example_gets_200_and_is_spooled() {
     let message = &messages[0];
     assert_eq!(message.sender, "bounces@yourdomain.com");
     assert_eq!(message.recipients, ["user@example.com"]);
-    assert_eq!(message.via, "http");
+    assert_eq!(message.via, mta::message::Protocol::Http);
     let text = String::from_utf8_lossy(&message.data);
     assert!(text.starts_with("Received: from ["), "{text}");
     assert!(text.contains("with HTTPS"));

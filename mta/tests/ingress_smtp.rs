@@ -73,7 +73,7 @@ async fn lettre_sends_over_starttls_with_auth_and_the_message_is_spooled() {
     assert_eq!(first.recipients, ["rcpt@example.com"]);
     assert_eq!(first.credential, USER);
     assert_eq!(first.cluster, "a1b2c3d4");
-    assert_eq!(first.via, "smtp");
+    assert_eq!(first.via, mta::message::Protocol::Smtp);
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ fn message(sender: &str, recipient: &str, data: Vec<u8>) -> NewMessage {
         data: Bytes::from(data),
         cluster: "a1b2c3d4".into(),
         credential: "sender".into(),
-        via: "smtp",
+        via: mta::message::Protocol::Smtp,
         peer: "127.1.91.1:4000".parse().unwrap(),
     }
 }

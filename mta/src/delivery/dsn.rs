@@ -113,7 +113,7 @@ pub fn build(
         data: data.into(),
         cluster: message.cluster.clone(),
         credential: String::new(),
-        via: "dsn",
+        via: crate::message::Protocol::Dsn,
         peer: record::local_peer(),
     }
 }
@@ -140,7 +140,7 @@ mod tests {
             sender: "app@example.com".into(),
             cluster: "c".into(),
             credential: "u".into(),
-            via: "smtp".into(),
+            via: crate::message::Protocol::Smtp,
             peer: "127.2.0.1:1".into(),
             recipients: vec!["gone@example.net".into()],
             data: bytes::Bytes::from_static(

@@ -291,13 +291,7 @@ impl Engine {
         event.num_attempts = job.attempts as u32;
         event.egress_pool = reached.egress_pool;
         event.egress_source = reached.egress_source;
-        event.reception_protocol = Some(
-            match message.via.as_str() {
-                "http" => "HTTP",
-                _ => "ESMTP",
-            }
-            .to_string(),
-        );
+        event.reception_protocol = Some(message.via.reception_protocol().to_string());
         event.size = message.data.len() as u64;
         event.meta =
             crate::events::meta::of_message(&message.data, &message.cluster, &message.credential);

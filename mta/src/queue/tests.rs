@@ -29,7 +29,7 @@ fn message() -> NewMessage {
         data: Bytes::from_static(b"Subject: t\r\n\r\nx\r\n"),
         cluster: "a1b2c3d4".into(),
         credential: "c".into(),
-        via: "smtp",
+        via: crate::message::Protocol::Smtp,
         peer: "127.2.0.1:1".parse().unwrap(),
     }
 }

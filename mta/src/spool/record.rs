@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use crate::message::NewMessage;
+use crate::message::{NewMessage, Protocol};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"UMS1");
 pub const HEADER_LEN: usize = 12;
@@ -32,7 +32,7 @@ pub struct StoredMessage {
     pub sender: String,
     pub cluster: String,
     pub credential: String,
-    pub via: String,
+    pub via: Protocol,
     pub peer: String,
     pub recipients: Vec<String>,
     pub data: Bytes,
@@ -78,7 +78,7 @@ pub fn encode_open(seq: u64, received_ms: u64, message: &NewMessage, data_len: u
         &message.sender,
         &message.cluster,
         &message.credential,
-        message.via,
+        message.via.as_str(),
         &peer,
     ]
     .iter()
@@ -96,7 +96,7 @@ pub fn encode_open(seq: u64, received_ms: u64, message: &NewMessage, data_len: u
     put_str(&mut out, &message.sender);
     put_str(&mut out, &message.cluster);
     put_str(&mut out, &message.credential);
-    put_str(&mut out, message.via);
+    put_str(&mut out, message.via.as_str());
     put_str(&mut out, &peer);
     out.extend_from_slice(&(message.recipients.len() as u32).to_le_bytes());
     for rcpt in &message.recipients {
@@ -194,7 +194,7 @@ pub fn decode(record: &[u8]) -> Result<StoredMessage, String> {
     let sender = r.str().ok_or_else(bad)?.to_string();
     let cluster = r.str().ok_or_else(bad)?.to_string();
     let credential = r.str().ok_or_else(bad)?.to_string();
-    let via = r.str().ok_or_else(bad)?.to_string();
+    let via = Protocol::from_record(r.str().ok_or_else(bad)?);
     let peer = r.str().ok_or_else(bad)?.to_string();
     let count = r.u32().ok_or_else(bad)?;
     let mut recipients = Vec::with_capacity(count.min(1024) as usize);
@@ -272,7 +272,7 @@ mod tests {
             data: Bytes::from_static(b"Subject: x\r\n\r\nbody\r\n"),
             cluster: "a1b2c3d4".into(),
             credential: "cred".into(),
-            via: "smtp",
+            via: Protocol::Smtp,
             peer: "127.2.0.1:2525".parse().unwrap(),
         };
         let mut rec = encode(42, 1000, &msg);

@@ -13,7 +13,7 @@ fn message(n: usize, recipients: usize) -> NewMessage {
         data: Bytes::from(format!("Subject: {n}\r\n\r\n{}\r\n", "x".repeat(n % 700))),
         cluster: "a1b2c3d4".into(),
         credential: "cred".into(),
-        via: "smtp",
+        via: crate::message::Protocol::Smtp,
         peer: "127.2.0.1:4000".parse().unwrap(),
     }
 }

@@ -233,7 +233,7 @@ pub fn message(to: &[&str], marker: &str) -> NewMessage {
         data: data.into(),
         cluster: "a1b2c3d4".into(),
         credential: "your-credential".into(),
-        via: "smtp",
+        via: mta::message::Protocol::Smtp,
         peer: "127.2.0.1:40000".parse().unwrap(),
     }
 }
