@@ -86,6 +86,21 @@ async fn tour_resolve_send_every_way_deliver_stop_and_reuse() -> anyhow::Result<
         }
     }
 
+    // The daemons' log files are plain text: no terminal colour codes.
+    let logs = cluster.state_dir().join("logs");
+    let mut read = 0;
+    for entry in std::fs::read_dir(&logs)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        assert!(
+            !text.contains('\x1b'),
+            "{} has ANSI escape codes",
+            path.display()
+        );
+        read += usize::from(!text.is_empty());
+    }
+    assert!(read >= 3, "too few non-empty logs in {}", logs.display());
+
     // Ctrl-C / SIGTERM stops everything: nothing is left listening.
     assert!(
         cluster.stop()?,
