@@ -25,7 +25,7 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use fleet::testkit::process::{eventually, DaemonProcess};
+use fleet::testkit::process::DaemonProcess;
 use support::flood::{flood, DiscardMx, Finish, Flood, FloodReport};
 use support::*;
 
@@ -41,23 +41,6 @@ fn free_bytes(dir: &std::path::Path) -> u64 {
         assert_eq!(libc::statvfs(path.as_ptr(), &mut stat), 0, "statvfs");
         stat.f_bavail as u64 * stat.f_frsize as u64
     }
-}
-
-async fn wait_ready(fixture: &Fixture) {
-    let client = fixture.http();
-    let ready = fixture.https_url("/ready");
-    eventually(LIMIT, "the mta answers /ready", || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            client
-                .get(ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await
-    .unwrap();
 }
 
 /// The node: connections that are through wait for the others before
@@ -123,7 +106,7 @@ fn main() {
     runtime.block_on(async {
         let mx = DiscardMx::start(SocketAddr::new(Ipv4Addr::new(127, 1, 210, 25).into(), 2525)).await;
         let mut node = DaemonProcess::start(MTA.as_ref(), &fixture.config()).unwrap();
-        wait_ready(&fixture).await;
+        fixture.wait_ready().await;
         let mut raw = Raw::authenticated(&fixture).await;
         assert_eq!(transaction(&mut raw, message("warm").as_bytes()).await.code, 250);
         drop(raw);

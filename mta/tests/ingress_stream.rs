@@ -15,7 +15,7 @@ mod ingress_support;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use fleet::testkit::process::{eventually, DaemonProcess};
+use fleet::testkit::process::DaemonProcess;
 use ingress_support::flood::{big_message, flood, Finish, Flood};
 use ingress_support::*;
 
@@ -27,30 +27,13 @@ const SIZE: usize = 10 * 1024 * 1024;
 /// CONNECTIONS × SIZE (640 MB), three to four times over before streaming.
 const BOUND_MB: u64 = 128;
 
-async fn wait_ready(fixture: &Fixture) {
-    let client = fixture.http();
-    let ready = fixture.https_url("/ready");
-    eventually(LIMIT, "the mta answers /ready", || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            client
-                .get(ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_10_mb_transfers_do_not_grow_memory_with_message_size() {
     // Connections that are through wait for the others before ending their
     // data: on a loaded machine that may take a while.
     let fixture = Fixture::new(60, "data_timeout = \"10m\"");
     let mut node = DaemonProcess::start(MTA.as_ref(), &fixture.config()).unwrap();
-    wait_ready(&fixture).await;
+    fixture.wait_ready().await;
     // Warm up: the first AUTH pays the password hash once.
     let mut raw = Raw::authenticated(&fixture).await;
     assert_eq!(

@@ -8,7 +8,7 @@
 
 mod ingress_support;
 
-use fleet::testkit::process::{eventually, DaemonProcess};
+use fleet::testkit::process::DaemonProcess;
 use ingress_support::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -112,20 +112,7 @@ fn worst_requests() -> Vec<(&'static str, Value, StatusCode, &'static str)> {
 /// A fresh node on the fixture, warmed up by one ordinary request.
 async fn start(fixture: &Fixture) -> DaemonProcess {
     let node = DaemonProcess::start(MTA.as_ref(), &fixture.config()).unwrap();
-    let client = fixture.http();
-    let ready = fixture.https_url("/ready");
-    eventually(LIMIT, "the mta answers /ready", || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            client
-                .get(ready)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
-    })
-    .await
-    .unwrap();
+    fixture.wait_ready().await;
     ordinary(fixture).await;
     node
 }

@@ -166,6 +166,24 @@ auth_failure_delay = "10ms"
         format!("https://{HOSTNAME}:{HTTPS_PORT}{path}")
     }
 
+    /// Waits (bounded) until a node on this fixture answers `/ready` 200.
+    pub async fn wait_ready(&self) {
+        let client = self.http();
+        let ready = self.https_url("/ready");
+        fleet::testkit::process::eventually(LIMIT, "the mta answers /ready", || {
+            let (client, ready) = (client.clone(), ready.clone());
+            async move {
+                client
+                    .get(ready)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+        .unwrap();
+    }
+
     /// Starts the node in this process.
     pub async fn start(&self) -> Running {
         let settings = mta::Settings::load(&self.config()).unwrap();
