@@ -275,6 +275,23 @@ pub fn parse_answer(buf: &[u8], complete: bool) -> Result<Option<Answer>, Failur
 mod tests {
     use super::*;
 
+    /// An MTA's degradation note is kept only from a `ready, degraded:`
+    /// body, trimmed, and cut at `MAX_NOTE` characters (multi-byte safe).
+    #[test]
+    fn a_degradation_note_is_read_bounded() {
+        assert_eq!(degradation("ready\n"), None);
+        assert_eq!(degradation("not ready: spool\n"), None);
+        assert_eq!(degradation("degraded: x"), None);
+        assert_eq!(
+            degradation("ready, degraded:  webhook w failing \n").as_deref(),
+            Some("webhook w failing")
+        );
+        let long = format!("ready, degraded: {}", "é".repeat(10_000));
+        let note = degradation(&long).unwrap();
+        assert_eq!(note.chars().count(), MAX_NOTE);
+        assert!(note.chars().all(|c| c == 'é'));
+    }
+
     #[test]
     fn parses_length_chunked_and_close_delimited_answers() {
         let ok = parse_answer(
