@@ -155,6 +155,7 @@ impl Ingress {
     ) {
         use crate::events::{Event, EventType, PeerAddress, Response};
         let now = crate::events::now_secs();
+        let mut events = Vec::with_capacity(submission.recipients.len());
         for recipient in submission.recipients {
             let mut event = Event::new(EventType::Reception);
             event.id = id.0.clone();
@@ -172,8 +173,10 @@ impl Ingress {
             event.reception_protocol = Some(submission.via.reception_protocol().into());
             event.size = size;
             event.meta = meta.clone();
-            self.events.emit(event);
+            events.push(event);
         }
+        // In the log (safe from a kill -9) before the client hears 250.
+        self.events.record(events);
     }
 
     /// A Rejection event: the session refused something (failed AUTH, a

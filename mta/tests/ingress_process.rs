@@ -1,5 +1,5 @@
 //! The real `mta` binary: SIGKILL while clients send loses no acknowledged
-//! message, and the seed's own swaks and curl examples work against an mta
+//! message nor its Reception event, and the seed's own swaks and curl examples work against an mta
 //! started from `configs/`.
 
 mod ingress_support;
@@ -57,6 +57,25 @@ fn subjects(messages: &[mta::spool::StoredMessage]) -> Vec<String> {
                 .and_then(|p| p.subject().map(str::to_string))
         })
         .collect()
+}
+
+/// The subjects of the Reception events in the event log in `dir`, read
+/// from its files as a restart would (a torn last line is skipped).
+fn receptions(dir: &Path) -> std::collections::HashSet<String> {
+    let mut subjects = std::collections::HashSet::new();
+    for (_, path) in mta::events::log::segments(dir) {
+        let text = std::fs::read(&path).unwrap();
+        for line in text.split(|&b| b == b'\n') {
+            let json = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.splitn(3, ' ').nth(2))
+                .and_then(|j| serde_json::from_str::<fleet::event::Event>(j).ok());
+            if let Some(event) = json.filter(|e| e.kind == fleet::event::EventType::Reception) {
+                subjects.extend(event.meta.subject);
+            }
+        }
+    }
+    subjects
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,6 +162,17 @@ async fn sigkill_while_clients_send_loses_no_acknowledged_message() {
     let acked = acked.lock().unwrap().clone();
     assert!(
         acked.iter().any(|m| m.starts_with("smtp")) && acked.iter().any(|m| m.starts_with("http"))
+    );
+    // Each acknowledged message's Reception was in the event log before
+    // its 250 / 200: the kill took none of them.
+    let events_dir = fixture.config().parent().unwrap().join("events");
+    let received = receptions(&events_dir);
+    let unrecorded: Vec<_> = acked.iter().filter(|m| !received.contains(*m)).collect();
+    assert!(
+        unrecorded.is_empty(),
+        "{} of {} acknowledged messages have no Reception after SIGKILL: {unrecorded:?}",
+        unrecorded.len(),
+        acked.len()
     );
 
     // Restart: it recovers the spool and serves again.

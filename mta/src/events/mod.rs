@@ -3,7 +3,7 @@
 //! ([`log::EventLog`]) and from there sent to the cluster's webhooks.
 //!
 //! Who records what: the ingress a `Reception` once the spool's `accept`
-//! returned, and a `Rejection` for a failed AUTH or a policy refusal; the
+//! returned (written before the client hears `250`, see [`Events::record`]), and a `Rejection` for a failed AUTH or a policy refusal; the
 //! delivery engine `Delivery`, `Bounce`, `TransientFailure`, `Expiration`,
 //! `Delayed` and `AdminBounce`; the bounce-domain receiver `OOB` and
 //! `Feedback`. [`Events::emit`] stamps the node, the time and the bounce
@@ -51,6 +51,21 @@ impl Events {
 
     /// Records `event` (durable within one group commit); never waits.
     pub fn emit(&self, mut event: Event) {
+        self.stamp(&mut event);
+        self.log.append(event);
+    }
+
+    /// Records `events` at once: written to the log (in the kernel, safe
+    /// from a `kill -9`) when this returns, durable at the log's next group
+    /// commit. The ingress records Receptions this way before it answers.
+    pub fn record(&self, mut events: Vec<Event>) {
+        for event in &mut events {
+            self.stamp(event);
+        }
+        self.log.record(events);
+    }
+
+    fn stamp(&self, event: &mut Event) {
         event.nodeid.clone_from(&self.node);
         if event.timestamp == 0 {
             event.timestamp = now_secs();
@@ -58,7 +73,6 @@ impl Events {
         if event.bounce_classification.is_none() && is_failure(event.kind) {
             event.bounce_classification = Some(self.classifier.classify(&event.response).into());
         }
-        self.log.append(event);
     }
 
     /// Every event from now on, once durable (a slow reader misses some:

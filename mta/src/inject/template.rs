@@ -90,11 +90,23 @@ fn charge(bytes: usize) -> Result<(), Error> {
 }
 
 /// The compiled templates of one request.
+///
+/// A field without `{{`, `{%` or `{#` prints itself: it is not compiled,
+/// and a request whose fields are all plain text builds no MiniJinja
+/// environment and no variables at all (the common case, and a hot path).
 pub struct Templates {
-    dialect: Dialect,
-    env: Environment<'static>,
+    /// `None` when no field is a template.
+    env: Option<Environment<'static>>,
     sources: BTreeMap<String, String>,
     bounds: Bounds,
+}
+
+/// Whether `source` holds MiniJinja syntax (an expression, a statement or
+/// a comment); without it, rendering prints the source as it is.
+pub fn is_template(source: &str) -> bool {
+    memchr::memmem::find(source.as_bytes(), b"{{").is_some()
+        || memchr::memmem::find(source.as_bytes(), b"{%").is_some()
+        || memchr::memmem::find(source.as_bytes(), b"{#").is_some()
 }
 
 impl Templates {
@@ -105,18 +117,18 @@ impl Templates {
         fields: Vec<(String, String)>,
         bounds: Bounds,
     ) -> Result<Templates, CompileError> {
-        let mut env = environment(bounds);
+        let mut env = None;
         let mut sources = BTreeMap::new();
         for (name, source) in fields {
-            if dialect == Dialect::Jinja {
+            if dialect == Dialect::Jinja && is_template(&source) {
                 check_operators(&name, &source)?;
-                env.add_template_owned(name.clone(), source.clone())
+                env.get_or_insert_with(|| environment(bounds))
+                    .add_template_owned(name.clone(), source.clone())
                     .map_err(|e| CompileError(describe(&name, &e)))?;
             }
             sources.insert(name, source);
         }
         Ok(Templates {
-            dialect,
             env,
             sources,
             bounds,
@@ -125,10 +137,10 @@ impl Templates {
 
     /// Whether `name` prints anything that depends on the recipient.
     pub fn uses_recipient(&self, name: &str) -> bool {
-        if self.dialect == Dialect::Static {
+        let Some(env) = &self.env else {
             return false;
-        }
-        self.env.get_template(name).is_ok_and(|t| {
+        };
+        env.get_template(name).is_ok_and(|t| {
             let used = t.undeclared_variables(false);
             ["name", "email", "to_header"]
                 .iter()
@@ -144,7 +156,8 @@ impl Templates {
     ) -> MessageRender<'t> {
         MessageRender {
             templates: self,
-            context: context(global, recipient),
+            // Variables only when something prints them.
+            context: self.env.as_ref().map(|_| context(global, recipient)),
             left: self.bounds.max_output,
         }
     }
@@ -153,7 +166,7 @@ impl Templates {
 /// Renders the templates of one message against one recipient's variables.
 pub struct MessageRender<'t> {
     templates: &'t Templates,
-    context: Value,
+    context: Option<Value>,
     left: usize,
 }
 
@@ -162,16 +175,17 @@ impl MessageRender<'_> {
     /// back empty).
     pub fn render(&mut self, name: &str) -> Result<String, RenderError> {
         let templates = self.templates;
-        if templates.dialect == Dialect::Static {
+        let compiled = templates.env.as_ref().zip(self.context.as_ref());
+        let Some((template, context)) =
+            compiled.and_then(|(env, context)| Some((env.get_template(name).ok()?, context)))
+        else {
+            // Static, or plain text: the source as it is.
             let source = templates.sources.get(name).map_or("", String::as_str);
             if source.len() > self.left {
                 return Err(RenderError::TooLarge(templates.bounds.max_output));
             }
             self.left -= source.len();
             return Ok(source.to_string());
-        }
-        let Ok(template) = templates.env.get_template(name) else {
-            return Ok(String::new());
         };
         let mut sink = Bounded {
             data: Vec::new(),
@@ -179,7 +193,7 @@ impl MessageRender<'_> {
             overflow: false,
         };
         ALLOC_BUDGET.with(|budget| budget.set(templates.bounds.max_output));
-        let result = template.render_captured_to(&self.context, &mut sink);
+        let result = template.render_captured_to(context, &mut sink);
         ALLOC_BUDGET.with(|budget| budget.set(0));
         if sink.overflow {
             return Err(RenderError::TooLarge(templates.bounds.max_output));
@@ -620,5 +634,72 @@ mod tests {
             .render("content.text_body")
             .unwrap();
         assert_eq!(out, "{{ not a template }}");
+    }
+
+    #[test]
+    fn plain_text_is_not_compiled_and_prints_itself() {
+        let plain = "Dear customer, 2 * 3 ~ 6 }} %} #} {not a tag}\r\n";
+        let t = Templates::compile(
+            Dialect::Jinja,
+            vec![
+                ("content.subject".into(), "Hello".into()),
+                ("content.text_body".into(), plain.into()),
+            ],
+            BOUNDS,
+        )
+        .unwrap();
+        assert!(t.env.is_none(), "no field is a template: nothing compiled");
+        assert!(!t.uses_recipient("content.text_body"));
+        let r = recipient("a@x.org", Some("Ann"), serde_json::json!({}));
+        let mut message = t.message(&Substitutions::new(), Some(&r));
+        assert!(message.context.is_none(), "no variables built");
+        assert_eq!(message.render("content.text_body").unwrap(), plain);
+        assert_eq!(message.render("content.subject").unwrap(), "Hello");
+        // The output bound still holds for plain text.
+        let small = Bounds {
+            fuel: 1_000,
+            max_output: 8,
+        };
+        let t = Templates::compile(
+            Dialect::Jinja,
+            vec![("content.text_body".into(), "nine char".into())],
+            small,
+        )
+        .unwrap();
+        let err = t
+            .message(&Substitutions::new(), None)
+            .render("content.text_body")
+            .unwrap_err();
+        assert_eq!(err, RenderError::TooLarge(8));
+    }
+
+    #[test]
+    fn any_tag_makes_a_template() {
+        for (source, out) in [
+            ("a{{ 1 }}b", "a1b"),
+            ("a{% if true %}x{% endif %}b", "axb"),
+            ("a{# note #}b", "ab"),
+        ] {
+            assert!(is_template(source), "{source}");
+            let t = Templates::compile(
+                Dialect::Jinja,
+                vec![
+                    ("content.text_body".into(), source.into()),
+                    ("content.subject".into(), "plain".into()),
+                ],
+                BOUNDS,
+            )
+            .unwrap();
+            let mut message = t.message(&Substitutions::new(), None);
+            assert_eq!(message.render("content.text_body").unwrap(), out);
+            assert_eq!(message.render("content.subject").unwrap(), "plain");
+        }
+        // A plain field is still checked like no other: `*` only in tags.
+        assert!(Templates::compile(
+            Dialect::Jinja,
+            vec![("content.text_body".into(), "{{ 'a' * 3 }}".into())],
+            BOUNDS,
+        )
+        .is_err());
     }
 }

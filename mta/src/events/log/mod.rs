@@ -2,21 +2,25 @@
 //!
 //! Events are appended by one writer thread to segment files
 //! `events-<first sequence, 16 hex>.log`, one line each:
-//! `<sequence, 16 hex> <crc32 of the JSON, 8 hex> <JSON>\n`. Every event
-//! waiting when the thread comes round is written in one go and made durable
-//! by one `fdatasync` (a group commit, as the spool does); only then is it
-//! *committed*: readers (the webhooks) and subscribers see it. On open, a
+//! `<sequence, 16 hex> <crc32 of the JSON, 8 hex> <JSON>\n`. An event is
+//! written to the kernel at once ([`EventLog::record`], the ingress's
+//! Reception) or by the log's thread ([`EventLog::append`]), and made
+//! durable with every other line written meanwhile by one `fdatasync`, at
+//! most every [`writer::COMMIT_EVERY`]; only then is it *committed*:
+//! readers (the webhooks) and subscribers see it. On open, a
 //! torn or damaged tail (a `kill -9` in the middle of a write) is cut off at
 //! the last whole line, so a committed event is never lost nor read twice,
 //! and numbering goes on from the last one. A segment is closed after
 //! `segment_bytes` or an hour; closed segments older than the retention are
 //! deleted. Files are created mode 0600.
 
+mod writer;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,11 +31,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 
-/// A segment is closed after this long even when small, so retention can
-/// delete old events hour by hour.
-const SEGMENT_AGE: Duration = Duration::from_secs(3600);
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
-const MAX_GROUP: usize = 8192;
+pub use writer::COMMIT_EVERY;
+use writer::{Committer, LogFile, Msg};
 
 pub struct LogSettings {
     /// Prefix of every event id.
@@ -50,7 +51,10 @@ struct Metrics {
 
 pub struct EventLog {
     dir: PathBuf,
-    tx: Mutex<Option<Sender<Event>>>,
+    file: Arc<Mutex<LogFile>>,
+    /// Set while the thread has been asked to commit what was written.
+    asked: Arc<AtomicBool>,
+    tx: Mutex<Option<Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     committed: watch::Receiver<u64>,
     subscribers: broadcast::Sender<Arc<Event>>,
@@ -98,14 +102,6 @@ fn encode_line(seq: u64, event: &Event, out: &mut Vec<u8>) {
     let _ = write!(out, "{seq:016x} {:08x} ", crc32fast::hash(&json));
     out.extend_from_slice(&json);
     out.push(b'\n');
-}
-
-fn create_private(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
 }
 
 /// Reads `path`, cuts a torn or damaged tail, returns its last sequence.
@@ -168,22 +164,33 @@ impl EventLog {
         let (committed_tx, committed) = watch::channel(next - 1);
         let subscribers = broadcast::channel(1 << 16).0;
         let (tx, rx) = std::sync::mpsc::channel();
-        let writer = Writer {
-            dir: dir.to_path_buf(),
+        let file = Arc::new(Mutex::new(LogFile::new(
+            dir,
             settings,
             next,
-            active: None,
+            metrics.clone(),
+        )));
+        let asked = Arc::new(AtomicBool::new(false));
+        let committer = Committer {
+            file: file.clone(),
+            asked: asked.clone(),
             committed: committed_tx,
             subscribers: subscribers.clone(),
             metrics: metrics.clone(),
-            last_housekeeping: Instant::now() - HOUSEKEEPING_EVERY,
+            last_sync: Instant::now(),
+            // Housekeeping at the first chance (the metrics start right).
+            last_housekeeping: Instant::now()
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or_else(Instant::now),
         };
         let handle = std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || committer.run(rx))
             .map_err(|e| format!("cannot start the event log writer: {e}"))?;
         Ok(Arc::new(EventLog {
             dir: dir.to_path_buf(),
+            file,
+            asked,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             committed,
@@ -195,7 +202,23 @@ impl EventLog {
     /// Queues `event` for the next group commit.
     pub fn append(&self, event: Event) {
         if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send(event);
+            let _ = tx.send(Msg::Event(event));
+        }
+    }
+
+    /// Writes `events` now: when this returns they are in the kernel (a
+    /// `kill -9` cannot lose them) and numbered after every event recorded
+    /// before; the next group commit makes them durable and committed.
+    /// One `write` under a lock, no `fdatasync`: cheap enough for the
+    /// ingress to call before it acknowledges a message.
+    pub fn record(&self, events: Vec<Event>) {
+        let tx = self.tx.lock();
+        let Some(tx) = tx.as_ref() else {
+            return;
+        };
+        self.file.lock().write(events);
+        if !self.asked.swap(true, Ordering::SeqCst) {
+            let _ = tx.send(Msg::Written);
         }
     }
 
@@ -256,152 +279,6 @@ fn now_micros() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
-}
-
-struct Active {
-    file: File,
-    len: u64,
-    opened: Instant,
-}
-
-struct Writer {
-    dir: PathBuf,
-    settings: LogSettings,
-    next: u64,
-    active: Option<Active>,
-    committed: watch::Sender<u64>,
-    subscribers: broadcast::Sender<Arc<Event>>,
-    metrics: Metrics,
-    last_housekeeping: Instant,
-}
-
-impl Writer {
-    fn run(mut self, rx: Receiver<Event>) {
-        loop {
-            let first = match rx.recv_timeout(HOUSEKEEPING_EVERY) {
-                Ok(event) => event,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.housekeeping();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
-            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-                self.housekeeping();
-            }
-        }
-    }
-
-    fn commit(&mut self, mut batch: Vec<Event>) {
-        let first = self.next;
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        for event in &mut batch {
-            event.event_id = format!("{}-{:016x}", self.settings.node, self.next);
-            encode_line(self.next, event, &mut buf);
-            self.next += 1;
-        }
-        if let Err(error) = self.write(first, &buf) {
-            self.metrics.write_errors.inc();
-            tracing::error!(
-                "cannot write {} events to the event log {}: {error}",
-                batch.len(),
-                self.dir.display()
-            );
-            return;
-        }
-        self.metrics.recorded.inc_by(batch.len() as u64);
-        self.metrics.bytes.inc_by(buf.len() as i64);
-        self.committed.send_replace(self.next - 1);
-        if self.subscribers.receiver_count() > 0 {
-            for event in batch {
-                let _ = self.subscribers.send(Arc::new(event));
-            }
-        }
-    }
-
-    /// Appends `buf` (events from `first` on) and syncs; on failure the
-    /// segment is cut back so no torn line stays in the middle of it.
-    fn write(&mut self, first: u64, buf: &[u8]) -> std::io::Result<()> {
-        let rotate = self.active.as_ref().is_some_and(|a| {
-            a.len > 0
-                && (a.len + buf.len() as u64 > self.settings.segment_bytes
-                    || a.opened.elapsed() >= SEGMENT_AGE)
-        });
-        if rotate {
-            self.active = None;
-        }
-        if self.active.is_none() {
-            let path = self.dir.join(segment_name(first));
-            let file = create_private(&path)?;
-            File::open(&self.dir)?.sync_all()?;
-            self.metrics.segments.inc();
-            self.active = Some(Active {
-                len: file.metadata()?.len(),
-                file,
-                opened: Instant::now(),
-            });
-        }
-        let Some(active) = &mut self.active else {
-            return Err(std::io::Error::other("no segment open"));
-        };
-        let result = active
-            .file
-            .write_all(buf)
-            .and_then(|()| active.file.sync_data());
-        match result {
-            Ok(()) => {
-                active.len += buf.len() as u64;
-                Ok(())
-            }
-            Err(error) => {
-                let _ = active.file.set_len(active.len);
-                Err(error)
-            }
-        }
-    }
-
-    /// Closes an old active segment and deletes segments past retention.
-    fn housekeeping(&mut self) {
-        self.last_housekeeping = Instant::now();
-        if self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.len > 0 && a.opened.elapsed() >= SEGMENT_AGE)
-        {
-            self.active = None;
-        }
-        let all = segments(&self.dir);
-        let newest = all.last().map(|(first, _)| *first);
-        let mut bytes = 0u64;
-        let mut count = 0i64;
-        for (first, path) in &all {
-            let meta = std::fs::metadata(path).ok();
-            let age = meta
-                .as_ref()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .unwrap_or_default();
-            if Some(*first) != newest && age > self.settings.retention {
-                match std::fs::remove_file(path) {
-                    Ok(()) => tracing::info!("event log: {} expired", path.display()),
-                    Err(e) => tracing::warn!("cannot delete {}: {e}", path.display()),
-                }
-                continue;
-            }
-            bytes += meta.map(|m| m.len()).unwrap_or_default();
-            count += 1;
-        }
-        self.metrics.bytes.set(bytes as i64);
-        self.metrics.segments.set(count);
-    }
 }
 
 /// Reads committed events in order from a position, for one webhook.
