@@ -4,14 +4,26 @@
 //! service (so a credential of another cluster is simply unknown here), its
 //! argon2 hash verified on the blocking pool, a bounded number at a time.
 //! Verified (username, hash, password) triples are remembered under a keyed
-//! digest: a busy client does not pay argon2 per message, and a password
-//! changed on reload has another hash, so the old entry no longer matches.
+//! digest: a busy client does not pay argon2 per connection, and a password
+//! changed on reload has another hash, so the old entry no longer matches
+//! (the old password is refused at once; a removed credential is not found).
 //! An unknown user costs the same argon2 work as a wrong password, and both
 //! get the same answer.
+//!
+//! Why the cache is safe: an entry is SHA-256 over a random per-process
+//! secret, the username, the stored hash and the password. It only ever
+//! says "this exact triple verified before"; a wrong password, or the right
+//! one against a changed hash, gives another digest and pays argon2 in
+//! full, so the cache never makes guessing cheaper. Without the secret
+//! (never written anywhere) a digest cannot be tested against guesses, and
+//! with it (a memory dump) a digest is a fast hash of the password: the
+//! cache is therefore bounded ([`CACHE_LIMIT`] entries) and each entry
+//! lives at most [`CACHE_TTL`], after which argon2 runs again.
 
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fleet::Live;
 use sha2::{Digest, Sha256};
@@ -44,7 +56,8 @@ pub struct AuthFailed;
 /// Verifies credentials against the live fleet.
 pub struct Authenticator {
     live: Arc<Live<Settings>>,
-    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Digest of a verified triple, and when it was verified.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
     /// Per-process key of the cache digests: no plain hash of a password is
     /// kept in memory.
     secret: [u8; 32],
@@ -53,8 +66,11 @@ pub struct Authenticator {
     argon2_slots: Semaphore,
 }
 
-/// Verified entries kept before the cache starts afresh.
-const CACHE_LIMIT: usize = 10_000;
+/// Verified entries kept at most; when full, expired ones go, and if none
+/// has expired the cache starts afresh.
+pub const CACHE_LIMIT: usize = 10_000;
+/// How long a verified entry saves argon2.
+pub const CACHE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Hash of a random string, verified in place of a missing user's hash.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$zrhvWrUeOfCwG471RK+nww$ipDpZFmXY3/T8bF6T1bUUo55COeBfA8Fg3UKLZZJBEo";
@@ -66,7 +82,7 @@ impl Authenticator {
             .unwrap_or(2);
         Arc::new(Authenticator {
             live,
-            verified: Mutex::new(HashSet::new()),
+            verified: Mutex::new(HashMap::new()),
             secret: rand::random(),
             argon2_slots: Semaphore::new(parallel * 2),
         })
@@ -96,16 +112,22 @@ impl Authenticator {
         };
         let phc = phc.as_str();
         let key = self.cache_key(username, phc, password);
-        let cached = self.lock().contains(&key);
+        let cached = self
+            .lock()
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < CACHE_TTL);
         if !cached {
             if !self.argon2(phc, password).await {
                 return Err(AuthFailed);
             }
             let mut verified = self.lock();
             if verified.len() >= CACHE_LIMIT {
-                verified.clear();
+                verified.retain(|_, at| at.elapsed() < CACHE_TTL);
+                if verified.len() >= CACHE_LIMIT {
+                    verified.clear();
+                }
             }
-            verified.insert(key);
+            verified.insert(key, Instant::now());
         }
         Ok(Principal {
             username: username.to_string(),
@@ -138,7 +160,7 @@ impl Authenticator {
         digest.finalize().into()
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashSet<[u8; 32]>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
         self.verified.lock()
     }
 }
