@@ -2,7 +2,14 @@
 //! carry the daemon's prefix (`lb_dns_`, `healthd_`, `mta_`), answered in
 //! the OpenMetrics format when the scraper's `Accept` asks for it and in the
 //! classic Prometheus text format (`text/plain; version=0.0.4`) otherwise.
+//!
+//! Labelled families are declared with typed label sets (structs deriving
+//! `EncodeLabelSet`); every label set known at start is created with
+//! [`at_zero`], so its counter is exported as 0 before its first event.
 
+use std::hash::Hash;
+
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::registry::Registry;
 
 /// The `Content-Type` of an OpenMetrics answer.
@@ -14,6 +21,22 @@ pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `<prefix>_<name>`.
 pub fn registry(prefix: &str) -> Registry {
     Registry::with_prefix(prefix)
+}
+
+/// Creates each of `known` in `family` now (counters at 0), so a scraper
+/// sees every label set known at start, not only those that happened.
+pub fn at_zero<L, M, C>(
+    family: Family<L, M, C>,
+    known: impl IntoIterator<Item = L>,
+) -> Family<L, M, C>
+where
+    L: Clone + Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    for labels in known {
+        let _ = family.get_or_create(&labels);
+    }
+    family
 }
 
 /// The body of `/metrics` for a request with `accept` (its `Accept` header),
@@ -178,6 +201,28 @@ mod tests {
         }
         assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
         assert!(wants_openmetrics("Application/OpenMetrics-Text"));
+    }
+
+    #[test]
+    fn label_sets_known_at_start_are_exported_at_zero() {
+        let mut registry = registry("demo");
+        let family = at_zero(
+            Family::<Vec<(String, String)>, Counter>::default(),
+            ["pass", "fail"].map(|r| vec![("result".to_string(), r.to_string())]),
+        );
+        family
+            .get_or_create(&vec![("result".into(), "pass".into())])
+            .inc();
+        registry.register("rounds", "Rounds", family);
+        let (_, text) = encode(&registry, None).unwrap();
+        assert!(
+            text.contains("demo_rounds_total{result=\"pass\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("demo_rounds_total{result=\"fail\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -69,14 +69,25 @@ async fn show(
     })
 }
 
-fn use_case(port: u16) -> &'static str {
-    match port {
-        587 => "recommended: submission",
-        25 => "standard SMTP port",
-        2587 => "alternative when 587 is blocked",
-        465 => "implicit TLS",
-        _ => "alternative port",
-    }
+/// What each SMTP port is for, in the fleet's order: the first is the
+/// recommended submission port, the others alternatives to it (25 named as
+/// the standard port).
+fn use_cases(ports: &[u16]) -> Vec<SmtpPort> {
+    let first = ports.first().copied();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| SmtpPort {
+            port,
+            use_case: match (i, port, first) {
+                (0, _, _) => "recommended: submission".to_string(),
+                (_, 25, _) => "standard SMTP port (often blocked by ISPs)".to_string(),
+                (_, _, Some(first)) => format!("alternative when {first} is blocked"),
+                _ => "alternative port".to_string(),
+            },
+            starttls_required: true,
+        })
+        .collect()
 }
 
 /// One cluster as the Clusters API writes it.
@@ -92,16 +103,7 @@ pub fn cluster_view(
     } else {
         format!("https://{hostname}:{https}/api/inject/v1")
     };
-    let smtp_ports = fleet
-        .ports
-        .smtp
-        .iter()
-        .map(|&port| SmtpPort {
-            port,
-            use_case: use_case(port).to_string(),
-            starttls_required: true,
-        })
-        .collect();
+    let smtp_ports = use_cases(&fleet.ports.smtp);
     let mtas = cluster
         .mtas
         .iter()
@@ -135,5 +137,44 @@ pub fn cluster_view(
         },
         rate_limit: cluster.rate_limit.per_mta_wording(),
         mtas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cases(ports: &[u16]) -> Vec<(u16, String)> {
+        use_cases(ports)
+            .into_iter()
+            .map(|p| (p.port, p.use_case))
+            .collect()
+    }
+
+    /// The fleet's order decides: its first port is the recommended one,
+    /// whatever its number (local-cluster's 10587 too).
+    #[test]
+    fn port_use_cases_follow_the_fleets_order() {
+        assert_eq!(
+            cases(&[587, 25, 2587]),
+            [
+                (587, "recommended: submission".to_string()),
+                (25, "standard SMTP port (often blocked by ISPs)".to_string()),
+                (2587, "alternative when 587 is blocked".to_string()),
+            ]
+        );
+        assert_eq!(
+            cases(&[10587, 10025, 12587])
+                .into_iter()
+                .map(|(_, case)| case)
+                .collect::<Vec<_>>(),
+            [
+                "recommended: submission",
+                "alternative when 10587 is blocked",
+                "alternative when 10587 is blocked"
+            ]
+        );
+        assert_eq!(cases(&[2587, 587])[0].1, "recommended: submission");
+        assert!(cases(&[]).is_empty());
     }
 }

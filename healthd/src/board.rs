@@ -1,5 +1,7 @@
 //! The health of the whole fleet, shared by the scheduler (which writes
-//! probe results), the feed, the Clusters API and the drain calls.
+//! probe results), the feed, the Clusters API and the drain calls. The
+//! board follows the settings itself ([`Board::follow`]): a reloaded fleet
+//! changes its MTAs, and the scheduler hears of changed targets from it.
 //! `generation` moves only when something a consumer needs changes: a
 //! shown state, an address, a weight, membership.
 
@@ -10,8 +12,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fleet::feed::{rfc3339, ClusterHealth, FleetHealth, MtaHealth, MtaState};
-use fleet::Fleet;
+use fleet::{Fleet, Live};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
 
 use crate::probe::Target;
 use crate::state::{Health, Transition};
@@ -114,6 +119,8 @@ pub struct Board {
     instance: String,
     inner: Mutex<Inner>,
     generation: watch::Sender<u64>,
+    /// Moves whenever a probe target is added or removed.
+    targets_changed: watch::Sender<u64>,
 }
 
 /// What consumers see of one MTA; a change moves the generation.
@@ -151,6 +158,7 @@ impl Board {
             // restarted healthd's generations pass its predecessor's and a
             // consumer's long-poll `after=N` is answered at once.
             generation: watch::channel(start_generation()).0,
+            targets_changed: watch::channel(0).0,
         };
         board.apply_fleet(fleet);
         Arc::new(board)
@@ -177,7 +185,32 @@ impl Board {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Every probe target now, for a scheduler starting up.
+    /// Changes whenever a probe target is added or removed (subscribe
+    /// before reading [`Board::targets`]).
+    pub fn subscribe_targets(&self) -> watch::Receiver<u64> {
+        self.targets_changed.subscribe()
+    }
+
+    /// Applies every reloaded fleet until `shutdown`.
+    pub async fn follow(self: Arc<Self>, live: Arc<Live<Settings>>, shutdown: CancellationToken) {
+        let mut reloads = live.subscribe();
+        // A reload between `Board::new` and here is not missed; the same
+        // fleet again changes nothing.
+        self.apply_fleet(live.get().fleet.clone());
+        loop {
+            tokio::select! {
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = shutdown.cancelled() => return,
+            }
+            self.apply_fleet(live.get().fleet.clone());
+        }
+    }
+
+    /// Every probe target now, with its id and MTA name.
     pub fn targets(&self) -> Vec<(u64, String, Target)> {
         self.lock()
             .records
@@ -234,6 +267,9 @@ impl Board {
         drop(inner);
         if changed {
             self.bump();
+        }
+        if !changes.added.is_empty() || !changes.removed.is_empty() {
+            self.targets_changed.send_modify(|v| *v += 1);
         }
         changes
     }

@@ -52,6 +52,24 @@ pub struct NodeConfig {
     /// waiting at once; past it 503 with `Retry-After: 1` (read at start).
     #[serde(default = "default_max_long_polls")]
     pub max_long_polls: usize,
+    /// What the dashboard's "Send a test message" examples say.
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+}
+
+/// `[dashboard]`: how a viewer's machine reaches the clusters, so the
+/// examples work when pasted (applied on reload).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// The DNS server that answers the cluster hostnames (lb-dns), when the
+    /// public DNS does not: the examples ask it with `dig` and connect to
+    /// the first address, as local-cluster's printed commands do.
+    pub dns: Option<SocketAddr>,
+    /// The CA the examples verify the certificate against (swaks
+    /// `--tls-ca-path`, curl `--cacert`), relative to this file; without
+    /// it, the system's CAs.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_max_connections() -> usize {
@@ -179,6 +197,9 @@ impl Settings {
         node.fleet_file = resolve(config_file, &node.fleet_file);
         node.ca_file = resolve(config_file, &node.ca_file);
         node.state_file = resolve(config_file, &node.state_file);
+        if let Some(ca) = &mut node.dashboard.ca_file {
+            *ca = resolve(config_file, ca);
+        }
         if let Some(tls) = &mut node.tls {
             tls.certificate = resolve(config_file, &tls.certificate);
             tls.key.resolve_path(config_file);

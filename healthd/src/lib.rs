@@ -7,6 +7,7 @@ pub mod board;
 pub mod config;
 pub mod dashboard;
 pub mod drain;
+pub mod fallback;
 pub mod feed;
 pub mod metrics;
 pub mod probe;
@@ -92,9 +93,12 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     .merge(dashboard::routes(dashboard::DashboardState::start(
         board.clone(),
         live.clone(),
+        Some(dashboard::JournalFile::beside(&live.get().node.state_file)),
+        &service.control.tasks,
         shutdown.clone(),
         long_polls,
     )));
+    let router = fallback::apply(router);
     let scheduler = scheduler::Scheduler::new(
         live.clone(),
         board.clone(),
@@ -127,6 +131,10 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     if let Some(running) = listen_tls {
         follow_certificate(&started, running);
     }
+    started
+        .control
+        .tasks
+        .spawn(board.clone().follow(live.clone(), shutdown.clone()));
     started.control.tasks.spawn(scheduler.run(shutdown));
     started
         .until_shutdown(|s: &Settings| s.node.shutdown_grace)

@@ -1,6 +1,7 @@
 //! One scheduler drives every probe: a heap of due times, at most
 //! `max_in_flight` rounds at once, each round a short task that ends with
-//! its report. Fleet changes on reload start and stop targets.
+//! its report. The board follows fleet reloads; the scheduler starts and
+//! stops probes as the board's targets change.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::board::Board;
 use crate::config::{ProbeConfig, Settings};
-use crate::metrics::Metrics;
+use crate::metrics::{FailureLabels, KindLabels, Metrics, RoundLabels, TransitionLabels};
 use crate::probe::https::Kept;
 use crate::probe::{Prober, Report, Target};
 
@@ -50,6 +51,8 @@ pub struct Scheduler {
     first_round: Option<HashSet<u64>>,
     /// (cluster, MTA) of every `mta_up` gauge set, to remove stale ones.
     known_gauges: HashSet<(String, String)>,
+    /// Moves when the board's targets change.
+    targets: tokio::sync::watch::Receiver<u64>,
 }
 
 fn prober(settings: &Settings) -> Prober {
@@ -70,6 +73,7 @@ impl Scheduler {
     ) -> Scheduler {
         let settings = live.get();
         readiness.not_ready("probes", "the first probe round has not finished");
+        let targets = board.subscribe_targets();
         let mut scheduler = Scheduler {
             probe: settings.node.probe.clone(),
             prober: prober(&settings),
@@ -82,6 +86,7 @@ impl Scheduler {
             running: JoinSet::new(),
             first_round: Some(HashSet::new()),
             known_gauges: HashSet::new(),
+            targets,
         };
         // The first round spreads over up to one interval (1 ms per MTA),
         // so a large fleet does not start with every handshake at once.
@@ -136,7 +141,7 @@ impl Scheduler {
         }
     }
 
-    /// Applies the settings in service now (after a reload).
+    /// Applies the probe settings in service now (after a reload).
     fn reload(&mut self) {
         let settings = self.live.get();
         self.probe = settings.node.probe.clone();
@@ -145,12 +150,30 @@ impl Scheduler {
         for slot in self.slots.values_mut() {
             slot.kept = None;
         }
-        let changes = self.board.apply_fleet(settings.fleet.clone());
-        for id in changes.removed {
+    }
+
+    /// Starts probing the board's new targets and stops the removed ones.
+    fn sync_targets(&mut self) {
+        let mut current: HashMap<u64, (String, Target)> = self
+            .board
+            .targets()
+            .into_iter()
+            .map(|(id, name, target)| (id, (name, target)))
+            .collect();
+        let gone: Vec<u64> = self
+            .slots
+            .keys()
+            .filter(|id| !current.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
             self.remove(id);
         }
+        current.retain(|id, _| !self.slots.contains_key(id));
         let now = Instant::now();
-        for (id, name, target) in changes.added {
+        let mut added: Vec<_> = current.into_iter().collect();
+        added.sort_by_key(|(id, _)| *id);
+        for (id, (name, target)) in added {
             tracing::info!(mta = %name, address = %target.ipv4, "new probe target: unknown until probed");
             self.add(id, name, target, now);
         }
@@ -217,15 +240,17 @@ impl Scheduler {
                 Ok(latency) => self
                     .metrics
                     .latency
-                    .get_or_create(&vec![("kind", kind.as_str().to_string())])
+                    .get_or_create(&KindLabels {
+                        kind: kind.as_str(),
+                    })
                     .observe(latency.as_secs_f64()),
                 Err(failure) => {
                     self.metrics
                         .failures
-                        .get_or_create(&vec![
-                            ("kind", kind.as_str().to_string()),
-                            ("class", failure.class.as_str().to_string()),
-                        ])
+                        .get_or_create(&FailureLabels {
+                            kind: kind.as_str(),
+                            class: failure.class.as_str(),
+                        })
                         .inc();
                 }
             }
@@ -235,10 +260,9 @@ impl Scheduler {
         let verdict = done.report.verdict().map_err(|f| f.reason.as_str());
         self.metrics
             .rounds
-            .get_or_create(&vec![(
-                "result",
-                if verdict.is_ok() { "pass" } else { "fail" }.to_string(),
-            )])
+            .get_or_create(&RoundLabels {
+                result: if verdict.is_ok() { "pass" } else { "fail" },
+            })
             .inc();
         let Some((record, transition)) =
             self.board
@@ -256,10 +280,10 @@ impl Scheduler {
         if let Some(t) = transition {
             self.metrics
                 .transitions
-                .get_or_create(&vec![
-                    ("from", t.from.as_str().to_string()),
-                    ("to", t.to.as_str().to_string()),
-                ])
+                .get_or_create(&TransitionLabels {
+                    from: t.from.as_str(),
+                    to: t.to.as_str(),
+                })
                 .inc();
             let drained = if record.drained() {
                 " (drained: not served either way)"
@@ -315,6 +339,12 @@ impl Scheduler {
                         break;
                     }
                     self.reload();
+                }
+                changed = self.targets.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.sync_targets();
                 }
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
                     if let Ok(done) = joined {

@@ -187,3 +187,56 @@ async fn mta_view(healthd: &Healthd, cluster: &str) -> serde_json::Value {
         .await;
     body["data"]["mtas"][0].clone()
 }
+
+/// Outside the routes, healthd answers the Clusters API's JSON: 404 for an
+/// unknown path, 405 (with `Allow`) for a known path asked with another
+/// method, the admin endpoints included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_methods_answer_json() {
+    use reqwest::Method;
+    let test = 45;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let fleet = fleet_toml(&[("a1", "unlimited", vec![mta("mta-a", ip(test, 10))])]);
+    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let healthd = Healthd::start(&config).await;
+    let not_found = serde_json::json!({"message": "Not Found"});
+    for path in [
+        "/nope",
+        "/api/v2/clusters",
+        "/dashboard/assets/x.css",
+        "/v1/fleet/x",
+    ] {
+        for method in [Method::GET, Method::POST] {
+            let (status, body) = healthd.call(method.clone(), path, None).await;
+            assert_eq!((status, &body), (404, &not_found), "{method} {path}");
+        }
+    }
+    let not_allowed = serde_json::json!({"message": "Method Not Allowed"});
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/clusters"),
+        (Method::POST, "/api/v1/clusters/a1"),
+        (Method::PUT, "/"),
+        (Method::GET, "/logout"),
+        (Method::POST, "/v1/fleet"),
+        (Method::GET, "/v1/mtas/mta-a/drain"),
+        (Method::POST, "/metrics"),
+        (Method::DELETE, "/status"),
+        (Method::PUT, "/ready"),
+    ] {
+        let response = healthd
+            .client
+            .request(method.clone(), format!("{}{path}", healthd.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert!(response.headers().contains_key("allow"), "{method} {path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body, not_allowed, "{method} {path}");
+    }
+    // The routes themselves still answer.
+    assert_eq!(healthd.text("/metrics").await.0, 200);
+    assert_eq!(healthd.text("/live").await.0, 200);
+    healthd.stop().await;
+}

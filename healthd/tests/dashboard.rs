@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{write_configs, Fake, Healthd, Pki, ADMIN_TOKEN};
 use dashboard_browser::Browser;
 use fleet::feed::MtaState;
+use fleet::testkit::process::eventually;
 use serde_json::{json, Value};
 
 const ACME: &str = "acme-token";
@@ -92,7 +93,8 @@ clusters = ["e5f6a7b8"]
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
     healthd: Healthd,
     fakes: Vec<(&'static str, Fake)>,
 }
@@ -118,7 +120,8 @@ impl Setup {
         let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet(test), "");
         let healthd = Healthd::start(&config).await;
         Setup {
-            _dir: dir,
+            dir,
+            config,
             healthd,
             fakes,
         }
@@ -194,8 +197,33 @@ async fn assert_same_origin(browser: &Browser, origin: &str) {
     }
 }
 
+/// healthd with fakes, a browser signed in as `token` through the link
+/// local-cluster prints (`/?token=…`), on the first cluster's page.
+async fn signed_in(test: u8, token: &str) -> (Setup, Browser, String) {
+    let setup = Setup::start(test, true).await;
+    let base = setup.healthd.url.clone();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{base}/?token={token}")).await;
+    (setup, browser, base)
+}
+
+async fn wait_live(browser: &Browser) {
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "Live",
+            "return document.getElementById('live-status').dataset.live === 'live';",
+        )
+        .await;
+}
+
+async fn stop(setup: Setup, browser: Browser) {
+    drop(browser);
+    setup.healthd.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_clusters() {
+async fn dashboard_signs_in_by_link_and_an_account_sees_only_its_clusters() {
     let setup = Setup::start(1, true).await;
     let base = setup.healthd.url.clone();
     let browser = Browser::start().await;
@@ -230,137 +258,6 @@ async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_c
     assert!(
         !text.contains("e5f6a7b8") && !text.contains("globex"),
         "{text}"
-    );
-
-    // The card: the API's values for this cluster, every one with a copy button.
-    let (status, api) = setup
-        .healthd
-        .get("/api/v1/clusters/a1b2c3d4", Some(ACME))
-        .await;
-    assert_eq!(status, 200);
-    let connection = &api["data"]["connection"];
-    assert_eq!(
-        connection["http_endpoint"],
-        "https://c-a1b2c3d4.unmta.net/api/inject/v1"
-    );
-    assert_eq!(
-        browser.text("#http-endpoint").await.as_deref(),
-        Some("https://c-a1b2c3d4.unmta.net/api/inject/v1")
-    );
-    assert_eq!(
-        browser.text("#smtp-host").await.as_deref(),
-        Some("c-a1b2c3d4.unmta.net")
-    );
-    let ports = browser
-        .js(
-            "return Array.from(document.querySelectorAll('#smtp-ports tbody tr')).map(r => ({ \
-               port: Number(r.dataset.port), \
-               use_case: r.querySelector('.use-case').textContent, \
-               starttls_required: !!r.querySelector('.tls') && r.querySelector('.tls').textContent === 'STARTTLS required', \
-               copy: !!r.querySelector('button.copy') }));",
-            vec![],
-        )
-        .await;
-    let expected: Vec<Value> = connection["smtp_ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let mut p = p.clone();
-            p["copy"] = json!(true);
-            p
-        })
-        .collect();
-    assert_eq!(ports, Value::Array(expected));
-    assert_eq!(
-        ports
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["port"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        [587, 25, 2587]
-    );
-    for id in ["http-endpoint", "smtp-host"] {
-        assert!(
-            browser
-                .text(&format!("button.copy[data-copy-target='{id}']"))
-                .await
-                .is_some(),
-            "no copy button for {id}"
-        );
-    }
-    assert_eq!(
-        browser.text("#rate-limit").await.as_deref(),
-        Some("500/hr per MTA")
-    );
-    let swaks = browser.text("#swaks-example").await.unwrap();
-    assert!(
-        swaks.contains("--server c-a1b2c3d4.unmta.net:587"),
-        "{swaks}"
-    );
-    assert!(
-        swaks.contains("--auth-user your-credential") && swaks.contains("sender@yourdomain.com"),
-        "{swaks}"
-    );
-    let curl = browser.text("#curl-example").await.unwrap();
-    assert!(
-        curl.starts_with("curl -X POST https://c-a1b2c3d4.unmta.net/api/inject/v1 \\"),
-        "{curl}"
-    );
-
-    // A copy button puts the value on the clipboard.
-    browser.grant("clipboard-read").await;
-    browser.grant("clipboard-write").await;
-    browser
-        .click("button.copy[data-copy-target='http-endpoint']")
-        .await;
-    browser
-        .wait_until(
-            Duration::from_secs(5),
-            "the copy button saying Copied",
-            "return document.querySelector(\"button.copy[data-copy-target='http-endpoint']\").textContent === 'Copied';",
-        )
-        .await;
-    let clipboard = browser
-        .js_async(
-            "var done = arguments[arguments.length - 1]; \
-             navigator.clipboard.readText().then(done, e => done('error: ' + e));",
-            vec![],
-        )
-        .await;
-    assert_eq!(
-        clipboard,
-        json!("https://c-a1b2c3d4.unmta.net/api/inject/v1")
-    );
-
-    // Live: both MTAs come up on the open page; mta-3 is drained.
-    wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
-    wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
-    browser
-        .wait_until(
-            Duration::from_secs(5),
-            "Live",
-            "return document.getElementById('live-status').dataset.live === 'live';",
-        )
-        .await;
-    let latency = browser
-        .text("#mta-rows tr[data-mta='mta-1'] td.num")
-        .await
-        .unwrap();
-    assert!(latency.ends_with(" ms"), "{latency}");
-    // The whole page in one picture.
-    browser.set_window(1280, 1900).await;
-    browser.screenshot("cluster-a1b2c3d4.png").await;
-    browser.set_window(1280, 1100).await;
-
-    // Everything the page loaded came from healthd itself.
-    let origin = base.trim_end_matches('/');
-    assert_same_origin(&browser, origin).await;
-    let console = browser.console().await;
-    assert!(
-        console.iter().all(|m| !m.contains("SEVERE")),
-        "errors in the page: {console:?}"
     );
 
     // The other cluster, through the sidebar: unlimited, a draining MTA.
@@ -401,13 +298,153 @@ async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_c
         !text.contains("c-e5f6a7b8") && !text.contains("mta-4"),
         "{text}"
     );
+    stop(setup, browser).await;
+}
 
-    // Back on the first cluster.
-    browser.goto(&format!("{base}/")).await;
-    wait_row(&browser, "mta-1", "up", Duration::from_secs(5)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_card_shows_the_apis_values_in_the_fleets_port_order() {
+    let (setup, browser, _) = signed_in(4, ACME).await;
+    let (status, api) = setup
+        .healthd
+        .get("/api/v1/clusters/a1b2c3d4", Some(ACME))
+        .await;
+    assert_eq!(status, 200);
+    let connection = &api["data"]["connection"];
+    assert_eq!(
+        connection["http_endpoint"],
+        "https://c-a1b2c3d4.unmta.net/api/inject/v1"
+    );
+    assert_eq!(
+        browser.text("#http-endpoint").await.as_deref(),
+        Some("https://c-a1b2c3d4.unmta.net/api/inject/v1")
+    );
+    assert_eq!(
+        browser.text("#smtp-host").await.as_deref(),
+        Some("c-a1b2c3d4.unmta.net")
+    );
+    let ports = browser
+        .js(
+            "return Array.from(document.querySelectorAll('#smtp-ports tbody tr')).map(r => ({ \
+               port: Number(r.dataset.port), \
+               use_case: r.querySelector('.use-case').textContent, \
+               starttls_required: !!r.querySelector('.tls') && r.querySelector('.tls').textContent === 'STARTTLS required', \
+               copy: !!r.querySelector('button.copy') }));",
+            vec![],
+        )
+        .await;
+    let expected: Vec<Value> = connection["smtp_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p["copy"] = json!(true);
+            p
+        })
+        .collect();
+    assert_eq!(ports, Value::Array(expected));
+    // The fleet's order, its first port the recommended one.
+    let listed: Vec<(u64, &str)> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["port"].as_u64().unwrap(), p["use_case"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (587, "recommended: submission"),
+            (25, "standard SMTP port (often blocked by ISPs)"),
+            (2587, "alternative when 587 is blocked"),
+        ]
+    );
+    for id in ["http-endpoint", "smtp-host"] {
+        assert!(
+            browser
+                .text(&format!("button.copy[data-copy-target='{id}']"))
+                .await
+                .is_some(),
+            "no copy button for {id}"
+        );
+    }
+    assert_eq!(
+        browser.text("#rate-limit").await.as_deref(),
+        Some("500/hr per MTA")
+    );
+    let swaks = browser.text("#swaks-example").await.unwrap();
+    assert!(
+        swaks.starts_with("swaks --server c-a1b2c3d4.unmta.net --port 587"),
+        "{swaks}"
+    );
+    assert!(
+        swaks.contains("--auth-user your-credential") && swaks.contains("sender@yourdomain.com"),
+        "{swaks}"
+    );
+    let curl = browser.text("#curl-example").await.unwrap();
+    assert!(
+        curl.starts_with("curl -X POST https://c-a1b2c3d4.unmta.net/api/inject/v1 \\"),
+        "{curl}"
+    );
 
-    // The keyboard alone: Tab reaches the skip link, Enter jumps to the
-    // content, the next Tab is the first copy button, Enter copies.
+    // A copy button puts the value on the clipboard.
+    browser.grant("clipboard-read").await;
+    browser.grant("clipboard-write").await;
+    browser
+        .click("button.copy[data-copy-target='http-endpoint']")
+        .await;
+    browser
+        .wait_until(
+            Duration::from_secs(5),
+            "the copy button saying Copied",
+            "return document.querySelector(\"button.copy[data-copy-target='http-endpoint']\").textContent === 'Copied';",
+        )
+        .await;
+    let clipboard = browser
+        .js_async(
+            "var done = arguments[arguments.length - 1]; \
+             navigator.clipboard.readText().then(done, e => done('error: ' + e));",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        clipboard,
+        json!("https://c-a1b2c3d4.unmta.net/api/inject/v1")
+    );
+    stop(setup, browser).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_the_mtas_live_loading_only_from_healthd() {
+    let (setup, browser, base) = signed_in(5, ACME).await;
+    wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
+    wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
+    wait_live(&browser).await;
+    let latency = browser
+        .text("#mta-rows tr[data-mta='mta-1'] td.num")
+        .await
+        .unwrap();
+    assert!(latency.ends_with(" ms"), "{latency}");
+    // The whole page in one picture.
+    browser.set_window(1280, 1900).await;
+    browser.screenshot("cluster-a1b2c3d4.png").await;
+
+    // Everything the page loaded came from healthd itself.
+    assert_same_origin(&browser, base.trim_end_matches('/')).await;
+    let console = browser.console().await;
+    assert!(
+        console.iter().all(|m| !m.contains("SEVERE")),
+        "errors in the page: {console:?}"
+    );
+    stop(setup, browser).await;
+}
+
+/// Tab reaches the skip link, Enter jumps to the content, the next Tab is
+/// the first copy button, Enter copies; every control has a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_works_with_the_keyboard_alone() {
+    let (setup, browser, _) = signed_in(6, ACME).await;
+    wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
+    browser.grant("clipboard-write").await;
     browser.keys(&["\u{E004}"]).await;
     let focused = browser.focused().await;
     assert!(focused.starts_with("a#.skip"), "first Tab: {focused}");
@@ -431,7 +468,6 @@ async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_c
             "return document.activeElement.textContent === 'Copied';",
         )
         .await;
-    // Every control has a name a screen reader can say.
     let unnamed = browser
         .js(
             "return Array.from(document.querySelectorAll('button, a, input, [tabindex]')) \
@@ -442,8 +478,17 @@ async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_c
         )
         .await;
     assert_eq!(unnamed, json!([]), "controls without a name");
+    stop(setup, browser).await;
+}
 
-    // Narrower windows down to a phone: nothing wider than the screen.
+/// Down to a phone: nothing wider than the screen, and at 390 px each MTA's
+/// state and last failure are shown whole, without a sideways scroll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_fits_a_phone_with_each_mtas_state_and_failure_in_view() {
+    let (mut setup, browser, _) = signed_in(7, ACME).await;
+    wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
+    setup.fake("mta-2").kill();
+    wait_row(&browser, "mta-2", "down", Duration::from_secs(10)).await;
     for width in [1000, 900, 800, 700, 390] {
         browser.set_window(width, 1400).await;
         let overflow = browser
@@ -460,10 +505,46 @@ async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_c
             browser.screenshot("cluster-a1b2c3d4-medium.png").await;
         }
     }
+    let clipped = browser
+        .js(
+            "var wrap = document.querySelector('.table-wrap'); \
+             var box = wrap.getBoundingClientRect(); \
+             var out = []; \
+             if (wrap.scrollWidth > wrap.clientWidth) out.push('the table scrolls sideways by ' + (wrap.scrollWidth - wrap.clientWidth) + 'px'); \
+             document.querySelectorAll('#mta-rows tr[data-mta]').forEach(function (row) { \
+               ['.state', 'td.reason'].forEach(function (css) { \
+                 var r = row.querySelector(css).getBoundingClientRect(); \
+                 if (r.width === 0 || r.left < box.left - 0.5 || r.right > box.right + 0.5) \
+                   out.push(row.dataset.mta + ' ' + css + ' at ' + r.left + '..' + r.right + ' outside ' + box.left + '..' + box.right); \
+               }); \
+             }); \
+             return out;",
+            vec![],
+        )
+        .await;
+    assert_eq!(clipped, json!([]), "at 390px");
+    let reason = browser
+        .text("#mta-rows tr[data-mta='mta-2'] td.reason")
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("smtp:") || reason.contains("https:"),
+        "{reason}"
+    );
     browser.screenshot("cluster-a1b2c3d4-narrow.png").await;
-    browser.set_window(1280, 1100).await;
+    browser
+        .js(
+            "document.getElementById('mtas').scrollIntoView(); return true;",
+            vec![],
+        )
+        .await;
+    browser.screenshot("cluster-a1b2c3d4-narrow-mtas.png").await;
+    stop(setup, browser).await;
+}
 
-    // Sign out, then sign in with the form, typing as a person would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_signs_out_and_in_again_with_the_form() {
+    let (setup, browser, base) = signed_in(8, ACME).await;
     browser.click("form[action='/logout'] button").await;
     browser
         .wait_until(
@@ -493,26 +574,15 @@ async fn dashboard_card_shows_the_clusters_values_and_an_account_sees_only_its_c
         !text.contains("a1b2c3d4") && !text.contains("mta-1"),
         "{text}"
     );
-    assert_same_origin(&browser, origin).await;
-
-    drop(browser);
-    setup.healthd.stop().await;
+    assert_same_origin(&browser, base.trim_end_matches('/')).await;
+    stop(setup, browser).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_a_killed_mta_down_within_5s_without_a_reload() {
-    let mut setup = Setup::start(2, true).await;
-    let base = setup.healthd.url.clone();
-    let browser = Browser::start().await;
-    browser.goto(&format!("{base}/?token={ACME}")).await;
+    let (mut setup, browser, _) = signed_in(2, ACME).await;
     wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
-    browser
-        .wait_until(
-            Duration::from_secs(5),
-            "Live",
-            "return document.getElementById('live-status').dataset.live === 'live';",
-        )
-        .await;
+    wait_live(&browser).await;
     // A mark on this very document: a reload would wipe it.
     browser
         .js("window.__samePage = 'yes'; return true;", vec![])
@@ -576,8 +646,7 @@ async fn dashboard_shows_a_killed_mta_down_within_5s_without_a_reload() {
         json!("yes")
     );
 
-    drop(browser);
-    setup.healthd.stop().await;
+    stop(setup, browser).await;
 }
 
 /// The same rules over plain HTTP, no browser: what an unauthenticated or
@@ -748,4 +817,56 @@ async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
     assert!(!after.text().await.unwrap().contains("unmta.net"));
 
     setup.healthd.stop().await;
+}
+
+/// The live update's transitions for cluster a1b2c3d4, as acme sees them.
+async fn transitions_html(healthd: &Healthd) -> String {
+    let (status, live) = healthd
+        .get("/dashboard/clusters/a1b2c3d4/live", Some(ACME))
+        .await;
+    assert_eq!(status, 200, "{live}");
+    live["transitions_html"].as_str().unwrap().to_string()
+}
+
+/// Recent state changes are kept in `transitions.json` beside the state
+/// file and shown again by a restarted healthd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_transitions_survive_a_healthd_restart() {
+    let mut setup = Setup::start(9, true).await;
+    setup
+        .healthd
+        .wait_state("mta-2", MtaState::Up, Duration::from_secs(15))
+        .await;
+    setup.fake("mta-2").kill();
+    setup
+        .healthd
+        .wait_state("mta-2", MtaState::Down, Duration::from_secs(10))
+        .await;
+    // mta-2 went up -> down: only the first healthd saw that (after a
+    // restart it goes unknown -> down).
+    let went_down = "data-mta=\"mta-2\" data-from=\"up\" data-to=\"down\"";
+    let file = setup.dir.path().join("var/transitions.json");
+    eventually(Duration::from_secs(10), "the transition saved", || async {
+        std::fs::read_to_string(&file).is_ok_and(|text| text.contains("\"from\": \"up\""))
+    })
+    .await
+    .unwrap();
+    assert!(transitions_html(&setup.healthd).await.contains(went_down));
+
+    let Setup {
+        dir,
+        config,
+        healthd,
+        fakes,
+    } = setup;
+    healthd.stop().await;
+    let healthd = Healthd::start(&config).await;
+    let shown = transitions_html(&healthd).await;
+    assert!(shown.contains(went_down), "{shown}");
+    assert!(
+        shown.contains("data-mta=\"mta-1\" data-from=\"unknown\" data-to=\"up\""),
+        "{shown}"
+    );
+    healthd.stop().await;
+    drop((dir, fakes));
 }

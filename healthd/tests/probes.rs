@@ -328,3 +328,99 @@ async fn an_ipv6_address_that_does_not_answer_is_down() {
     );
     healthd.stop().await;
 }
+
+/// hyper's HTTP/1.1 client keeps one connection to `/ready` across rounds
+/// while the server allows it, and opens a new one when the server closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_rides_one_kept_connection_across_rounds() {
+    let (_dir, _pki, fake, healthd) = one_mta(40, |_| {}).await;
+    healthd
+        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+        .await;
+    let (connections, requests) = (fake.https_connections(), fake.https_requests());
+    eventually(
+        Duration::from_secs(10),
+        "five more /ready rounds",
+        || async { fake.https_requests() >= requests + 5 },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fake.https_connections(),
+        connections,
+        "a steady MTA's /ready opened new connections"
+    );
+    assert!(connections <= 2, "{connections} connections to come up");
+
+    // A server that closes after each answer: every round a new connection,
+    // and the MTA stays up.
+    fake.set(|s| s.ready_close = true);
+    let (connections, requests) = (fake.https_connections(), fake.https_requests());
+    eventually(Duration::from_secs(10), "three closing rounds", || async {
+        fake.https_requests() >= requests + 3
+    })
+    .await
+    .unwrap();
+    assert!(fake.https_connections() >= connections + 2);
+    assert_eq!(healthd.mta("mta-1").await.unwrap().state, MtaState::Up);
+    healthd.stop().await;
+}
+
+/// A chunked, oversized failing answer is read only up to the bound; its
+/// first line is the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_oversized_ready_answer_is_read_bounded() {
+    down_with(
+        41,
+        |s| {
+            s.ready_status = 503;
+            s.ready_chunked = true;
+            s.ready_body = format!("not ready: spool unhealthy\n{}", "x".repeat(1 << 20));
+        },
+        "https: /ready answered 503: not ready: spool unhealthy",
+    )
+    .await;
+}
+
+/// A passing chunked `/ready` with a degradation note: up, the note shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degradation_note_in_a_chunked_ready_is_shown() {
+    let (_dir, _pki, _fake, healthd) = one_mta(42, |s| {
+        s.ready_chunked = true;
+        s.ready_body = "ready, degraded: webhook w failing".into();
+    })
+    .await;
+    let up = healthd
+        .wait_for("mta-1", Duration::from_secs(5), "up with its note", |m| {
+            m.state == MtaState::Up && m.reason.is_some()
+        })
+        .await;
+    assert_eq!(up.reason.as_deref(), Some("degraded: webhook w failing"));
+    healthd.stop().await;
+}
+
+/// `/ready` slower than the timeout (SMTP fine): down, named as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_slower_than_the_timeout_is_down() {
+    down_with(
+        43,
+        |s| s.ready_delay = Duration::from_millis(1500),
+        "https: /ready did not answer within 900ms",
+    )
+    .await;
+}
+
+/// Something that is not HTTP on the HTTPS port is a protocol failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_answer_that_is_not_http_is_down() {
+    let (_dir, _pki, _fake, healthd) = one_mta(44, |s| s.ready_status = 0).await;
+    let down = healthd
+        .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
+        .await;
+    let reason = down.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("https: not a valid HTTP answer"),
+        "{reason}"
+    );
+    healthd.stop().await;
+}

@@ -337,12 +337,18 @@ ca_file = "tls/ca.pem"
 admin_token_sha256 = "{admin}"
 state_file = "var/healthd/state.json"
 
+# The dashboard's examples resolve through lb-dns and trust the local CA.
+[dashboard]
+dns = "{dns}"
+ca_file = "tls/ca.pem"
+
 # The feed answers only its followers (and the admin token).
 [[followers]]
 name = "lb-dns"
 token_sha256 = "{feed}"
 "#,
         listen = plan.healthd_addr(),
+        dns = plan.dns_addr(),
         admin = sha256_hex(&plan.admin_token),
         feed = sha256_hex(&plan.feed_token),
     );

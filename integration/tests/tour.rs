@@ -194,12 +194,52 @@ async fn printed_commands_work_when_pasted() -> anyhow::Result<()> {
     let curl = run(&line("curl --cacert")?)?;
     assert!(curl.contains("\"success_count\":1"), "{curl}");
 
+    // The dashboard's "Send a test message" examples work pasted too, with
+    // the credential's password in place of `your-password`.
+    let info = &cluster.info;
+    let page = reqwest::Client::new()
+        .get(format!("{}/clusters/{}", info.healthd.url, info.cluster.id))
+        .bearer_auth(&info.healthd.api_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    for (id, answered) in [
+        ("swaks-example", "<~  250 2.0.0"),
+        ("curl-example", "\"success_count\":1"),
+    ] {
+        let example = dashboard_example(&page, id)?;
+        let out = run(&example.replace("your-password", &info.credential.password))?;
+        assert!(out.contains(answered), "{id}: {out}");
+    }
+
     let subjects = [
         "hello from swaks".to_string(),
         "hello from curl".to_string(),
+        "Test from swaks".to_string(),
+        "Test from curl".to_string(),
     ];
     cluster
         .wait_delivered(&subjects, Duration::from_secs(60))
         .await?;
     Ok(())
+}
+
+/// The text of the dashboard's `<code id="{id}">`, unescaped.
+fn dashboard_example(page: &str, id: &str) -> anyhow::Result<String> {
+    let start = format!("id=\"{id}\">");
+    let from = page
+        .find(&start)
+        .ok_or_else(|| anyhow::anyhow!("no #{id} on the dashboard page:\n{page}"))?
+        + start.len();
+    let end = page[from..]
+        .find("</code>")
+        .ok_or_else(|| anyhow::anyhow!("#{id} is not closed"))?;
+    Ok(page[from..from + end]
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&"))
 }

@@ -27,13 +27,14 @@ use fleet::feed::MtaState;
 use fleet::{Fleet, Live};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::cluster_view;
 use crate::auth::{self, Caller};
 use crate::board::Board;
 use crate::config::Settings;
 
-pub use journal::{Entry, Journal};
+pub use journal::{Entry, Journal, JournalFile};
 pub use sessions::Sessions;
 
 /// The cookie that holds the viewer's session id (never the token).
@@ -64,15 +65,17 @@ pub struct DashboardState {
 }
 
 impl DashboardState {
-    /// The dashboard's state; starts the journal of transitions, which
-    /// follows `board` until `shutdown`.
+    /// The dashboard's state; starts the journal of transitions (kept in
+    /// `journal`), which follows `board` on `tasks` until `shutdown`.
     pub fn start(
         board: Arc<Board>,
         live: Arc<Live<Settings>>,
+        journal: Option<JournalFile>,
+        tasks: &TaskTracker,
         shutdown: CancellationToken,
         long_polls: Arc<tokio::sync::Semaphore>,
     ) -> DashboardState {
-        let journal = Journal::start(board.clone(), shutdown.clone());
+        let journal = Journal::start(board.clone(), journal, tasks, shutdown.clone());
         DashboardState {
             board,
             live,
@@ -305,6 +308,11 @@ struct Gathered {
 
 /// The viewer's clusters for the sidebar and cluster `id` (or the first).
 fn gather(state: &DashboardState, headers: &HeaderMap, id: Option<&str>) -> Option<Gathered> {
+    let settings = state.live.get();
+    let reach = page::Reach {
+        dns: settings.node.dashboard.dns,
+        ca_file: (settings.node.dashboard.ca_file.as_ref()).map(|ca| ca.display().to_string()),
+    };
     state.board.read(|fleet, records| {
         let viewer = state.viewer(headers, fleet)?;
         let visible: Vec<_> = fleet
@@ -345,6 +353,7 @@ fn gather(state: &DashboardState, headers: &HeaderMap, id: Option<&str>) -> Opti
                 .first()
                 .map(|c| c.username.clone())
                 .unwrap_or_else(|| "your-credential".to_string()),
+            reach: reach.clone(),
         });
         Some(Gathered {
             viewer,

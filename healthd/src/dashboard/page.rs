@@ -25,6 +25,38 @@ pub struct Selected {
     pub view: ClusterView,
     pub domain: String,
     pub username: String,
+    pub reach: Reach,
+}
+
+/// How the viewer's machine reaches the cluster (healthd's `[dashboard]`).
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    /// The DNS server that answers the cluster hostname (lb-dns).
+    pub dns: Option<std::net::SocketAddr>,
+    /// The CA to verify the certificate against.
+    pub ca_file: Option<String>,
+}
+
+impl Reach {
+    /// A shell expression for the first address `dns` answers now.
+    fn first_address(&self, host: &str) -> Option<String> {
+        self.dns.map(|dns| {
+            format!(
+                "\"$(dig @{} -p {} {host} A +short | head -n1)\"",
+                dns.ip(),
+                dns.port()
+            )
+        })
+    }
+}
+
+/// `text` as one word for a POSIX shell (single-quoted unless plain).
+fn word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@=,+".contains(c);
+    match text.chars().all(plain) && !text.is_empty() {
+        true => text.to_string(),
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
 }
 
 /// A state as people read it.
@@ -184,7 +216,7 @@ pub fn mta_rows(view: &ClusterView) -> Markup {
         @for mta in &view.mtas {
             tr data-mta=(mta.name) data-state=(mta.state.as_str()) {
                 th scope="row" { (mta.name) }
-                td { (state_badge(mta.state)) }
+                td.state-cell { (state_badge(mta.state)) }
                 td.since { (time(&mta.since)) }
                 td.num {
                     @match mta.latency_ms {
@@ -210,11 +242,11 @@ pub fn mta_rows(view: &ClusterView) -> Markup {
 pub fn transitions(entries: &[Entry]) -> Markup {
     html! {
         @if entries.is_empty() {
-            p.muted { "No state changes since healthd started." }
+            p.muted { "No state changes yet." }
         } @else {
             ol.transitions {
                 @for e in entries {
-                    li data-mta=(e.mta) data-to=(e.to.as_str()) {
+                    li data-mta=(e.mta) data-from=(e.from.as_str()) data-to=(e.to.as_str()) {
                         span.t-time { (time(&Some(e.at.clone()))) }
                         span.t-what {
                             strong { (e.mta) } " "
@@ -252,38 +284,58 @@ fn copy_button(target: &str, what: &str) -> Markup {
     }
 }
 
-/// The port to put in examples: 587 when offered, else the first.
+/// The port to put in examples: the fleet's first (recommended) port.
 fn example_port(connection: &Connection) -> u16 {
-    connection
-        .smtp_ports
-        .iter()
-        .map(|p| p.port)
-        .find(|p| *p == 587)
-        .or_else(|| connection.smtp_ports.first().map(|p| p.port))
-        .unwrap_or(587)
+    connection.smtp_ports.first().map_or(587, |p| p.port)
 }
 
+/// The swaks example: through `reach`'s DNS and CA when it names them, so
+/// it works when pasted (as local-cluster's printed command).
 pub fn swaks(selected: &Selected) -> String {
     let c = &selected.view.connection;
+    let host = &c.smtp_host;
+    let reach = &selected.reach;
+    let server = reach.first_address(host).unwrap_or_else(|| host.clone());
+    let mut tls = "--tls".to_string();
+    if let Some(ca) = &reach.ca_file {
+        tls.push_str(&format!(" --tls-verify --tls-ca-path {}", word(ca)));
+    }
+    if reach.dns.is_some() {
+        tls.push_str(&format!(" --tls-sni {host}"));
+    }
     format!(
-        "swaks --to recipient@example.com \\\n  --from sender@{domain} \\\n  --server {host}:{port} \\\n  --tls \\\n  \
-         --auth-user {user} \\\n  --auth-password your-password \\\n  --header \"Subject: Test\" \\\n  \
-         --body \"Hello from unMTA\"",
-        domain = selected.domain,
-        host = c.smtp_host,
+        "swaks --server {server} --port {port} \\\n  {tls} \\\n  \
+         --auth PLAIN --auth-user {user} --auth-password your-password \\\n  \
+         --from sender@{domain} --to recipient@example.com \\\n  \
+         --header \"Subject: Test from swaks\" --body \"Hello from unMTA\"",
         port = example_port(c),
-        user = selected.username,
+        user = word(&selected.username),
+        domain = selected.domain,
     )
 }
 
+/// The curl example, resolving and verifying as [`swaks`] does.
 pub fn curl(selected: &Selected) -> String {
+    let c = &selected.view.connection;
+    let reach = &selected.reach;
+    let mut options = String::new();
+    if let Some(ca) = &reach.ca_file {
+        options.push_str(&format!("--cacert {} \\\n  ", word(ca)));
+    }
+    if let Some(address) = reach.first_address(&c.smtp_host) {
+        options.push_str(&format!(
+            "--resolve {}:{}:{address} \\\n  ",
+            c.smtp_host, c.https_port
+        ));
+    }
     format!(
-        "curl -X POST {endpoint} \\\n  -u \"{user}:your-password\" \\\n  -H \"Content-Type: application/json\" \\\n  \
-         -d '{{\n    \"envelope_sender\": \"bounces@{domain}\",\n    \"recipients\": [\"user@example.com\"],\n    \
-         \"content\": {{\n      \"from\": \"sender@{domain}\",\n      \"subject\": \"Hello\",\n      \
+        "curl {options}-X POST {endpoint} \\\n  -u {credential} \\\n  \
+         -H \"Content-Type: application/json\" \\\n  \
+         -d '{{\n    \"envelope_sender\": \"bounces@{domain}\",\n    \"recipients\": [\"recipient@example.com\"],\n    \
+         \"content\": {{\n      \"from\": \"sender@{domain}\",\n      \"subject\": \"Test from curl\",\n      \
          \"text_body\": \"Hello from unMTA\"\n    }}\n  }}'",
-        endpoint = selected.view.connection.http_endpoint,
-        user = selected.username,
+        endpoint = c.http_endpoint,
+        credential = word(&format!("{}:your-password", selected.username)),
         domain = selected.domain,
     )
 }
@@ -527,17 +579,57 @@ mod tests {
     }
 
     #[test]
-    fn examples_use_587_and_the_clusters_host() {
-        let selected = Selected {
+    fn examples_use_the_first_port_and_the_clusters_host() {
+        let mut selected = Selected {
             view: view(&[]),
             domain: "a.example".into(),
             username: "cred".into(),
+            reach: Reach::default(),
         };
-        assert!(swaks(&selected).contains("--server c-a1.unmta.net:587 \\"));
+        selected.view.connection.smtp_ports.reverse();
+        let swaks_line = swaks(&selected);
+        assert!(
+            swaks_line.starts_with("swaks --server c-a1.unmta.net --port 587 \\\n  --tls \\"),
+            "{swaks_line}"
+        );
         assert!(curl(&selected).starts_with("curl -X POST https://c-a1.unmta.net/api/inject/v1 \\"));
         assert_eq!(
             breakable_url("https://c-a1.unmta.net/api/inject/v1").into_string(),
             "https://c-a1.unmta.net<wbr>/api/inject/v1"
+        );
+    }
+
+    /// With `[dashboard]`'s DNS and CA the examples resolve through that
+    /// server and verify against that CA, as local-cluster prints them.
+    #[test]
+    fn examples_resolve_through_the_dns_and_trust_the_ca_when_given() {
+        let selected = Selected {
+            view: view(&[]),
+            domain: "a.example".into(),
+            username: "cred".into(),
+            reach: Reach {
+                dns: Some("127.0.0.1:5300".parse().unwrap()),
+                ca_file: Some("/tmp/state dir/ca.pem".into()),
+            },
+        };
+        let dig = "\"$(dig @127.0.0.1 -p 5300 c-a1.unmta.net A +short | head -n1)\"";
+        let swaks_line = swaks(&selected);
+        assert!(
+            swaks_line.starts_with(&format!("swaks --server {dig} --port 25 \\")),
+            "{swaks_line}"
+        );
+        assert!(
+            swaks_line.contains(
+                "--tls --tls-verify --tls-ca-path '/tmp/state dir/ca.pem' --tls-sni c-a1.unmta.net"
+            ),
+            "{swaks_line}"
+        );
+        let curl_line = curl(&selected);
+        assert!(
+            curl_line.starts_with(&format!(
+                "curl --cacert '/tmp/state dir/ca.pem' \\\n  --resolve c-a1.unmta.net:443:{dig} \\\n  -X POST https://"
+            )),
+            "{curl_line}"
         );
     }
 }

@@ -42,6 +42,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Smtp, Kind::Https];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Kind::Smtp => "smtp",
@@ -61,6 +63,14 @@ pub enum Class {
 }
 
 impl Class {
+    pub const ALL: [Class; 5] = [
+        Class::Connect,
+        Class::Timeout,
+        Class::Protocol,
+        Class::Tls,
+        Class::Status,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Class::Connect => "connect",

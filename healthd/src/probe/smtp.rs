@@ -5,37 +5,96 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
-};
+use smtp_proto::response::parser::{ResponseReceiver, MAX_RESPONSE_LENGTH};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::{connect, handshake, until, words, Class, Failure, Kind};
 
-/// The longest reply line accepted, and the most lines in one reply.
-const MAX_LINE: usize = 1024;
-const MAX_LINES: usize = 64;
+/// One SMTP reply (smtp-proto's): its code and its lines' text, one per
+/// line of `message`.
+pub type Reply = smtp_proto::Response<String>;
 
-/// One SMTP reply: its code and its lines' text.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    pub lines: Vec<String>,
+fn first_text(reply: &Reply) -> &str {
+    reply.message.lines().next().unwrap_or("")
 }
 
-impl Reply {
-    fn first_text(&self) -> &str {
-        self.lines.first().map(String::as_str).unwrap_or("")
+/// Whether an EHLO reply announces `keyword` (`STARTTLS`).
+pub fn offers(reply: &Reply, keyword: &str) -> bool {
+    reply.message.lines().skip(1).any(|line| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|word| word.eq_ignore_ascii_case(keyword))
+    })
+}
+
+/// The most bytes one reply may take on the wire. smtp-proto bounds the
+/// text it keeps (`MAX_RESPONSE_LENGTH`) only once the last line arrives,
+/// so a server streaming continuation lines is cut here.
+const MAX_REPLY: usize = 2 * MAX_RESPONSE_LENGTH;
+
+/// Reads replies with smtp-proto's parser; bytes read past a reply wait in
+/// `pending` for the next one.
+#[derive(Default)]
+pub struct Replies {
+    receiver: ResponseReceiver,
+    pending: Vec<u8>,
+    /// Bytes of the reply being read so far.
+    read: usize,
+}
+
+impl Replies {
+    /// Reads one (possibly multi-line) reply: `250-first`, ..., `250 last`.
+    pub async fn read<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<Reply, Failure> {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let mut bytes = self.pending.iter();
+            let parsed = self.receiver.parse(&mut bytes);
+            let consumed = self.pending.len() - bytes.len();
+            self.pending.drain(..consumed);
+            self.read += consumed;
+            let too_long = || {
+                fail(
+                    Class::Protocol,
+                    format!("smtp: reply longer than {MAX_REPLY} bytes"),
+                )
+            };
+            match parsed {
+                Ok(_) | Err(smtp_proto::Error::NeedsMoreData { .. }) if self.read > MAX_REPLY => {
+                    return Err(too_long())
+                }
+                Ok(reply) => {
+                    self.receiver.reset();
+                    self.read = 0;
+                    return Ok(reply);
+                }
+                Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                Err(smtp_proto::Error::ResponseTooLong) => return Err(too_long()),
+                Err(e) => {
+                    return Err(fail(
+                        Class::Protocol,
+                        format!("smtp: malformed reply: {e:?}"),
+                    ))
+                }
+            }
+            let n = reader
+                .read(&mut chunk)
+                .await
+                .map_err(|e| io_failure("reading a reply", &e))?;
+            if n == 0 {
+                return Err(fail(
+                    Class::Protocol,
+                    "smtp: the server closed the connection".into(),
+                ));
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
     }
 
-    /// Whether an EHLO reply announces `keyword` (`STARTTLS`).
-    pub fn offers(&self, keyword: &str) -> bool {
-        self.lines.iter().skip(1).any(|line| {
-            line.split_whitespace()
-                .next()
-                .is_some_and(|word| word.eq_ignore_ascii_case(keyword))
-        })
+    /// Whether bytes past the last reply were read.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 }
 
@@ -59,59 +118,58 @@ fn fail(class: Class, reason: String) -> Failure {
 impl Conversation<'_> {
     pub async fn run(&self, addr: SocketAddr) -> Result<(), Failure> {
         let within = words(self.timeout);
-        let tcp = connect(addr, self.deadline, Kind::Smtp, &within).await?;
-        let mut plain = BufReader::new(tcp);
-
+        let mut plain = connect(addr, self.deadline, Kind::Smtp, &within).await?;
+        let mut replies = Replies::default();
         let banner = self
-            .step(&mut plain, None, || {
+            .step(&mut plain, &mut replies, None, || {
                 format!("smtp: no 220 banner within {within}")
             })
             .await?;
         expect(&banner, 220, "banner")?;
-        let ehlo = self
-            .step(&mut plain, Some(format!("EHLO {}\r\n", self.ehlo)), || {
+        let ehlo = format!("EHLO {}\r\n", self.ehlo);
+        let answer = self
+            .step(&mut plain, &mut replies, Some(&ehlo), || {
                 format!("smtp: no answer to EHLO within {within}")
             })
             .await?;
-        expect(&ehlo, 250, "EHLO")?;
-        if !ehlo.offers("STARTTLS") {
+        expect(&answer, 250, "EHLO")?;
+        if !offers(&answer, "STARTTLS") {
             return Err(fail(Class::Protocol, "smtp: STARTTLS not offered".into()));
         }
         let go = self
-            .step(&mut plain, Some("STARTTLS\r\n".into()), || {
+            .step(&mut plain, &mut replies, Some("STARTTLS\r\n"), || {
                 format!("smtp: no answer to STARTTLS within {within}")
             })
             .await?;
         expect(&go, 220, "STARTTLS")?;
         // Anything the server sent after its 220 would be read as if it came
         // through TLS (the CVE-2011-0411 class): refuse it.
-        if !plain.buffer().is_empty() {
+        if replies.has_pending() {
             return Err(fail(
                 Class::Protocol,
                 "smtp: data sent before the TLS handshake".into(),
             ));
         }
-        let tcp = plain.into_inner();
-        let tls = handshake(
+        let mut secure = handshake(
             self.tls,
             self.server_name.clone(),
             self.hostname,
-            tcp,
+            plain,
             self.deadline,
             Kind::Smtp,
             &within,
         )
         .await?;
-        let mut secure = BufReader::new(tls);
-        let ehlo = self
-            .step(&mut secure, Some(format!("EHLO {}\r\n", self.ehlo)), || {
+        let mut replies = Replies::default();
+        let answer = self
+            .step(&mut secure, &mut replies, Some(&ehlo), || {
                 format!("smtp: no answer to EHLO after STARTTLS within {within}")
             })
             .await?;
-        expect(&ehlo, 250, "EHLO after STARTTLS")?;
+        expect(&answer, 250, "EHLO after STARTTLS")?;
         // QUIT is a courtesy: its answer does not decide the probe.
         let _ = self
-            .step(&mut secure, Some("QUIT\r\n".into()), String::new)
+            .step(&mut secure, &mut replies, Some("QUIT\r\n"), String::new)
             .await;
         Ok(())
     }
@@ -119,28 +177,27 @@ impl Conversation<'_> {
     /// Sends `command` (if any) and reads one reply, before the deadline.
     async fn step<S>(
         &self,
-        stream: &mut BufReader<S>,
-        command: Option<String>,
+        stream: &mut S,
+        replies: &mut Replies,
+        command: Option<&str>,
         waiting: impl FnOnce() -> String,
     ) -> Result<Reply, Failure>
     where
-        S: tokio::io::AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         until(self.deadline, Kind::Smtp, waiting, async {
             if let Some(command) = command {
-                let verb = command.split_whitespace().next().unwrap_or("").to_string();
+                let verb = command.split_whitespace().next().unwrap_or("");
                 stream
-                    .get_mut()
                     .write_all(command.as_bytes())
                     .await
                     .map_err(|e| io_failure(&format!("sending {verb}"), &e))?;
                 stream
-                    .get_mut()
                     .flush()
                     .await
                     .map_err(|e| io_failure(&format!("sending {verb}"), &e))?;
             }
-            read_reply(stream).await
+            replies.read(stream).await
         })
         .await
     }
@@ -167,71 +224,14 @@ fn expect(reply: &Reply, code: u16, after: &str) -> Result<(), Failure> {
     } else {
         format!("answer to {after}")
     };
+    let got = match truncate(first_text(reply), 80) {
+        "" => reply.code.to_string(),
+        text => format!("{} {text}", reply.code),
+    };
     Err(fail(
         Class::Protocol,
-        format!(
-            "smtp: {what} was {} {}, not {code}",
-            reply.code,
-            reply.first_text()
-        )
-        .trim_end()
-        .to_string(),
+        format!("smtp: {what} was {got}, not {code}"),
     ))
-}
-
-/// Reads one (possibly multi-line) reply: `250-first`, ..., `250 last`.
-pub async fn read_reply<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Reply, Failure> {
-    let mut lines = Vec::new();
-    let mut code = None;
-    let mut buf = Vec::with_capacity(128);
-    loop {
-        buf.clear();
-        let n = (&mut *reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await
-            .map_err(|e| io_failure("reading a reply", &e))?;
-        if n == 0 {
-            return Err(fail(
-                Class::Protocol,
-                "smtp: the server closed the connection".into(),
-            ));
-        }
-        if buf.last() != Some(&b'\n') {
-            return Err(fail(
-                Class::Protocol,
-                format!("smtp: reply line longer than {MAX_LINE} bytes"),
-            ));
-        }
-        let line = String::from_utf8_lossy(&buf);
-        let line = line.trim_end_matches(['\r', '\n']);
-        let parsed = line
-            .get(..3)
-            .and_then(|digits| digits.parse::<u16>().ok())
-            .filter(|_| matches!(line.as_bytes().get(3), None | Some(b' ') | Some(b'-')));
-        let Some(this) = parsed else {
-            return Err(fail(
-                Class::Protocol,
-                format!("smtp: malformed reply line `{}`", truncate(line, 80)),
-            ));
-        };
-        if *code.get_or_insert(this) != this {
-            return Err(fail(
-                Class::Protocol,
-                "smtp: reply lines with different codes".into(),
-            ));
-        }
-        lines.push(line.get(4..).unwrap_or("").to_string());
-        if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(Reply { code: this, lines });
-        }
-        if lines.len() >= MAX_LINES {
-            return Err(fail(
-                Class::Protocol,
-                format!("smtp: reply longer than {MAX_LINES} lines"),
-            ));
-        }
-    }
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -246,7 +246,7 @@ mod tests {
     use super::*;
 
     async fn parse(text: &str) -> Result<Reply, Failure> {
-        read_reply(&mut text.as_bytes()).await
+        Replies::default().read(&mut text.as_bytes()).await
     }
 
     #[tokio::test]
@@ -255,20 +255,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reply.code, 250);
-        assert!(reply.offers("starttls"));
-        assert!(!reply.offers("SIZE 10485760x"));
+        assert!(offers(&reply, "starttls"));
+        assert!(!offers(&reply, "SIZE 10485760x"));
         let plain = parse("250-mta.example\r\n250 PIPELINING\r\n")
             .await
             .unwrap();
-        assert!(!plain.offers("STARTTLS"));
+        assert!(!offers(&plain, "STARTTLS"));
+        let refused = parse("554 5.7.1 no thanks\r\n").await.unwrap();
+        assert_eq!((refused.code, first_text(&refused)), (554, "no thanks"));
     }
 
     #[tokio::test]
-    async fn refuses_malformed_replies() {
-        for bad in ["hello\r\n", "250-a\r\n251 b\r\n", "250-a\r\n", "25\r\n"] {
+    async fn refuses_malformed_cut_and_oversized_replies() {
+        for bad in ["hello\r\n", "250-a\r\n", "25\r\n", ""] {
             assert!(parse(bad).await.is_err(), "{bad:?} should fail");
         }
-        let long = format!("250 {}\r\n", "x".repeat(2000));
+        let long = format!("250 {}\r\n", "x".repeat(MAX_RESPONSE_LENGTH + 100));
         assert!(parse(&long).await.unwrap_err().reason.contains("longer"));
+        // Continuation lines past the bound fail before the last one comes.
+        let many = "250-x\r\n".repeat(3_000);
+        let error = parse(&many).await.unwrap_err().reason;
+        assert!(error.contains("longer"), "{error}");
+    }
+
+    /// Replies arriving together are read one at a time; what follows the
+    /// last one read stays pending (the STARTTLS injection check).
+    #[tokio::test]
+    async fn pipelined_bytes_stay_pending() {
+        let mut replies = Replies::default();
+        let mut wire = "220 go ahead\r\n250 injected\r\n".as_bytes();
+        let go = replies.read(&mut wire).await.unwrap();
+        assert_eq!(go.code, 220);
+        assert!(replies.has_pending());
+        assert_eq!(replies.read(&mut wire).await.unwrap().code, 250);
+        assert!(!replies.has_pending());
     }
 }

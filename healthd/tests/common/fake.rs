@@ -39,6 +39,12 @@ pub struct Script {
     pub offer_starttls: bool,
     pub ready_status: u16,
     pub ready_body: String,
+    /// Send `/ready`'s body in chunks (`Transfer-Encoding: chunked`).
+    pub ready_chunked: bool,
+    /// Close the connection after each `/ready` answer (`Connection: close`).
+    pub ready_close: bool,
+    /// Wait this long before the HTTPS answer only.
+    pub ready_delay: Duration,
 }
 
 impl Default for Script {
@@ -49,6 +55,9 @@ impl Default for Script {
             offer_starttls: true,
             ready_status: 200,
             ready_body: "ready".into(),
+            ready_chunked: false,
+            ready_close: false,
+            ready_delay: Duration::ZERO,
         }
     }
 }
@@ -273,23 +282,42 @@ async fn https(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
             Err(_) => return Ok(()),
         };
         shared.https_requests.fetch_add(1, Ordering::SeqCst);
-        let close = head.to_ascii_lowercase().contains("connection: close");
         let script = shared.script.lock().unwrap().clone();
-        if !script.delay.is_zero() {
-            tokio::time::sleep(script.delay).await;
+        let close = script.ready_close || head.to_ascii_lowercase().contains("connection: close");
+        let delay = script.delay + script.ready_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        let body = format!("{}\n", script.ready_body);
-        let answer = format!(
-            "HTTP/1.1 {} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
-            script.ready_status,
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        tls.write_all(answer.as_bytes()).await?;
+        tls.write_all(ready_answer(&script, close).as_bytes())
+            .await?;
         if close {
             return tls.shutdown().await;
         }
     }
+}
+
+/// `/ready`'s answer as the script says: by length or in 1 KiB chunks.
+fn ready_answer(script: &Script, close: bool) -> String {
+    let body = format!("{}\n", script.ready_body);
+    let mut answer = format!(
+        "HTTP/1.1 {} X\r\nContent-Type: text/plain\r\n{}",
+        script.ready_status,
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    if !script.ready_chunked {
+        answer.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        return answer;
+    }
+    answer.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    for chunk in body.as_bytes().chunks(1024) {
+        answer.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    answer.push_str("0\r\n\r\n");
+    answer
 }
 
 async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> std::io::Result<String> {

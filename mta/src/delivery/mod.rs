@@ -366,7 +366,9 @@ impl Engine {
                     reached.text = format!(
                         "expired after {} attempts in {}; last: {}",
                         job.attempts,
-                        humantime_ms(now.saturating_sub(message.received_ms)),
+                        words(Duration::from_millis(
+                            now.saturating_sub(message.received_ms)
+                        )),
                         reached.text
                     );
                     let why = reached.text.clone();
@@ -595,30 +597,25 @@ impl Engine {
         };
         let text = match why {
             Held::NodeLimit(limit) => format!(
-                "held by the node's rate limit {limit}: next permit in {} ms",
-                wait.as_millis()
+                "held by the node's rate limit {limit}: next permit in {}",
+                words(wait)
             ),
-            Held::Egress(why) => format!("{why}: next try in {} ms", wait.as_millis()),
+            Held::Egress(why) => format!("{why}: next try in {}", words(wait)),
         };
         self.event(EventKind::Delayed, &message, &job, Reached::here(text));
     }
 }
 
-fn humantime_ms(ms: u64) -> String {
-    humantime_duration(Duration::from_millis(ms))
-}
-
-fn humantime_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 86_400 {
-        format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600)
-    } else if secs >= 3600 {
-        format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
-    } else if secs >= 60 {
-        format!("{}m{}s", secs / 60, secs % 60)
+/// A wait or an age as people read it, by humantime: to the millisecond
+/// under a minute (`850ms`, `12s 345ms`), to the second from then on
+/// (`2m 5s`, `1day 3h 4m`).
+fn words(d: Duration) -> String {
+    let d = if d >= Duration::from_secs(60) {
+        Duration::from_secs(d.as_secs())
     } else {
-        format!("{}ms", d.as_millis())
-    }
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(d).to_string()
 }
 
 impl Dispatch for Arc<Engine> {
@@ -739,5 +736,18 @@ impl EngineHandle {
         let events = self.engine.events.clone();
         let _ = tokio::task::spawn_blocking(move || events.close()).await;
         finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_and_ages_read_as_humantime_writes_them() {
+        assert_eq!(words(Duration::from_nanos(850_123_456)), "850ms");
+        assert_eq!(words(Duration::from_millis(12_345)), "12s 345ms");
+        assert_eq!(words(Duration::from_millis(125_678)), "2m 5s");
+        assert_eq!(words(Duration::from_secs(97_440)), "1day 3h 4m");
     }
 }
