@@ -15,7 +15,9 @@
 //! is partly a race with the load generator; CPU per query is the server's
 //! own cost.
 //!
-//! Knobs (environment): DNSPERF_SECONDS (default 5), DNSPERF_ROUNDS (3).
+//! Knobs (environment): DNSPERF_SECONDS (default 5), DNSPERF_ROUNDS (3),
+//! DNSPERF_LB_UDP_SOCKETS (lb-dns's `udp_sockets`, 2) and
+//! DNSPERF_GDNSD_UDP_THREADS (gdnsd's `udp_threads`, 2).
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -121,7 +123,7 @@ fn serve_feed(runtime: &tokio::runtime::Runtime) {
     runtime.spawn(async move { axum::serve(listener, app).await });
 }
 
-fn gdnsd_config(dir: &Path) -> PathBuf {
+fn gdnsd_config(dir: &Path, udp_threads: usize) -> PathBuf {
     let root = dir.join("gdnsd");
     std::fs::create_dir_all(root.join("zones")).unwrap();
     let mut resources = String::new();
@@ -137,7 +139,7 @@ fn gdnsd_config(dir: &Path) -> PathBuf {
     }
     let config = format!(
         "options => {{\n  listen => [ {GDNSD} ]\n  run_dir => {run}\n  state_dir => {state}\n  \
-         udp_threads => 2\n  tcp_threads => 1\n}}\n\
+         udp_threads => {udp_threads}\n  tcp_threads => 1\n}}\n\
          plugins => {{\n  multifo => {{\n    service_types => up\n{resources}  }}\n}}\n",
         run = root.join("run").display(),
         state = root.join("state").display(),
@@ -468,6 +470,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let udp_sockets: usize = std::env::var("DNSPERF_LB_UDP_SOCKETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -483,7 +489,7 @@ fn main() {
         &config,
         format!(
             "fleet_file = \"fleet.toml\"\nlisten = [\"{LB_DNS}\"]\nadmin_listen = \"{LB_ADMIN}\"\n\
-             healthd = [\"http://{FEED}\"]\nstate_file = \"state.json\"\nudp_sockets = 2\n\
+             healthd = [\"http://{FEED}\"]\nstate_file = \"state.json\"\nudp_sockets = {udp_sockets}\n\
              [rrl]\nresponses_per_second = 0\n"
         ),
     )
@@ -515,7 +521,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let gdnsd_dir = gdnsd_config(dir.path());
+    let gdnsd_threads: usize = std::env::var("DNSPERF_GDNSD_UDP_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let gdnsd_dir = gdnsd_config(dir.path(), gdnsd_threads);
     let gd = Command::new("gdnsd")
         .arg("-c")
         .arg(&gdnsd_dir)

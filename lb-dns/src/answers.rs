@@ -426,86 +426,116 @@ fn render_set(qname: &[u8], set: &SetModel, max_answers: usize, serial: u32) -> 
     }
 }
 
+impl Model {
+    /// The zone's names and RRsets from the fleet file and the health, and
+    /// the SOA record (the authority section of negative answers).
+    fn of(fleet: &Fleet, health: &HealthView, origin: &[u8]) -> Result<(Model, Rec), String> {
+        let mut model = Model {
+            max_answers: fleet.zone.max_answers,
+            ..Model::default()
+        };
+        let soa = apex_model(fleet, origin, &mut model)?;
+        for cluster in &fleet.clusters {
+            cluster_model(fleet, cluster, health, &mut model)?;
+        }
+        model.add_empty_non_terminals(origin);
+        Ok((model, soa))
+    }
+
+    /// Every name between a record's owner and the apex exists (RFC 8020).
+    fn add_empty_non_terminals(&mut self, origin: &[u8]) {
+        let owners: Vec<Vec<u8>> = self.names.keys().cloned().collect();
+        for owner in owners {
+            let mut at = 0;
+            while owner[at] != 0 {
+                at += 1 + usize::from(owner[at]);
+                let parent = &owner[at..];
+                if parent.len() <= origin.len() || !wire::in_zone(parent, origin) {
+                    break;
+                }
+                self.names.entry(parent.to_vec()).or_default();
+            }
+        }
+    }
+
+    /// The hash of everything the model holds (derived `Hash`, so every
+    /// field counts): the serial moves only when it changes.
+    fn content_hash(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// The ready answers of one name: each RRset (rotated where weighted), the
+/// NODATA answer for other types and the RFC 8482 answer to ANY.
+fn render_node(
+    name: &[u8],
+    sets: &BTreeMap<u16, SetModel>,
+    model: &Model,
+    served: &[Counter],
+    authority: &[Rec],
+    serial: u32,
+) -> Node {
+    let by_type = sets
+        .iter()
+        .map(|(&rtype, set)| {
+            let mut answer = render_set(name, set, model.max_answers, serial);
+            answer.served = set.cluster.map(|i| served[i].clone());
+            (rtype, answer)
+        })
+        .collect();
+    let any = Rec {
+        owner: name.to_vec(),
+        ttl: ANY_TTL,
+        data: Data::Hinfo,
+    };
+    Node {
+        by_type,
+        nodata: Wire::render(
+            Some(name),
+            wire::RCODE_NOERROR,
+            [&[], authority, &[]],
+            serial,
+        ),
+        any: Wire::render(
+            Some(name),
+            wire::RCODE_NOERROR,
+            [std::slice::from_ref(&any), &[], &[]],
+            serial,
+        ),
+    }
+}
+
 impl Answers {
-    /// Builds the zone. `served` gives each cluster's answer counter.
+    /// Builds the zone: the model, its content hash, then every name's
+    /// ready answers. `served` gives each cluster's answer counter.
     pub fn build(
         fleet: &Fleet,
         health: &HealthView,
         serial: u32,
         served: impl Fn(&str) -> Counter,
     ) -> Result<Answers, String> {
-        let zone = &fleet.zone;
-        let origin = name_to_wire(&zone.origin)?;
-        let mut model = Model {
-            max_answers: zone.max_answers,
-            ..Model::default()
-        };
-        let soa = apex_model(fleet, &origin, &mut model)?;
-        for cluster in &fleet.clusters {
-            cluster_model(fleet, cluster, health, &mut model)?;
-        }
-        // Every name between a record's owner and the apex exists (RFC 8020).
-        let owners: Vec<Vec<u8>> = model.names.keys().cloned().collect();
-        for owner in owners {
-            let mut at = 0;
-            while owner[at] != 0 {
-                at += 1 + usize::from(owner[at]);
-                let parent = &owner[at..];
-                if parent.len() <= origin.len() || !wire::in_zone(parent, &origin) {
-                    break;
-                }
-                model.names.entry(parent.to_vec()).or_default();
-            }
-        }
-        let mut hasher = DefaultHasher::new();
-        model.hash(&mut hasher);
-        let content_hash = hasher.finish();
-
+        let origin = name_to_wire(&fleet.zone.origin)?;
+        let (model, soa) = Model::of(fleet, health, &origin)?;
         let served: Vec<Counter> = model.clusters.iter().map(|c| served(&c.id)).collect();
         let authority = std::slice::from_ref(&soa);
-        let mut names = HashMap::with_capacity(model.names.len());
-        for (name, sets) in &model.names {
-            let mut by_type = Vec::with_capacity(sets.len());
-            for (&rtype, set) in sets {
-                let mut answer = render_set(name, set, model.max_answers, serial);
-                answer.served = set.cluster.map(|i| served[i].clone());
-                by_type.push((rtype, answer));
-            }
-            let any = Rec {
-                owner: name.clone(),
-                ttl: ANY_TTL,
-                data: Data::Hinfo,
-            };
-            let node = Node {
-                by_type,
-                nodata: Wire::render(
-                    Some(name),
-                    wire::RCODE_NOERROR,
-                    [&[], authority, &[]],
-                    serial,
-                ),
-                any: Wire::render(
-                    Some(name),
-                    wire::RCODE_NOERROR,
-                    [std::slice::from_ref(&any), &[], &[]],
-                    serial,
-                ),
-            };
-            names.insert(name.clone().into_boxed_slice(), node);
-        }
+        let names = model
+            .names
+            .iter()
+            .map(|(name, sets)| {
+                let node = render_node(name, sets, &model, &served, authority, serial);
+                (name.clone().into_boxed_slice(), node)
+            })
+            .collect();
         Ok(Answers {
             nxdomain: Wire::render(None, wire::RCODE_NXDOMAIN, [&[], authority, &[]], serial),
             origin,
             serial,
-            content_hash,
+            content_hash: model.content_hash(),
             names,
             clusters: model.clusters,
         })
-    }
-
-    /// The zone's origin, lower-case wire format.
-    pub fn origin(&self) -> &[u8] {
-        &self.origin
     }
 
     /// The answer to `name` (lower-case wire format) and `qtype`, class IN.

@@ -5,7 +5,6 @@
 //! interchangeable).
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::wire::Cookie;
 
@@ -100,13 +99,6 @@ impl TryFrom<String> for CookieSecret {
     fn try_from(value: String) -> Result<Self, Self::Error> {
         parse_secret(&value)
     }
-}
-
-pub fn unix_now() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
 }
 
 /// Reads a 32-hex-digit secret (`cookie_secret` in the node config).

@@ -13,25 +13,15 @@ use crate::metrics::{Metrics, Tally};
 use crate::respond::{Reply, Responder, Transport};
 use crate::rrl::Rrl;
 
-pub use crate::respond::EDNS_PAYLOAD;
-
 pub struct Handler {
     responder: Responder,
     pub metrics: Arc<Metrics>,
 }
 
 impl Handler {
-    /// With a cookie secret of this process only.
+    /// With a cookie secret of this process only and no RRL (tests).
     pub fn new(answers: Arc<ArcSwap<Answers>>, metrics: Arc<Metrics>) -> Handler {
-        Handler::with_cookies(answers, metrics, CookieSecret::random())
-    }
-
-    pub fn with_cookies(
-        answers: Arc<ArcSwap<Answers>>,
-        metrics: Arc<Metrics>,
-        cookies: CookieSecret,
-    ) -> Handler {
-        Handler::configured(answers, metrics, cookies, None)
+        Handler::configured(answers, metrics, CookieSecret::random(), None)
     }
 
     /// With RRL (its counters registered in `metrics`' registry by the

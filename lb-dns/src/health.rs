@@ -223,10 +223,6 @@ impl Health {
         self.lock().source
     }
 
-    pub fn is_fresh(&self) -> bool {
-        self.lock().feeds.values().any(|f| f.fresh)
-    }
-
     pub fn report(&self) -> HealthReport {
         let inner = self.lock();
         let feeds: Vec<FeedReport> = inner

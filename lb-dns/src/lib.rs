@@ -1,6 +1,7 @@
 //! lb-dns: the authoritative DNS load balancer for `c-<id>.<origin>`.
 //!
-//! `udp` (a thread per socket) and `tcp` (a task per connection) both
+//! `udp` (a thread per socket, `steer` choosing which socket the kernel
+//! queues a datagram on) and `tcp` (a task per connection) both
 //! answer through `handler`, the synchronous `respond` over the wire-format
 //! answers in `answers` (`wire` reads queries and writes records, `cookie`
 //! makes DNS cookies), precomputed by `engine` from the fleet file and the
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod respond;
 pub mod rrl;
 pub mod state_file;
+pub mod steer;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
@@ -36,6 +38,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 pub use config::Settings;
 
+use crate::answers::Answers;
 use crate::cookie::CookieSecret;
 use crate::engine::Engine;
 use crate::follow::Followers;
@@ -46,8 +49,9 @@ use crate::metrics::Metrics;
 /// The sockets lb-dns serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
     pub admin: TcpListener,
-    /// Every UDP socket (several per address, SO_REUSEPORT).
-    pub udp: Vec<UdpSocket>,
+    /// The UDP sockets of each address (several per address, SO_REUSEPORT,
+    /// the first bound first).
+    pub udp: Vec<Vec<UdpSocket>>,
     pub tcp: Vec<TcpListener>,
 }
 
@@ -121,9 +125,8 @@ impl Listeners {
         for &addr in &settings.node.listen {
             let (sockets, listener) = bind_dns(addr, count.max(1))
                 .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}: {e}"))?;
-            for socket in sockets {
-                udp.push(UdpSocket::from_std(socket)?);
-            }
+            let group = sockets.into_iter().map(UdpSocket::from_std);
+            udp.push(group.collect::<std::io::Result<_>>()?);
             tcp.push(TcpListener::from_std(listener)?);
         }
         Ok(Listeners { admin, udp, tcp })
@@ -138,22 +141,31 @@ impl Listeners {
     }
 }
 
-/// One thread per UDP socket, each answering until `stop`.
+/// One thread per UDP socket, each answering until `stop`; the sockets of
+/// an address steered together (`steer`) when there are several.
 fn start_udp(
-    sockets: Vec<UdpSocket>,
+    groups: Vec<Vec<UdpSocket>>,
     handler: &Arc<Handler>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut threads = Vec::new();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let socket = socket.into_std()?;
-        let handler = handler.clone();
-        let stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("lb-dns-udp-{i}"))
-            .spawn(move || udp::serve(socket, handler, stop))
-            .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
-        threads.push(thread);
+    for group in groups {
+        let sockets = group
+            .into_iter()
+            .map(UdpSocket::into_std)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let steering = match &sockets[..] {
+            [first, _, ..] => steer::Steering::new(first),
+            _ => None,
+        };
+        for socket in sockets {
+            let (handler, steering, stop) = (handler.clone(), steering.clone(), stop.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("lb-dns-udp-{}", threads.len()))
+                .spawn(move || udp::serve(socket, handler, steering, stop))
+                .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
+            threads.push(thread);
+        }
     }
     Ok(threads)
 }
@@ -172,43 +184,93 @@ async fn join_udp(threads: Vec<std::thread::JoinHandle<()>>) {
     }
 }
 
+/// The health state saved by an earlier run, if any (a broken file is
+/// logged and ignored).
+fn saved_state(settings: &Settings) -> Option<state_file::PersistedState> {
+    let path = settings.node.state_file.as_ref()?;
+    match state_file::load(path) {
+        Ok(state) => {
+            if state.is_some() {
+                tracing::info!(path = %path.display(), "starting from the saved health state");
+            }
+            state
+        }
+        Err(error) => {
+            tracing::error!("{error}; starting without a saved health state");
+            None
+        }
+    }
+}
+
+fn register_rrl(rrl: &rrl::Rrl, registry: &mut prometheus_client::registry::Registry) {
+    registry.register(
+        "rrl_slipped",
+        "UDP replies over the RRL rate sent truncated (TC) so the client retries over TCP",
+        rrl.slipped.clone(),
+    );
+    registry.register(
+        "rrl_dropped",
+        "UDP replies over the RRL rate not sent",
+        rrl.dropped.clone(),
+    );
+}
+
+/// `/status`: the zone, its serial, what each cluster answers and the
+/// health feeds.
+fn status(s: &Settings, answers: &Answers, health: &Health) -> serde_json::Value {
+    serde_json::json!({
+        "zone": s.fleet.zone.origin,
+        "serial": answers.serial,
+        "clusters": answers.clusters.iter().map(|c| serde_json::json!({
+            "id": c.id,
+            "up": c.up,
+            "all_down": c.all_down,
+            "served_ipv4": c.served_v4,
+            "served_ipv6": c.served_v6,
+        })).collect::<Vec<_>>(),
+        "mtas": s.fleet.mta_count(),
+        "health": health.report(),
+        "vault": s.secrets.status(),
+    })
+}
+
+/// The DNS side once the service is up: a thread per UDP socket (the
+/// sockets of each address in `udp`) and a task per TCP listener, all
+/// answering with `handler`. Returns the UDP threads.
+fn serve_dns(
+    udp: Vec<Vec<UdpSocket>>,
+    tcp: Vec<TcpListener>,
+    handler: &Arc<Handler>,
+    settings: &Settings,
+    control: &Control,
+    udp_stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let udp_threads = start_udp(udp, handler, udp_stop)?;
+    let limits = tcp::TcpLimits {
+        max_connections: settings.node.tcp_max_connections,
+        idle: settings.node.tcp_idle_timeout,
+    };
+    for listener in tcp {
+        control.tasks.spawn(tcp::serve(
+            listener,
+            handler.clone(),
+            limits,
+            control.shutdown.clone(),
+        ));
+    }
+    Ok(udp_threads)
+}
+
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
-    let tcp_idle = settings.node.tcp_idle_timeout;
-    let tcp_max_connections = settings.node.tcp_max_connections;
-    let initial = match &settings.node.state_file {
-        None => None,
-        Some(path) => match state_file::load(path) {
-            Ok(state) => {
-                if state.is_some() {
-                    tracing::info!(path = %path.display(), "starting from the saved health state");
-                }
-                state
-            }
-            Err(error) => {
-                tracing::error!("{error}; starting without a saved health state");
-                None
-            }
-        },
-    };
-    let health = Health::new(initial, &settings.node.healthd);
+    let health = Health::new(saved_state(&settings), &settings.node.healthd);
     let mut service = Service::new(control, settings);
     fleet::secret::register_metrics(&service.live.get().secrets, &mut service.registry);
     let metrics = Arc::new(Metrics::register(&mut service.registry));
     let rrl = rrl::Rrl::new(service.live.get().node.rrl);
     if let Some(rrl) = &rrl {
-        let registry = &mut service.registry;
-        registry.register(
-            "rrl_slipped",
-            "UDP replies over the RRL rate sent truncated (TC) so the client retries over TCP",
-            rrl.slipped.clone(),
-        );
-        registry.register(
-            "rrl_dropped",
-            "UDP replies over the RRL rate not sent",
-            rrl.dropped.clone(),
-        );
+        register_rrl(rrl, &mut service.registry);
     }
     let (to_persist, latest) = tokio::sync::watch::channel(None);
     let writer_metrics = metrics.clone();
@@ -228,8 +290,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         to_persist,
     )?;
     let answers = engine.answers.clone();
-    let status_health = health.clone();
-    let status_answers = answers.clone();
+    let (status_health, status_answers) = (health.clone(), answers.clone());
     let secrets = service.live.get().secrets.clone();
     let started = service.start(
         listeners.admin,
@@ -238,23 +299,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
             let secrets = secrets.clone();
             move || Settings::load_with(&config_file, secrets.clone())
         },
-        move |s: &Settings| {
-            let answers = status_answers.load();
-            serde_json::json!({
-                "zone": s.fleet.zone.origin,
-                "serial": answers.serial,
-                "clusters": answers.clusters.iter().map(|c| serde_json::json!({
-                    "id": c.id,
-                    "up": c.up,
-                    "all_down": c.all_down,
-                    "served_ipv4": c.served_v4,
-                    "served_ipv6": c.served_v6,
-                })).collect::<Vec<_>>(),
-                "mtas": s.fleet.mta_count(),
-                "health": status_health.report(),
-                "vault": s.secrets.status(),
-            })
-        },
+        move |s: &Settings| status(s, &status_answers.load(), &status_health),
     );
     fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
     let control = started.control.clone();
@@ -266,29 +311,17 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     followers.sync(&started.live.get().node);
     control.tasks.spawn(engine.run(control.clone(), followers));
 
-    let cookies = started
-        .live
-        .get()
+    // Stops the UDP threads on shutdown, or when this future is dropped.
+    let udp_stop = control.shutdown.child_token();
+    let _udp_stop_on_drop = udp_stop.clone().drop_guard();
+    let settings = started.live.get();
+    let cookies = settings
         .node
         .cookie_secret
         .unwrap_or_else(CookieSecret::random);
     let handler = Arc::new(Handler::configured(answers, metrics, cookies, rrl));
-    // Stops the UDP threads on shutdown, or when this future is dropped.
-    let udp_stop = control.shutdown.child_token();
-    let _udp_stop_on_drop = udp_stop.clone().drop_guard();
-    let udp_threads = start_udp(listeners.udp, &handler, &udp_stop)?;
-    let limits = tcp::TcpLimits {
-        max_connections: tcp_max_connections,
-        idle: tcp_idle,
-    };
-    for listener in listeners.tcp {
-        control.tasks.spawn(tcp::serve(
-            listener,
-            handler.clone(),
-            limits,
-            control.shutdown.clone(),
-        ));
-    }
+    let (udp, tcp) = (listeners.udp, listeners.tcp);
+    let udp_threads = serve_dns(udp, tcp, &handler, &settings, &control, &udp_stop)?;
     started.readiness.ready("dns");
     started
         .until_shutdown(|s: &Settings| s.node.shutdown_grace)

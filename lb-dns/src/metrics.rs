@@ -80,14 +80,17 @@ fn rcode_index(rcode: u16) -> usize {
 /// Query counts kept by one thread and added to the shared counters now and
 /// then, so the hot path touches no shared cache line for them.
 pub struct Tally {
-    counts: [[u32; RCODES.len()]; QTYPES.len()],
+    counts: [u32; QTYPES.len() * RCODES.len()],
+    /// Bit i set: `counts[i]` is not zero.
+    touched: u128,
     pending: u32,
 }
 
 impl Default for Tally {
     fn default() -> Tally {
         Tally {
-            counts: [[0; RCODES.len()]; QTYPES.len()],
+            counts: [0; QTYPES.len() * RCODES.len()],
+            touched: 0,
             pending: 0,
         }
     }
@@ -96,31 +99,32 @@ impl Default for Tally {
 impl Tally {
     /// Counts one reply; flushes to `metrics` every 256.
     pub fn add(&mut self, qtype: Option<u16>, rcode: u16, metrics: &Metrics) {
-        self.counts[qtype_index(qtype)][rcode_index(rcode)] += 1;
+        let i = qtype_index(qtype) * RCODES.len() + rcode_index(rcode);
+        self.counts[i] += 1;
+        self.touched |= 1 << i;
         self.pending += 1;
         if self.pending >= 256 {
             self.flush(metrics);
         }
     }
 
+    /// Adds the counts to `metrics`' shared counters (only those counted
+    /// since the last flush are touched).
     pub fn flush(&mut self, metrics: &Metrics) {
-        if self.pending == 0 {
-            return;
-        }
-        for (row, counters) in self.counts.iter_mut().zip(&metrics.queries) {
-            for (n, counter) in row.iter_mut().zip(counters) {
-                if *n > 0 {
-                    counter.inc_by(u64::from(*n));
-                    *n = 0;
-                }
-            }
+        while self.touched != 0 {
+            let i = self.touched.trailing_zeros() as usize;
+            self.touched &= self.touched - 1;
+            metrics.queries[i].inc_by(u64::from(self.counts[i]));
+            self.counts[i] = 0;
         }
         self.pending = 0;
     }
 }
 
 pub struct Metrics {
-    queries: Vec<Vec<Counter>>,
+    /// `queries_total` by `qtype_index * RCODES.len() + rcode_index`.
+    queries: Vec<Counter>,
+    query_family: Family<QueryLabels, Counter>,
     pub answers: Family<ClusterLabel, Counter>,
     pub all_down: Family<AllDownLabels, Counter>,
     pub cluster_up: Family<ClusterLabel, Gauge>,
@@ -144,22 +148,19 @@ impl Metrics {
         let query_family = Family::<QueryLabels, Counter>::default();
         let queries = QTYPES
             .iter()
-            .map(|qtype| {
-                RCODES
-                    .iter()
-                    .map(|rcode| {
-                        query_family
-                            .get_or_create(&QueryLabels {
-                                qtype: qtype.to_string(),
-                                rcode: rcode.to_string(),
-                            })
-                            .clone()
+            .flat_map(|qtype| RCODES.iter().map(move |rcode| (qtype, rcode)))
+            .map(|(qtype, rcode)| {
+                query_family
+                    .get_or_create(&QueryLabels {
+                        qtype: qtype.to_string(),
+                        rcode: rcode.to_string(),
                     })
-                    .collect()
+                    .clone()
             })
             .collect();
         let metrics = Metrics {
             queries,
+            query_family,
             answers: Family::default(),
             all_down: Family::default(),
             cluster_up: Family::default(),
@@ -175,87 +176,86 @@ impl Metrics {
             tcp_evicted: Counter::default(),
             tcp_accept_errors: Counter::default(),
         };
+        metrics.register_queries_and_clusters(registry);
+        metrics.register_feeds_and_tcp(registry);
+        metrics
+    }
+
+    fn register_queries_and_clusters(&self, registry: &mut Registry) {
         registry.register(
             "queries",
             "DNS queries answered, by question type and response code",
-            query_family,
+            self.query_family.clone(),
         );
         registry.register(
             "answers",
             "Address answers served per cluster",
-            metrics.answers.clone(),
+            self.answers.clone(),
         );
         registry.register(
             "all_down_events",
             "Transitions of a cluster to no MTA up; action serve_all is a fail-open",
-            metrics.all_down.clone(),
+            self.all_down.clone(),
         );
         registry.register(
             "cluster_up_mtas",
             "MTAs up and not drained, per cluster",
-            metrics.cluster_up.clone(),
+            self.cluster_up.clone(),
         );
         registry.register(
             "cluster_all_down",
             "1 while a cluster has no MTA up and when_all_down decides its answer",
-            metrics.cluster_all_down.clone(),
+            self.cluster_all_down.clone(),
         );
+    }
+
+    fn register_feeds_and_tcp(&self, registry: &mut Registry) {
         registry.register(
             "feed_fresh",
             "1 while a healthd feed answers",
-            metrics.feed_fresh.clone(),
+            self.feed_fresh.clone(),
         );
         registry.register(
             "feed_last_ok_age_seconds",
             "Seconds since a healthd feed last answered (-1: never)",
-            metrics.feed_last_ok_age.clone(),
+            self.feed_last_ok_age.clone(),
         );
         registry.register(
             "health_state_age_seconds",
             "Seconds since the health in service was confirmed by a fresh feed (0: fresh now; -1: no state)",
-            metrics.state_age.clone(),
+            self.state_age.clone(),
         );
         registry.register(
             "health_stale",
             "1 while no healthd feed is fresh and answers come from the last known state",
-            metrics.stale.clone(),
+            self.stale.clone(),
         );
-        registry.register(
-            "zone_serial",
-            "The zone's SOA serial",
-            metrics.serial.clone(),
-        );
+        registry.register("zone_serial", "The zone's SOA serial", self.serial.clone());
         registry.register(
             "answer_rebuilds",
             "Times the precomputed answers were rebuilt",
-            metrics.rebuilds.clone(),
+            self.rebuilds.clone(),
         );
         registry.register(
             "state_file_errors",
             "Failed reads or writes of the state file",
-            metrics.state_file_errors.clone(),
+            self.state_file_errors.clone(),
         );
         registry.register(
             "tcp_connections",
             "DNS-over-TCP connections open",
-            metrics.tcp_connections.clone(),
+            self.tcp_connections.clone(),
         );
         registry.register(
             "tcp_evicted",
             "DNS-over-TCP connections closed to make room (tcp_max_connections reached), the idlest first",
-            metrics.tcp_evicted.clone(),
+            self.tcp_evicted.clone(),
         );
         registry.register(
             "tcp_accept_errors",
             "Failed accepts of DNS-over-TCP connections (out of file descriptors: the accept loop backs off)",
-            metrics.tcp_accept_errors.clone(),
+            self.tcp_accept_errors.clone(),
         );
-        metrics
-    }
-
-    /// Counts one answered query.
-    pub fn query(&self, qtype: Option<u16>, rcode: u16) {
-        self.queries[qtype_index(qtype)][rcode_index(rcode)].inc();
     }
 
     pub fn served_counter(&self, cluster: &str) -> Counter {

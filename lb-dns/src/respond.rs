@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::answers::{Answers, Found};
-use crate::cookie::{unix_now, CookieSecret};
+use crate::cookie::CookieSecret;
 use crate::rrl::{Rrl, Verdict};
 use crate::wire::{self, Edns, Query, Reject, HEADER};
 
@@ -145,13 +145,9 @@ impl Responder {
         }
     }
 
-    pub fn rrl(&self) -> Option<&Rrl> {
-        self.rrl.as_ref()
-    }
-
     fn cookie(&self, q: &Query, src: IpAddr) -> Option<CookieReply> {
         let cookie = q.edns?.cookie?;
-        let now = unix_now();
+        let now = fleet::clock::unix_secs() as u32;
         Some(CookieReply {
             client: cookie.client,
             server: self.cookies.make(&cookie.client, src, now),

@@ -1,8 +1,10 @@
 //! The UDP path: one thread per socket (several sockets per address with
-//! SO_REUSEPORT), as gdnsd does. Each thread blocks in `recvmmsg` for the
-//! first datagram and takes whatever else is queued (up to `BATCH`), answers
-//! each with the synchronous `Handler` into its own reply buffer, and sends
-//! the replies with one `sendmmsg`. No task hand-off, no allocation, no lock.
+//! SO_REUSEPORT), as gdnsd does, except that at low load `steer` has the
+//! kernel queue every datagram on the address's first socket so the other
+//! threads sleep. Each thread blocks in `recvmmsg` for the first datagram
+//! and takes whatever else is queued (up to `BATCH`), answers each with the
+//! synchronous `Handler` into its own reply buffer, and sends the replies
+//! with one `sendmmsg`. No task hand-off, no allocation, no lock.
 //!
 //! Datagrams shorter than a header, responses sent to us (reflection),
 //! sources with port 0 and datagrams longer than `IN_SIZE` get nothing.
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::Handler;
 use crate::metrics::Tally;
 use crate::respond::{Transport, EDNS_PAYLOAD, MAX_MESSAGE};
+use crate::steer::{Steering, Streak};
 
 /// Datagrams taken per system call.
 const BATCH: usize = 32;
@@ -164,8 +167,14 @@ fn send_all(fd: i32, b: &mut Batch, count: usize) {
     }
 }
 
-/// Answers datagrams on `socket` until `shutdown`, on a thread of its own.
-pub fn serve(socket: std::net::UdpSocket, handler: Arc<Handler>, shutdown: CancellationToken) {
+/// Answers datagrams on `socket` until `shutdown`, on a thread of its own,
+/// telling `steering` (of the socket's group) how full its batches are.
+pub fn serve(
+    socket: std::net::UdpSocket,
+    handler: Arc<Handler>,
+    steering: Option<Arc<Steering>>,
+    shutdown: CancellationToken,
+) {
     if let Err(error) = socket
         .set_nonblocking(false)
         .and_then(|()| socket.set_read_timeout(Some(IDLE_CHECK)))
@@ -176,6 +185,7 @@ pub fn serve(socket: std::net::UdpSocket, handler: Arc<Handler>, shutdown: Cance
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
     let mut tally = Tally::default();
+    let mut streak = Streak::default();
     while !shutdown.is_cancelled() {
         batch.reset_inputs();
         // SAFETY: in_msgs point into `batch`, alive and unmoved.
@@ -188,13 +198,16 @@ pub fn serve(socket: std::net::UdpSocket, handler: Arc<Handler>, shutdown: Cance
                 std::ptr::null_mut(),
             )
         };
-        if n <= 0 {
+        let received = usize::try_from(n).unwrap_or(0);
+        if let Some(steering) = &steering {
+            steering.after_receive(received >= BATCH / 2, &mut streak);
+        }
+        if received == 0 {
             // Timeouts, interruptions, and ICMP errors from earlier replies
             // surface here; the socket itself is fine.
             tally.flush(&handler.metrics);
             continue;
         }
-        let received = n as usize;
         let replies = answer_batch(&mut batch, received, &handler, &mut tally);
         send_all(fd, &mut batch, replies);
         if received < BATCH {
