@@ -161,14 +161,17 @@ impl Engine {
                 .get(&cluster.id)
                 .copied()
                 .unwrap_or((false, false));
+            // Every cluster's counter is there at 0 from the start.
+            let all_down = self
+                .metrics
+                .all_down
+                .get_or_create(&AllDownLabels {
+                    cluster: cluster.id.clone(),
+                    action: action.to_string(),
+                })
+                .clone();
             if cluster.all_down && !was {
-                self.metrics
-                    .all_down
-                    .get_or_create(&AllDownLabels {
-                        cluster: cluster.id.clone(),
-                        action: action.to_string(),
-                    })
-                    .inc();
+                all_down.inc();
                 if quiet {
                     quiet_clusters += 1;
                 }

@@ -42,10 +42,20 @@ struct KindLabel {
     kind: &'static str,
 }
 
-/// `bounces_received_total{kind="dsn"|"arf"|"unparseable"}`.
-#[derive(Clone, Default)]
+/// `bounces_received_total{kind="dsn"|"arf"|"unparseable"}`, each kind at 0
+/// from the start.
+#[derive(Clone)]
 pub struct BounceMetrics {
     received: Family<KindLabel, Counter>,
+}
+
+impl Default for BounceMetrics {
+    fn default() -> Self {
+        let kinds = ["dsn", "arf", "unparseable"].map(|kind| KindLabel { kind });
+        BounceMetrics {
+            received: fleet::metrics::at_zero(Family::default(), kinds),
+        }
+    }
 }
 
 impl BounceMetrics {
@@ -145,6 +155,22 @@ pub fn receive(events: &Events, metrics: &BounceMetrics, inbound: Inbound<'_>) -
                 "dropped mail to the bounce domain that is neither a DSN nor an ARF report: {why}"
             );
             0
+        }
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_counted_from_zero() {
+        let mut registry = fleet::metrics::registry("mta");
+        BounceMetrics::default().register(&mut registry);
+        let (_, text) = fleet::metrics::encode(&registry, None).unwrap();
+        for kind in ["dsn", "arf", "unparseable"] {
+            let line = format!("mta_bounces_received_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&line), "no `{line}` in\n{text}");
         }
     }
 }

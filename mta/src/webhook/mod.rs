@@ -167,6 +167,13 @@ impl Webhooks {
                 ..HookStatus::default()
             }));
             let stop = shutdown.child_token();
+            let label = HookLabel {
+                webhook: name.clone(),
+            };
+            // This endpoint's counters are there at 0 from its start.
+            for counter in [&self.metrics.sent, &self.metrics.failures] {
+                let _ = counter.get_or_create(&label);
+            }
             let sender = sender::Sender {
                 hook: hook.clone(),
                 log: self.log.clone(),
@@ -174,9 +181,7 @@ impl Webhooks {
                 config: self.config.clone(),
                 status: status.clone(),
                 metrics: self.metrics.clone(),
-                label: HookLabel {
-                    webhook: name.clone(),
-                },
+                label,
                 readiness: Some(readiness.clone()),
             };
             tokio::spawn(sender.run(stop.clone()));

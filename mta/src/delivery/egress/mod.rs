@@ -235,6 +235,13 @@ impl Egress {
         for source in &next.sources {
             self.up_gauge(&next.name, source)
                 .set(i64::from(source.up(now)));
+            // Its counters are there at 0 from the start.
+            let labels = SourceLabels {
+                pool: next.name.to_string(),
+                source: source.name.to_string(),
+            };
+            let _ = self.metrics.attempts.get_or_create(&labels);
+            let _ = self.metrics.failures.get_or_create(&labels);
         }
         *self.wrr.lock() = Wrr::new(next.sources.len());
         let mut degraded = self.degraded.lock();
