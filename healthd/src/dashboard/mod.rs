@@ -22,6 +22,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use cookie::{Cookie, SameSite};
 use fleet::clusters_api::ClusterView;
 use fleet::feed::MtaState;
 use fleet::{Fleet, Live};
@@ -119,17 +120,30 @@ pub fn routes(state: DashboardState) -> Router {
         .with_state(state)
 }
 
-/// The session cookie's value, whatever it holds.
+/// The session cookie's value, whatever it holds (the `cookie` crate
+/// parses each `Cookie` header).
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.trim().to_string())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == COOKIE)
+        .map(|cookie| cookie.value().trim().to_string())
         .filter(|value| !value.is_empty())
+}
+
+/// The session cookie holding `value` for `max_age`: HttpOnly,
+/// SameSite=Strict, for the whole site.
+fn session_set_cookie(value: String, max_age: Duration) -> Option<HeaderValue> {
+    let cookie = Cookie::build((COOKIE, value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::seconds(max_age.as_secs() as i64))
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).ok()
 }
 
 /// The session id in the cookie, if it has the shape of one.
@@ -220,14 +234,10 @@ fn log_in(state: &DashboardState, token: &str) -> Response {
             page::login(Some("That token is not valid. Check it and try again.")),
         );
     }
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        state.sessions.open(token),
-        sessions::TTL.as_secs()
-    );
+    let cookie = session_set_cookie(state.sessions.open(token), sessions::TTL);
     let mut response = see_other("/");
     let headers = response.headers_mut();
-    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+    if let Some(cookie) = cookie {
         headers.insert(header::SET_COOKIE, cookie);
     }
     secure(headers);
@@ -271,10 +281,9 @@ async fn logout(State(state): State<DashboardState>, headers: HeaderMap) -> Resp
     }
     let mut response = see_other("/");
     let headers = response.headers_mut();
-    headers.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("healthd_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    if let Some(expired) = session_set_cookie(String::new(), Duration::ZERO) {
+        headers.insert(header::SET_COOKIE, expired);
+    }
     secure(headers);
     response
 }
@@ -510,6 +519,23 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_set_cookie_is_http_only_strict_and_expires() {
+        let set = session_set_cookie("ab".repeat(32), Duration::from_secs(60)).unwrap();
+        let set = set.to_str().unwrap();
+        for part in [
+            "healthd_session=abab",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/",
+            "Max-Age=60",
+        ] {
+            assert!(set.contains(part), "{set}");
+        }
+        let gone = session_set_cookie(String::new(), Duration::ZERO).unwrap();
+        assert!(gone.to_str().unwrap().contains("Max-Age=0"), "{gone:?}");
     }
 
     #[test]
