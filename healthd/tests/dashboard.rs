@@ -649,25 +649,72 @@ async fn dashboard_shows_a_killed_mta_down_within_5s_without_a_reload() {
     stop(setup, browser).await;
 }
 
-/// The same rules over plain HTTP, no browser: what an unauthenticated or
-/// foreign request gets.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
-    let setup = Setup::start(3, false).await;
-    let base = setup.healthd.url.clone();
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let get = |path: &str, cookie: Option<&str>| {
-        let mut request = client.get(format!("{base}{path}"));
+/// Plain HTTP to the dashboard, no browser: a client that keeps no cookies
+/// and follows no redirects.
+struct Plain {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Plain {
+    fn new(setup: &Setup) -> Plain {
+        Plain {
+            base: setup.healthd.url.clone(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.base));
         if let Some(cookie) = cookie {
             request = request.header("cookie", cookie);
         }
-        request.send()
-    };
+        request.send().await.unwrap()
+    }
 
-    let page = get("/", None).await.unwrap();
+    async fn post(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        origin: Option<&str>,
+        body: String,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Signs in with `/?token=`; the `name=value` of the cookie set.
+    async fn sign_in(&self, token: &str) -> String {
+        let signed = self.get(&format!("/?token={token}"), None).await;
+        assert_eq!(signed.status(), 303);
+        cookie_of(&signed)
+    }
+}
+
+fn cookie_of(response: &reqwest::Response) -> String {
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// Without a valid token: the form, an answer, and never cluster data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
+    let setup = Setup::start(3, false).await;
+    let plain = Plain::new(&setup);
+    let page = plain.get("/", None).await;
     assert_eq!(page.status(), 200);
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -682,22 +729,24 @@ async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
         body.contains("action=\"/login\"") && !body.contains("unmta.net"),
         "{body}"
     );
-
-    let page = get("/clusters/a1b2c3d4", None).await.unwrap();
-    let body = page.text().await.unwrap();
+    let body = plain
+        .get("/clusters/a1b2c3d4", None)
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(
         body.contains("action=\"/login\"") && !body.contains("mta-1"),
         "{body}"
     );
     assert_eq!(
-        get("/dashboard/clusters/a1b2c3d4/live", None)
+        plain
+            .get("/dashboard/clusters/a1b2c3d4/live", None)
             .await
-            .unwrap()
             .status(),
         401
     );
-
-    let wrong = get("/?token=wrong", None).await.unwrap();
+    let wrong = plain.get("/?token=wrong", None).await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
     let body = wrong.text().await.unwrap();
@@ -705,12 +754,19 @@ async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
         body.contains("not valid") && !body.contains("unmta.net"),
         "{body}"
     );
-    let forged = get("/", Some("healthd_session=776f6e67")).await.unwrap();
+    let forged = plain.get("/", Some("healthd_session=776f6e67")).await;
     assert_eq!(forged.status(), 401);
     assert!(!forged.text().await.unwrap().contains("unmta.net"));
+    setup.healthd.stop().await;
+}
 
-    // Signing in: a redirect to / and a cookie scripts cannot read.
-    let signed = get(&format!("/?token={ACME}"), None).await.unwrap();
+/// Signing in sets an HttpOnly, SameSite=Strict cookie holding an opaque
+/// session id; it opens the account's clusters only (the admin's, all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_session_cookie_opens_only_the_accounts_clusters() {
+    let setup = Setup::start(10, false).await;
+    let plain = Plain::new(&setup);
+    let signed = plain.get(&format!("/?token={ACME}"), None).await;
     assert_eq!(signed.status(), 303);
     assert_eq!(signed.headers()["location"], "/");
     let set_cookie = signed.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -719,26 +775,27 @@ async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
         "{set_cookie}"
     );
     assert!(!set_cookie.contains(ACME), "{set_cookie}");
-    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let cookie = cookie_of(&signed);
+    let id = cookie.trim_start_matches("healthd_session=");
+    assert_eq!(id.len(), 64, "{cookie}");
+    assert!(!cookie.contains(&hex::encode(ACME)), "{cookie}");
 
-    let body = get("/", Some(&cookie)).await.unwrap().text().await.unwrap();
+    let body = plain.get("/", Some(&cookie)).await.text().await.unwrap();
     assert!(
         body.contains("c-a1b2c3d4.unmta.net") && !body.contains("e5f6a7b8"),
         "{body}"
     );
-    let foreign = get("/clusters/e5f6a7b8", Some(&cookie)).await.unwrap();
+    let foreign = plain.get("/clusters/e5f6a7b8", Some(&cookie)).await;
     assert_eq!(foreign.status(), 404);
     assert!(!foreign.text().await.unwrap().contains("c-e5f6a7b8"));
-    assert_eq!(
-        get("/dashboard/clusters/e5f6a7b8/live", Some(&cookie))
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let live: Value = get("/dashboard/clusters/a1b2c3d4/live", Some(&cookie))
+    let status = plain
+        .get("/dashboard/clusters/e5f6a7b8/live", Some(&cookie))
         .await
-        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    let live: Value = plain
+        .get("/dashboard/clusters/a1b2c3d4/live", Some(&cookie))
+        .await
         .json()
         .await
         .unwrap();
@@ -746,76 +803,59 @@ async fn dashboard_without_a_valid_token_shows_the_form_and_never_data() {
     assert_eq!(live["data"]["rate_limit"], "500/hr per MTA");
 
     // The admin token sees every cluster; the form works as the query does.
-    let admin = client
-        .post(format!("{base}/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={ADMIN_TOKEN}"))
-        .send()
+    let admin = plain
+        .post("/login", None, None, format!("token={ADMIN_TOKEN}"))
+        .await;
+    assert_eq!(admin.status(), 303);
+    let body = plain
+        .get("/", Some(&cookie_of(&admin)))
+        .await
+        .text()
         .await
         .unwrap();
-    assert_eq!(admin.status(), 303);
-    let cookie = admin.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let body = get("/", Some(&cookie)).await.unwrap().text().await.unwrap();
     for id in ["a1b2c3d4", "c9d0e1f2", "e5f6a7b8"] {
         assert!(
             body.contains(&format!("data-cluster=\"{id}\"")),
             "{id} missing for admin"
         );
     }
+    setup.healthd.stop().await;
+}
 
-    // Another site's page cannot sign anyone in or out.
+/// Signing out clears the cookie and ends the session server-side; another
+/// site's page can sign nobody in or out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_sign_out_ends_the_session_and_other_sites_cannot_sign_in() {
+    let setup = Setup::start(11, false).await;
+    let plain = Plain::new(&setup);
     for path in ["/login", "/logout"] {
-        let refused = client
-            .post(format!("{base}{path}"))
-            .header("origin", "http://evil.example")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={ACME}"))
-            .send()
-            .await
-            .unwrap();
+        let refused = plain
+            .post(
+                path,
+                None,
+                Some("http://evil.example"),
+                format!("token={ACME}"),
+            )
+            .await;
         assert_eq!(refused.status(), 403, "{path}");
         assert!(refused.headers().get("set-cookie").is_none(), "{path}");
     }
-
-    // Signing out clears the cookie.
-    let out = client.post(format!("{base}/logout")).send().await.unwrap();
+    let out = plain.post("/logout", None, None, String::new()).await;
     assert_eq!(out.status(), 303);
     assert!(out.headers()["set-cookie"]
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
 
-    // The cookie is an opaque session id, and signing out ends the session
-    // server-side: the old cookie opens nothing afterwards.
-    let signed = get(&format!("/?token={ACME}"), None).await.unwrap();
-    let cookie = signed.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let id = cookie.trim_start_matches("healthd_session=");
-    assert_eq!(id.len(), 64, "{cookie}");
-    assert!(!cookie.contains(&hex::encode(ACME)), "{cookie}");
-    assert_eq!(get("/", Some(&cookie)).await.unwrap().status(), 200);
-    let out = client
-        .post(format!("{base}/logout"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let cookie = plain.sign_in(ACME).await;
+    assert_eq!(plain.get("/", Some(&cookie)).await.status(), 200);
+    let out = plain
+        .post("/logout", Some(&cookie), None, String::new())
+        .await;
     assert_eq!(out.status(), 303);
-    let after = get("/", Some(&cookie)).await.unwrap();
+    let after = plain.get("/", Some(&cookie)).await;
     assert_eq!(after.status(), 401);
     assert!(!after.text().await.unwrap().contains("unmta.net"));
-
     setup.healthd.stop().await;
 }
 
