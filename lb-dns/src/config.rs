@@ -31,8 +31,7 @@ pub struct NodeConfig {
     /// Where the last known health state is kept across restarts.
     pub state_file: Option<PathBuf>,
     /// UDP sockets per listen address (SO_REUSEPORT), each with its own
-    /// receive loop, steered to the first at low load (`steer`); default:
-    /// one per CPU, at most 4.
+    /// receive loop; default: one per CPU, at most 4.
     pub udp_sockets: Option<usize>,
     /// Idle time after which a DNS-over-TCP connection is closed.
     #[serde(default = "default_tcp_idle", with = "fleet::config::duration")]

@@ -1,7 +1,6 @@
 //! lb-dns: the authoritative DNS load balancer for `c-<id>.<origin>`.
 //!
-//! `udp` (a thread per socket, `steer` choosing which socket the kernel
-//! queues a datagram on) and `tcp` (a task per connection) both
+//! `udp` (a thread per socket) and `tcp` (a task per connection) both
 //! answer through `handler`, the synchronous `respond` over the wire-format
 //! answers in `answers` (`wire` reads queries and writes records, `cookie`
 //! makes DNS cookies), precomputed by `engine` from the fleet file and the
@@ -20,7 +19,6 @@ pub mod metrics;
 pub mod respond;
 pub mod rrl;
 pub mod state_file;
-pub mod steer;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
@@ -49,9 +47,8 @@ use crate::metrics::Metrics;
 /// The sockets lb-dns serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
     pub admin: TcpListener,
-    /// The UDP sockets of each address (several per address, SO_REUSEPORT,
-    /// the first bound first).
-    pub udp: Vec<Vec<UdpSocket>>,
+    /// Every UDP socket (several per address, SO_REUSEPORT).
+    pub udp: Vec<UdpSocket>,
     pub tcp: Vec<TcpListener>,
 }
 
@@ -125,8 +122,9 @@ impl Listeners {
         for &addr in &settings.node.listen {
             let (sockets, listener) = bind_dns(addr, count.max(1))
                 .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}: {e}"))?;
-            let group = sockets.into_iter().map(UdpSocket::from_std);
-            udp.push(group.collect::<std::io::Result<_>>()?);
+            for socket in sockets {
+                udp.push(UdpSocket::from_std(socket)?);
+            }
             tcp.push(TcpListener::from_std(listener)?);
         }
         Ok(Listeners { admin, udp, tcp })
@@ -141,31 +139,22 @@ impl Listeners {
     }
 }
 
-/// One thread per UDP socket, each answering until `stop`; the sockets of
-/// an address steered together (`steer`) when there are several.
+/// One thread per UDP socket, each answering until `stop`.
 fn start_udp(
-    groups: Vec<Vec<UdpSocket>>,
+    sockets: Vec<UdpSocket>,
     handler: &Arc<Handler>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut threads = Vec::new();
-    for group in groups {
-        let sockets = group
-            .into_iter()
-            .map(UdpSocket::into_std)
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let steering = match &sockets[..] {
-            [first, _, ..] => steer::Steering::new(first),
-            _ => None,
-        };
-        for socket in sockets {
-            let (handler, steering, stop) = (handler.clone(), steering.clone(), stop.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("lb-dns-udp-{}", threads.len()))
-                .spawn(move || udp::serve(socket, handler, steering, stop))
-                .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
-            threads.push(thread);
-        }
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let socket = socket.into_std()?;
+        let handler = handler.clone();
+        let stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("lb-dns-udp-{i}"))
+            .spawn(move || udp::serve(socket, handler, stop))
+            .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
+        threads.push(thread);
     }
     Ok(threads)
 }
@@ -234,11 +223,10 @@ fn status(s: &Settings, answers: &Answers, health: &Health) -> serde_json::Value
     })
 }
 
-/// The DNS side once the service is up: a thread per UDP socket (the
-/// sockets of each address in `udp`) and a task per TCP listener, all
-/// answering with `handler`. Returns the UDP threads.
+/// The DNS side once the service is up: a thread per UDP socket and a task
+/// per TCP listener, all answering with `handler`. Returns the UDP threads.
 fn serve_dns(
-    udp: Vec<Vec<UdpSocket>>,
+    udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     handler: &Arc<Handler>,
     settings: &Settings,

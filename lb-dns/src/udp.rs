@@ -1,10 +1,8 @@
 //! The UDP path: one thread per socket (several sockets per address with
-//! SO_REUSEPORT), as gdnsd does, except that at low load `steer` has the
-//! kernel queue every datagram on the address's first socket so the other
-//! threads sleep. Each thread blocks in `recvmmsg` for the first datagram
-//! and takes whatever else is queued (up to `BATCH`), answers each with the
-//! synchronous `Handler` into its own reply buffer, and sends the replies
-//! with one `sendmmsg`. No task hand-off, no allocation, no lock.
+//! SO_REUSEPORT), as gdnsd does. Each thread blocks in `recvmmsg` for the
+//! first datagram and takes whatever else is queued (up to `BATCH`), answers
+//! each with the synchronous `Handler` into its own reply buffer, and sends
+//! the replies with one `sendmmsg`. No task hand-off, no allocation, no lock.
 //!
 //! Datagrams shorter than a header, responses sent to us (reflection),
 //! sources with port 0 and datagrams longer than `IN_SIZE` get nothing.
@@ -19,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::Handler;
 use crate::metrics::Tally;
 use crate::respond::{Transport, EDNS_PAYLOAD, MAX_MESSAGE};
-use crate::steer::{Steering, Streak};
 
 /// Datagrams taken per system call.
 const BATCH: usize = 32;
@@ -167,14 +164,8 @@ fn send_all(fd: i32, b: &mut Batch, count: usize) {
     }
 }
 
-/// Answers datagrams on `socket` until `shutdown`, on a thread of its own,
-/// telling `steering` (of the socket's group) how full its batches are.
-pub fn serve(
-    socket: std::net::UdpSocket,
-    handler: Arc<Handler>,
-    steering: Option<Arc<Steering>>,
-    shutdown: CancellationToken,
-) {
+/// Answers datagrams on `socket` until `shutdown`, on a thread of its own.
+pub fn serve(socket: std::net::UdpSocket, handler: Arc<Handler>, shutdown: CancellationToken) {
     if let Err(error) = socket
         .set_nonblocking(false)
         .and_then(|()| socket.set_read_timeout(Some(IDLE_CHECK)))
@@ -185,7 +176,6 @@ pub fn serve(
     let fd = socket.as_raw_fd();
     let mut batch = Batch::new();
     let mut tally = Tally::default();
-    let mut streak = Streak::default();
     while !shutdown.is_cancelled() {
         batch.reset_inputs();
         // SAFETY: in_msgs point into `batch`, alive and unmoved.
@@ -199,9 +189,6 @@ pub fn serve(
             )
         };
         let received = usize::try_from(n).unwrap_or(0);
-        if let Some(steering) = &steering {
-            steering.after_receive(received >= BATCH / 2, &mut streak);
-        }
         if received == 0 {
             // Timeouts, interruptions, and ICMP errors from earlier replies
             // surface here; the socket itself is fine.
