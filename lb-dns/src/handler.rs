@@ -1,6 +1,8 @@
 //! What the UDP and TCP paths share: the synchronous `Responder` and the
 //! counters. Each path owns its receive loop and its buffers; a query costs
-//! the work in `respond` and one increment of a thread-local tally.
+//! the work in `respond` and one increment of the caller's `Tally` (one per
+//! UDP thread, one per TCP connection), added to the shared counters when
+//! the caller has nothing queued.
 
 use std::net::IpAddr;
 use std::sync::Arc;
