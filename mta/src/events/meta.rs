@@ -1,8 +1,6 @@
 //! An event's `meta` from the message itself: From:, Subject:, and the
 //! customer's `X-Meta-<name>: <value>` headers.
 
-use std::collections::BTreeMap;
-
 use fleet::event::Meta;
 
 /// At most this many metadata entries and this long a value are kept.
@@ -10,14 +8,35 @@ const MAX_METADATA: usize = 32;
 const MAX_VALUE: usize = 1024;
 
 /// `meta` for a message of `cluster` submitted with `credential`.
+///
+/// One pass over the header section: only the From: and Subject: fields
+/// go through mail-parser (for RFC 2047 words and address syntax), so a
+/// message's Received:, Date: and other fields cost nothing here.
 pub fn of_message(data: &[u8], cluster: &str, credential: &str) -> Meta {
-    let head = header_block(data);
     let mut meta = Meta {
         cluster: cluster.to_string(),
         credential: (!credential.is_empty()).then(|| credential.to_string()),
         ..Meta::default()
     };
-    if let Some(message) = mail_parser::MessageParser::default().parse_headers(head) {
+    let (mut picked, mut x_metas) = (Vec::new(), 0);
+    for field in fields(header_block(data)) {
+        let name = field.name();
+        if name.eq_ignore_ascii_case(b"from") || name.eq_ignore_ascii_case(b"subject") {
+            picked.extend_from_slice(field.raw);
+            picked.extend_from_slice(b"\r\n");
+        } else if x_metas < MAX_METADATA {
+            // The first MAX_METADATA such fields; a repeated name, the last.
+            if let Some((key, value)) = x_meta(&field) {
+                x_metas += 1;
+                meta.metadata.insert(key, value);
+            }
+        }
+    }
+    if picked.is_empty() {
+        return meta;
+    }
+    picked.extend_from_slice(b"\r\n");
+    if let Some(message) = mail_parser::MessageParser::default().parse_headers(&picked[..]) {
         meta.from = message
             .from()
             .and_then(|from| from.first())
@@ -25,7 +44,6 @@ pub fn of_message(data: &[u8], cluster: &str, credential: &str) -> Meta {
             .map(str::to_string);
         meta.subject = message.subject().map(|s| clip(s.trim()));
     }
-    meta.metadata = x_meta(head);
     meta
 }
 
@@ -40,31 +58,75 @@ fn clip(text: &str) -> String {
     text.chars().take(MAX_VALUE).collect()
 }
 
-/// Every `X-Meta-<name>` field, unfolded, name lower-cased without prefix.
-fn x_meta(head: &[u8]) -> BTreeMap<String, String> {
-    let text = String::from_utf8_lossy(head);
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in text.split("\r\n") {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = fields.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            fields.push((name.to_string(), value.trim().to_string()));
-        }
+/// One header field as written: its lines, folds included, without the
+/// last CRLF.
+struct Field<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> Field<'a> {
+    fn name(&self) -> &'a [u8] {
+        let raw = self.raw;
+        memchr::memchr(b':', raw).map_or(raw, |at| &raw[..at])
     }
-    fields
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let lower = name.to_ascii_lowercase();
-            let key = lower.strip_prefix("x-meta-")?;
-            (!key.is_empty()).then(|| (key.to_string(), clip(&value)))
-        })
-        .take(MAX_METADATA)
-        .collect()
+
+    /// The value unfolded: continuation lines joined by one space, trimmed.
+    fn value(&self) -> String {
+        let raw = self.raw;
+        let value = memchr::memchr(b':', raw).map_or(&raw[..0], |at| &raw[at + 1..]);
+        let text = String::from_utf8_lossy(value);
+        let mut out = String::with_capacity(text.len());
+        for (i, line) in text.split("\r\n").enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(line.trim());
+        }
+        out.trim().to_string()
+    }
+}
+
+/// The fields of a header section, in order.
+fn fields(head: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    let mut rest = head;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() || rest.starts_with(b"\r\n") {
+            return None;
+        }
+        // A field ends at a CRLF not followed by a space or tab.
+        let mut end = 0;
+        let found = loop {
+            match memchr::memmem::find(&rest[end..], b"\r\n") {
+                Some(at) => {
+                    end += at;
+                    if !matches!(rest.get(end + 2), Some(b' ' | b'\t')) {
+                        break true;
+                    }
+                    end += 2;
+                }
+                None => break false,
+            }
+        };
+        let end = if found { end } else { rest.len() };
+        let raw = &rest[..end];
+        rest = rest.get(end + 2..).unwrap_or_default();
+        // A line without a colon (not a field) is skipped.
+        if memchr::memchr(b':', raw).is_some() {
+            return Some(Field { raw });
+        }
+    })
+}
+
+/// An `X-Meta-<name>` field: the name lower-cased without prefix, the
+/// value unfolded and clipped.
+fn x_meta(field: &Field<'_>) -> Option<(String, String)> {
+    let name = field.name();
+    let prefix = b"x-meta-";
+    if name.len() <= prefix.len() || !name[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let key = String::from_utf8_lossy(&name[prefix.len()..]).to_ascii_lowercase();
+    Some((key, clip(&field.value())))
 }
 
 #[cfg(test)]
@@ -90,5 +152,26 @@ mod tests {
             Some("42 and more")
         );
         assert!(!meta.metadata.contains_key("body"));
+    }
+
+    #[test]
+    fn folded_from_repeated_and_bounded_x_meta() {
+        let mut data =
+            String::from("From: App\r\n <app@example.com>\r\nSubject: two\r\n\tlines\r\n");
+        for n in 0..40 {
+            data.push_str(&format!("X-Meta-K{n}: v{n}\r\n"));
+        }
+        data.push_str("x-meta-k0: again\r\nnot a field\r\n\r\nbody\r\n");
+        let meta = of_message(data.as_bytes(), "c", "");
+        assert_eq!(meta.from.as_deref(), Some("app@example.com"));
+        assert_eq!(meta.subject.as_deref(), Some("two lines"));
+        assert_eq!(meta.credential, None);
+        assert_eq!(meta.metadata.len(), MAX_METADATA);
+        assert_eq!(meta.metadata.get("k31").map(String::as_str), Some("v31"));
+        assert!(!meta.metadata.contains_key("k32"));
+        // No header section at all: nothing read, nothing broken.
+        let meta = of_message(b"just text without fields", "c", "u");
+        assert_eq!(meta.from, None);
+        assert!(meta.metadata.is_empty());
     }
 }
