@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod egress;
+pub mod error_chain;
 pub mod event;
 pub mod feed;
 pub mod fs;
@@ -29,6 +30,7 @@ pub mod vault;
 
 pub use control::Control;
 pub use egress::{EgressPool, EgressRoute, EgressSource, PoolEntry};
+pub use error_chain::error_chain;
 pub use live::{Live, Reloadable, StartupOnly};
 pub use load::{load_fleet, parse_fleet, ConfigError, Problem};
 pub use model::{Account, Cluster, Credential, Fleet, Mta, Webhook, WhenAllDown};

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use crate::load::Problem;
 use crate::locate::{KeyPath, Locator};
-use crate::model::Fleet;
+use crate::model::{Cluster, Fleet};
 
 mod egress;
 
@@ -35,6 +35,19 @@ impl Checker<'_> {
                 ),
             );
         }
+    }
+
+    /// [`Checker::token`], and `value` not used before in `seen`.
+    fn unique_token(
+        &mut self,
+        seen: &mut HashMap<String, KeyPath>,
+        path: &KeyPath,
+        kind: Token,
+        what: &str,
+        value: &str,
+    ) {
+        self.token(path, kind, what, value);
+        self.unique(seen, &value.to_string(), path.clone(), what);
     }
 
     fn dns_name(&mut self, path: &KeyPath, name: &str) {
@@ -72,8 +85,17 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
         locator,
         problems: Vec::new(),
     };
-    let root = KeyPath::root();
-    let zone = root.key("zone");
+    check_zone(&mut c, fleet);
+    check_ports(&mut c, fleet);
+    check_clusters(&mut c, fleet);
+    check_accounts(&mut c, fleet);
+    c.problems
+}
+
+/// `[zone]`: its names, TTL and answer count, and its name servers (one at
+/// least, with a glue address when inside the zone).
+fn check_zone(c: &mut Checker<'_>, fleet: &Fleet) {
+    let zone = KeyPath::root().key("zone");
     let origin = fleet.zone.origin.trim_end_matches('.').to_ascii_lowercase();
     c.dns_name(&zone.key("origin"), &fleet.zone.origin);
     c.dns_name(&zone.key("primary_ns"), &fleet.zone.primary_ns);
@@ -107,8 +129,11 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
             );
         }
     }
+}
 
-    let ports = root.key("ports");
+/// `[ports]`: one SMTP port at least, none 0, none used twice.
+fn check_ports(c: &mut Checker<'_>, fleet: &Fleet) {
+    let ports = KeyPath::root().key("ports");
     if fleet.ports.smtp.is_empty() {
         c.report(&ports.key("smtp"), "at least one SMTP port is needed");
     }
@@ -130,58 +155,32 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
         }
         c.unique(&mut seen_ports, port, path, "port");
     }
+}
 
+/// What must be unique across every cluster: MTA names and addresses.
+#[derive(Default)]
+struct FleetWide {
+    mta_names: HashMap<String, KeyPath>,
+    addresses: HashMap<IpAddr, KeyPath>,
+}
+
+/// Every `[[clusters]]`: its id, domains, credentials, MTAs, events and
+/// egress.
+fn check_clusters(c: &mut Checker<'_>, fleet: &Fleet) {
     let mut cluster_ids = HashMap::new();
-    let mut mta_names = HashMap::new();
-    let mut addresses: HashMap<IpAddr, KeyPath> = HashMap::new();
+    let mut fleet_wide = FleetWide::default();
     for (ci, cluster) in fleet.clusters.iter().enumerate() {
-        let cpath = root.key("clusters").index(ci);
-        c.token(
-            &cpath.key("id"),
+        let cpath = KeyPath::root().key("clusters").index(ci);
+        let id = cpath.key("id");
+        c.unique_token(
+            &mut cluster_ids,
+            &id,
             Token::ClusterId,
             "cluster id",
             &cluster.id,
         );
-        c.unique(&mut cluster_ids, &cluster.id, cpath.key("id"), "cluster id");
-        if cluster.domains.is_empty() {
-            c.report(
-                &cpath.key("domains"),
-                "a cluster needs at least one sending domain",
-            );
-        }
-        let mut domains = HashMap::new();
-        for (di, domain) in cluster.domains.iter().enumerate() {
-            let path = cpath.key("domains").index(di);
-            c.dns_name(&path, domain);
-            c.unique(&mut domains, &domain.to_ascii_lowercase(), path, "domain");
-        }
-        let cluster_domains: HashSet<String> = domains.into_keys().collect();
-        let mut usernames = HashMap::new();
-        for (ki, cred) in cluster.credentials.iter().enumerate() {
-            let path = cpath.key("credentials").index(ki);
-            if cred.username.is_empty()
-                || cred.username.chars().any(|ch| ch.is_control() || ch == ':')
-            {
-                c.report(
-                    &path.key("username"),
-                    "username must be non-empty, without control characters or `:`",
-                );
-            }
-            c.unique(
-                &mut usernames,
-                &cred.username,
-                path.key("username"),
-                "username",
-            );
-            for (di, domain) in cred.domains.iter().flatten().enumerate() {
-                if !cluster_domains.contains(&domain.to_ascii_lowercase()) {
-                    c.report(
-                        &path.key("domains").index(di),
-                        format!("`{domain}` is not one of cluster {}'s domains", cluster.id),
-                    );
-                }
-            }
-        }
+        let domains = check_domains(c, cluster, &cpath);
+        check_credentials(c, cluster, &cpath, &domains);
         if cluster.mtas.is_empty() {
             c.report(
                 &cpath,
@@ -191,38 +190,103 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
                 ),
             );
         }
-        check_events(&mut c, cluster, &cpath);
-        for (mi, mta) in cluster.mtas.iter().enumerate() {
-            let path = cpath.key("mtas").index(mi);
-            c.token(&path.key("name"), Token::Name, "MTA name", &mta.name);
-            c.unique(&mut mta_names, &mta.name, path.key("name"), "MTA name");
-            c.unique(
-                &mut addresses,
-                &IpAddr::V4(mta.ipv4),
-                path.key("ipv4"),
-                "MTA address",
+        check_events(c, cluster, &cpath);
+        check_mtas(c, cluster, &cpath, &mut fleet_wide);
+        egress::check_cluster(c, cluster, &cpath);
+    }
+}
+
+/// A cluster's sending domains (one at least, valid, none twice); the set
+/// of them, lower-cased.
+fn check_domains(c: &mut Checker<'_>, cluster: &Cluster, cpath: &KeyPath) -> HashSet<String> {
+    if cluster.domains.is_empty() {
+        c.report(
+            &cpath.key("domains"),
+            "a cluster needs at least one sending domain",
+        );
+    }
+    let mut domains = HashMap::new();
+    for (di, domain) in cluster.domains.iter().enumerate() {
+        let path = cpath.key("domains").index(di);
+        c.dns_name(&path, domain);
+        c.unique(&mut domains, &domain.to_ascii_lowercase(), path, "domain");
+    }
+    domains.into_keys().collect()
+}
+
+/// A cluster's credentials: usernames well-formed and unique, their
+/// domains among the cluster's `domains`.
+fn check_credentials(
+    c: &mut Checker<'_>,
+    cluster: &Cluster,
+    cpath: &KeyPath,
+    domains: &HashSet<String>,
+) {
+    let mut usernames = HashMap::new();
+    for (ki, cred) in cluster.credentials.iter().enumerate() {
+        let path = cpath.key("credentials").index(ki);
+        if cred.username.is_empty() || cred.username.chars().any(|ch| ch.is_control() || ch == ':')
+        {
+            c.report(
+                &path.key("username"),
+                "username must be non-empty, without control characters or `:`",
             );
-            if let Some(v6) = mta.ipv6 {
-                c.unique(
-                    &mut addresses,
-                    &IpAddr::V6(v6),
-                    path.key("ipv6"),
-                    "MTA address",
-                );
-            }
-            if mta.weight == 0 || mta.weight > 100 {
+        }
+        c.unique(
+            &mut usernames,
+            &cred.username,
+            path.key("username"),
+            "username",
+        );
+        for (di, domain) in cred.domains.iter().flatten().enumerate() {
+            if !domains.contains(&domain.to_ascii_lowercase()) {
                 c.report(
-                    &path.key("weight"),
-                    "weight must be between 1 and 100 (use drain = true to stop serving an MTA)",
+                    &path.key("domains").index(di),
+                    format!("`{domain}` is not one of cluster {}'s domains", cluster.id),
                 );
             }
         }
-        egress::check_cluster(&mut c, cluster, &cpath);
     }
+}
 
+/// A cluster's MTAs: names and addresses unique in the whole fleet, a
+/// weight from 1 to 100.
+fn check_mtas(c: &mut Checker<'_>, cluster: &Cluster, cpath: &KeyPath, fleet_wide: &mut FleetWide) {
+    for (mi, mta) in cluster.mtas.iter().enumerate() {
+        let path = cpath.key("mtas").index(mi);
+        let name = path.key("name");
+        c.unique_token(
+            &mut fleet_wide.mta_names,
+            &name,
+            Token::Name,
+            "MTA name",
+            &mta.name,
+        );
+        let addresses = &mut fleet_wide.addresses;
+        c.unique(
+            addresses,
+            &IpAddr::V4(mta.ipv4),
+            path.key("ipv4"),
+            "MTA address",
+        );
+        if let Some(v6) = mta.ipv6 {
+            c.unique(addresses, &IpAddr::V6(v6), path.key("ipv6"), "MTA address");
+        }
+        if mta.weight == 0 || mta.weight > 100 {
+            c.report(
+                &path.key("weight"),
+                "weight must be between 1 and 100 (use drain = true to stop serving an MTA)",
+            );
+        }
+    }
+}
+
+/// `[[accounts]]`: names unique, a token's sha256 (or a Vault reference
+/// to it), clusters that exist.
+fn check_accounts(c: &mut Checker<'_>, fleet: &Fleet) {
     let mut account_names = HashMap::new();
     for (ai, account) in fleet.accounts.iter().enumerate() {
-        let path = root.key("accounts").index(ai);
+        let path = KeyPath::root().key("accounts").index(ai);
         c.unique(
             &mut account_names,
             &account.name,
@@ -250,24 +314,24 @@ pub fn validate(fleet: &Fleet, locator: &Locator<'_>) -> Vec<Problem> {
             }
         }
     }
-    c.problems
 }
 
 /// A cluster's `bounce_domain` and `[[clusters.webhooks]]`.
-fn check_events(c: &mut Checker<'_>, cluster: &crate::model::Cluster, cpath: &KeyPath) {
+fn check_events(c: &mut Checker<'_>, cluster: &Cluster, cpath: &KeyPath) {
     if let Some(domain) = &cluster.bounce_domain {
         c.dns_name(&cpath.key("bounce_domain"), domain);
     }
     let mut names = HashMap::new();
     for (wi, hook) in cluster.webhooks.iter().enumerate() {
         let path = cpath.key("webhooks").index(wi);
-        c.token(
-            &path.key("name"),
+        let name = path.key("name");
+        c.unique_token(
+            &mut names,
+            &name,
             Token::WebhookName,
             "webhook name",
             &hook.name,
         );
-        c.unique(&mut names, &hook.name, path.key("name"), "webhook name");
         if let Err(why) = check_webhook_url(&hook.url) {
             c.report(&path.key("url"), why);
         }

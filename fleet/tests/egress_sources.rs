@@ -257,12 +257,9 @@ fn every_egress_rule_names_its_line_and_key() {
         .map(|line| format!("{line}\n"))
         .collect();
     assert_ne!(text, good, "the example's SOCKS5 password line is gone");
-    let err = fleet::parse_fleet(&text, "fleet.toml")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("clusters[0].egress_sources[0].password: a SOCKS5 username needs a password"),
-        "{err}"
+    assert_refused(
+        &text,
+        "clusters[0].egress_sources[0].password: a SOCKS5 username needs a password",
     );
 }
 
@@ -278,20 +275,25 @@ fn weights_of_zero_only_or_a_pool_without_sources_are_refused() {
             "{ name = \"haproxy-b\" }",
             "{ name = \"haproxy-b\", weight = 0 }",
         );
-    let err = fleet::parse_fleet(&all_zero, "fleet.toml")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("clusters[0].egress_pool.entries: the pool needs at least one entry with a weight above 0"), "{err}");
+    assert_refused(
+        &all_zero,
+        "clusters[0].egress_pool.entries: the pool needs at least one entry with a weight above 0",
+    );
 
     // The pool alone, its sources removed.
     let start = good.find("  [[clusters.egress_sources]]").unwrap();
     let pool = good.find("  [clusters.egress_pool]").unwrap();
     let text = format!("{}{}", &good[..start], &good[pool..]);
-    let err = fleet::parse_fleet(&text, "fleet.toml")
+    assert_refused(
+        &text,
+        "has an egress_pool but no [[clusters.egress_sources]]",
+    );
+}
+
+/// `text` does not load, and the error names `expected`.
+fn assert_refused(text: &str, expected: &str) {
+    let err = fleet::parse_fleet(text, "fleet.toml")
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("has an egress_pool but no [[clusters.egress_sources]]"),
-        "{err}"
-    );
+    assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
 }

@@ -7,26 +7,33 @@ use std::process::{Command, Stdio};
 
 use fleet::testkit::example_configs::repo_configs;
 
-const BAD_FLEET: &str = r#"[zone]
-origin = "unmta.net"
-primary_ns = "ns1.unmta.net"
-hostmaster = "hostmaster.unmta.net"
-nameservers = [ { name = "ns1.unmta.net", ipv4 = "192.0.2.53" } ]
+/// Three mistakes: a bad rate limit (line 10), a misspelt key (line 15), a
+/// duplicate MTA name (line 18, first at 13).
+fn bad_fleet() -> String {
+    fleet::testkit::FleetToml::new("192.0.2.53")
+        .cluster("a1b2c3d4", &["yourdomain.com"])
+        .set("rate_limit = \"500/fortnight\"")
+        .mta("mta-1", "203.0.113.11")
+        .set("  wieght = 2")
+        .mta("mta-1", "203.0.113.12")
+        .to_string()
+}
 
-[[clusters]]
-id = "a1b2c3d4"
-rate_limit = "500/fortnight"
-domains = ["yourdomain.com"]
-
-  [[clusters.mtas]]
-  name = "mta-1"
-  ipv4 = "203.0.113.11"
-  wieght = 2
-
-  [[clusters.mtas]]
-  name = "mta-1"
-  ipv4 = "203.0.113.12"
-"#;
+/// Each case is the example with one change and fails naming it (and the
+/// file with its line).
+fn assert_each_fails(example: &str, cases: &[(String, &str)]) {
+    for (text, expected) in cases {
+        assert_ne!(
+            text, example,
+            "the case for {expected:?} did not change the file"
+        );
+        let err = fleet::parse_fleet(text, "fleet.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        assert!(err.contains("fleet.toml:"), "{err}");
+    }
+}
 
 fn fleet_cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fleet"))
@@ -61,11 +68,11 @@ fn every_example_config_loads() {
 
 #[test]
 fn one_run_names_every_problem_with_its_line() {
-    let err = fleet::parse_fleet(BAD_FLEET, "bad.toml").unwrap_err();
+    let err = fleet::parse_fleet(&bad_fleet(), "bad.toml").unwrap_err();
     let text = err.to_string();
     assert_eq!(err.problems.len(), 3, "{text}");
     assert!(
-        text.contains("bad.toml:9: clusters[0].rate_limit: invalid rate limit `500/fortnight`"),
+        text.contains("bad.toml:10: clusters[0].rate_limit: invalid rate limit `500/fortnight`"),
         "{text}"
     );
     assert!(
@@ -88,17 +95,7 @@ fn cross_field_rules_are_enforced() {
         (example.replace("ttl = 30 ", "ttl = 0 "), "ttl must be between 1 and 86400"),
         (example.replace("[[clusters.mtas]]\n  name = \"beta-1\"\n  ipv4 = \"127.0.0.21\"\n", ""), "cluster e5f6a7b8 has no MTA"),
     ];
-    for (text, expected) in cases {
-        assert_ne!(
-            text, example,
-            "the case for {expected:?} did not change the file"
-        );
-        let err = fleet::parse_fleet(&text, "fleet.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
-        assert!(err.contains("fleet.toml:"), "{err}");
-    }
+    assert_each_fails(&example, &cases);
 }
 
 #[test]
@@ -114,12 +111,12 @@ fn fleet_check_exit_codes_and_output() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, BAD_FLEET).unwrap();
+    std::fs::write(&bad, bad_fleet()).unwrap();
     let out = fleet_cli().arg("check").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8_lossy(&out.stderr);
     for line in [
-        ":9: clusters[0].rate_limit",
+        ":10: clusters[0].rate_limit",
         ":15: clusters[0].mtas[0].wieght",
         ":18: clusters[0].mtas[1].name",
     ] {
@@ -195,14 +192,5 @@ fn webhooks_and_bounce_domains_are_checked_with_their_place() {
         (hook("https://h.example/x", "\n  [[clusters.webhooks]]\n  name = \"app\"\n  url = \"https://h.example/y\"\n  secret = \"0123456789abcdef\""), "duplicate webhook name `app`"),
         (example.replace("# bounce_domain = \"c-a1b2c3d4.unmta.net\"", "bounce_domain = \"not a domain\""), "clusters[0].bounce_domain: `not a domain` is not a valid DNS name"),
     ];
-    for (text, expected) in cases {
-        assert_ne!(
-            text, example,
-            "the case for {expected:?} did not change the file"
-        );
-        let err = fleet::parse_fleet(&text, "fleet.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
-    }
+    assert_each_fails(&example, &cases);
 }

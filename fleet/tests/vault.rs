@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fleet::admin::Readiness;
 use fleet::secret::{SecretStore, VaultRef};
+use fleet::testkit::process::output_of;
 use fleet::testkit::Bao;
 use fleet::vault::{AppRoleConfig, VaultClient, VaultConfig, VaultError};
 
@@ -165,22 +166,20 @@ async fn tls_with_a_ca_file_and_a_namespace() {
     bao.api(reqwest::Method::POST, "sys/namespaces/team1", None)
         .await
         .unwrap();
-    bao.api_in(
-        Some("team1"),
-        reqwest::Method::POST,
-        "sys/mounts/secret",
-        Some(serde_json::json!({ "type": "kv", "options": { "version": "2" } })),
-    )
-    .await
-    .unwrap();
-    bao.api_in(
-        Some("team1"),
-        reqwest::Method::POST,
-        "secret/data/token",
-        Some(serde_json::json!({ "data": { "value": "in-team1" } })),
-    )
-    .await
-    .unwrap();
+    for (path, body) in [
+        (
+            "sys/mounts/secret",
+            serde_json::json!({ "type": "kv", "options": { "version": "2" } }),
+        ),
+        (
+            "secret/data/token",
+            serde_json::json!({ "data": { "value": "in-team1" } }),
+        ),
+    ] {
+        (bao.api_in(Some("team1"), reqwest::Method::POST, path, Some(body)))
+            .await
+            .unwrap();
+    }
     let value = reference("vault:secret/data/token#value");
     let address = bao.tls_address().unwrap();
     let mut config = VaultConfig::with_token_file(address, bao.token_file().unwrap());
@@ -236,22 +235,21 @@ async fn vault_import_copies_file_secrets_and_prints_the_references() {
          key = \"dkim/yourdomain.com.pem\"\nalgorithm = \"ed25519-sha256\"\n",
     );
     std::fs::write(&mta, text).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
-        .arg("vault-import")
-        .arg("--fleet")
-        .arg(configs.path("fleet.toml"))
-        .arg("--mta-config")
-        .arg(&mta)
-        .args(["--address", bao.address(), "--token-file"])
-        .arg(bao.token_file().unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // `fleet vault-import` (with `extra` arguments) on the relocated files.
+    let import = |extra: &[&str]| {
+        output_of(
+            std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+                .arg("vault-import")
+                .args(extra)
+                .arg("--fleet")
+                .arg(configs.path("fleet.toml"))
+                .arg("--mta-config")
+                .arg(&mta)
+                .args(["--address", bao.address(), "--token-file"])
+                .arg(bao.token_file().unwrap()),
+        )
+    };
+    let stdout = import(&[]);
     let references: Vec<&str> = stdout
         .lines()
         .filter_map(|line| line.split_once(" = \"")?.1.strip_suffix('"'))
@@ -286,22 +284,7 @@ async fn vault_import_copies_file_secrets_and_prints_the_references() {
 
     // --write puts the references into the files; a second run finds
     // nothing left to copy.
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
-            .arg("vault-import")
-            .arg("--write")
-            .arg("--fleet")
-            .arg(configs.path("fleet.toml"))
-            .arg("--mta-config")
-            .arg(&mta)
-            .args(["--address", bao.address(), "--token-file"])
-            .arg(bao.token_file().unwrap())
-            .output()
-            .unwrap()
-    };
-    let output = run();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
+    let stdout = import(&["--write"]);
     assert!(stdout.contains("now stand in the files"), "{stdout}");
     let fleet_text = std::fs::read_to_string(configs.path("fleet.toml")).unwrap();
     assert!(!fleet_text.contains("$argon2"), "{fleet_text}");
@@ -313,6 +296,6 @@ async fn vault_import_copies_file_secrets_and_prints_the_references() {
     ] {
         assert!(mta_text.contains(written), "no {written} in\n{mta_text}");
     }
-    let again = run();
-    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to import"));
+    let again = import(&["--write"]);
+    assert!(again.contains("nothing to import"), "{again}");
 }

@@ -10,16 +10,13 @@ use fleet::clusters_api::{ClusterView, Data};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_api_answers_by_token() {
-    let test = 10;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let _one = fake(ip(test, 10), pki.server(&["c-a1.unmta.net"])).await;
+    let bed = Bed::new(10);
+    let _one = bed.fake(10, &["c-a1.unmta.net"]).await;
     let fleet = fleet_toml(&[
-        ("a1", "500/hr", vec![mta("mta-a", ip(test, 10))]),
-        ("b2", "unlimited", vec![mta("mta-b", ip(test, 11))]),
+        ("a1", "500/hr", vec![mta("mta-a", bed.ip(10))]),
+        ("b2", "unlimited", vec![mta("mta-b", bed.ip(11))]),
     ]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
-    let healthd = Healthd::start(&config).await;
+    let healthd = Healthd::start(&bed.configs(&fleet, "", "")).await;
 
     for token in [None, Some("not-a-token")] {
         for path in [
@@ -108,15 +105,9 @@ async fn clusters_api_answers_by_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_once_the_first_probe_round_finished() {
-    let test = 14;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
     // The MTA says nothing: the first round takes the whole timeout.
-    let one = fake(ip(test, 10), pki.server(&["c-r1.unmta.net"])).await;
-    one.set(|s| s.no_banner = true);
-    let fleet = fleet_toml(&[("r1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "timeout = \"2s\"\n");
-    let healthd = Healthd::start(&config).await;
+    let one = OneFake::new(14, "r1", |s| s.no_banner = true).await;
+    let healthd = one.start("", "timeout = \"2s\"").await;
     let (status, body) = healthd.text("/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("first probe round"), "{body}");
@@ -146,21 +137,12 @@ async fn ready_once_the_first_probe_round_finished() {
 /// clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degraded_mta_stays_up_and_says_why() {
-    let test = 16;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let one = fake(ip(test, 10), pki.server(&["c-d1.unmta.net"])).await;
     let note = "webhook crm has failed 3 times in a row with 40 events waiting: POST answered 503";
-    one.set(|s| s.ready_body = format!("ready, degraded: {note}"));
-    let fleet = fleet_toml(&[("d1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(
-        dir.path(),
-        ip(test, 1),
-        &pki,
-        &fleet,
-        "interval = \"200ms\"\n",
-    );
-    let healthd = Healthd::start(&config).await;
+    let one = OneFake::new(16, "d1", |s| {
+        s.ready_body = format!("ready, degraded: {note}");
+    })
+    .await;
+    let healthd = one.start("", "interval = \"200ms\"").await;
     fleet::testkit::process::eventually(Duration::from_secs(10), "the note in the API", || async {
         let mta = mta_view(&healthd, "d1").await;
         mta["state"] == "up" && mta["degraded"] == note
@@ -170,7 +152,7 @@ async fn a_degraded_mta_stays_up_and_says_why() {
     let mta = mta_view(&healthd, "d1").await;
     assert_eq!(mta["reason"], format!("degraded: {note}"));
 
-    one.set(|s| s.ready_body = "ready".into());
+    one.fake.set(|s| s.ready_body = "ready".into());
     fleet::testkit::process::eventually(Duration::from_secs(10), "the note cleared", || async {
         let mta = mta_view(&healthd, "d1").await;
         mta["state"] == "up" && mta["degraded"].is_null() && mta["reason"].is_null()

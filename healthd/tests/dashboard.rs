@@ -1,7 +1,9 @@
 //! The Cluster page in a real browser: healthd in-process against fake MTAs
 //! on 127.7.x.y, headless chromium driven over WebDriver (chromedriver).
 //! The fakes listen on the production ports (SMTP 587, HTTPS 443) so the
-//! card shows what a customer sees: this needs root, as local-cluster does.
+//! card shows what a customer sees: the tests with fakes run in a user and
+//! network namespace of their own (`fleet::testkit::namespace`), where
+//! they may.
 //! Screenshots land in `target/dashboard-screenshots/`.
 
 mod common;
@@ -27,69 +29,22 @@ fn ip(test: u8, host: u8) -> Ipv4Addr {
 /// drained MTA), globex owns e5f6a7b8.
 fn fleet(test: u8) -> String {
     let hash = fleet::password::hash_password("not-the-password").unwrap();
-    format!(
-        r#"[zone]
-origin = "unmta.net"
-primary_ns = "ns1.unmta.net"
-hostmaster = "hostmaster.unmta.net"
-nameservers = [ {{ name = "ns1.unmta.net", ipv4 = "127.7.255.53" }} ]
-
-[ports]
-smtp = [587, 25, 2587]
-https = 443
-
-[[clusters]]
-id = "a1b2c3d4"
-rate_limit = "500/hr"
-domains = ["yourdomain.com"]
-
-  [[clusters.credentials]]
-  username = "your-credential"
-  password = "{hash}"
-
-  [[clusters.mtas]]
-  name = "mta-1"
-  ipv4 = "{m1}"
-
-  [[clusters.mtas]]
-  name = "mta-2"
-  ipv4 = "{m2}"
-
-[[clusters]]
-id = "c9d0e1f2"
-domains = ["acme-two.example"]
-
-  [[clusters.mtas]]
-  name = "mta-3"
-  ipv4 = "{m3}"
-  drain = true
-
-[[clusters]]
-id = "e5f6a7b8"
-rate_limit = "1000/day"
-domains = ["globex.example"]
-
-  [[clusters.mtas]]
-  name = "mta-4"
-  ipv4 = "{m4}"
-
-[[accounts]]
-name = "acme"
-token_sha256 = "{acme}"
-clusters = ["a1b2c3d4", "c9d0e1f2"]
-
-[[accounts]]
-name = "globex"
-token_sha256 = "{globex}"
-clusters = ["e5f6a7b8"]
-"#,
-        m1 = ip(test, 11),
-        m2 = ip(test, 12),
-        m3 = ip(test, 13),
-        m4 = ip(test, 21),
-        acme = common::sha256(ACME),
-        globex = common::sha256(GLOBEX),
-    )
+    fleet::testkit::FleetToml::new("127.7.255.53")
+        .ports(&[587, 25, 2587], 443)
+        .cluster("a1b2c3d4", &["yourdomain.com"])
+        .set("rate_limit = \"500/hr\"")
+        .credential("your-credential", &hash)
+        .mta("mta-1", ip(test, 11))
+        .mta("mta-2", ip(test, 12))
+        .cluster("c9d0e1f2", &["acme-two.example"])
+        .mta("mta-3", ip(test, 13))
+        .set("  drain = true")
+        .cluster("e5f6a7b8", &["globex.example"])
+        .set("rate_limit = \"1000/day\"")
+        .mta("mta-4", ip(test, 21))
+        .account("acme", &common::sha256(ACME), &["a1b2c3d4", "c9d0e1f2"])
+        .account("globex", &common::sha256(GLOBEX), &["e5f6a7b8"])
+        .to_string()
 }
 
 struct Setup {
@@ -224,6 +179,7 @@ async fn stop(setup: Setup, browser: Browser) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_signs_in_by_link_and_an_account_sees_only_its_clusters() {
+    fleet::in_own_namespace!();
     let setup = Setup::start(1, true).await;
     let base = setup.healthd.url.clone();
     let browser = Browser::start().await;
@@ -303,6 +259,7 @@ async fn dashboard_signs_in_by_link_and_an_account_sees_only_its_clusters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_card_shows_the_apis_values_in_the_fleets_port_order() {
+    fleet::in_own_namespace!();
     let (setup, browser, _) = signed_in(4, ACME).await;
     let (status, api) = setup
         .healthd
@@ -415,6 +372,7 @@ async fn dashboard_card_shows_the_apis_values_in_the_fleets_port_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_mtas_live_loading_only_from_healthd() {
+    fleet::in_own_namespace!();
     let (setup, browser, base) = signed_in(5, ACME).await;
     wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
     wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
@@ -442,6 +400,7 @@ async fn dashboard_shows_the_mtas_live_loading_only_from_healthd() {
 /// the first copy button, Enter copies; every control has a name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_works_with_the_keyboard_alone() {
+    fleet::in_own_namespace!();
     let (setup, browser, _) = signed_in(6, ACME).await;
     wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
     browser.grant("clipboard-write").await;
@@ -485,6 +444,7 @@ async fn dashboard_works_with_the_keyboard_alone() {
 /// state and last failure are shown whole, without a sideways scroll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_fits_a_phone_with_each_mtas_state_and_failure_in_view() {
+    fleet::in_own_namespace!();
     let (mut setup, browser, _) = signed_in(7, ACME).await;
     wait_row(&browser, "mta-1", "up", Duration::from_secs(15)).await;
     setup.fake("mta-2").kill();
@@ -544,6 +504,7 @@ async fn dashboard_fits_a_phone_with_each_mtas_state_and_failure_in_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_signs_out_and_in_again_with_the_form() {
+    fleet::in_own_namespace!();
     let (setup, browser, base) = signed_in(8, ACME).await;
     browser.click("form[action='/logout'] button").await;
     browser
@@ -580,6 +541,7 @@ async fn dashboard_signs_out_and_in_again_with_the_form() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_a_killed_mta_down_within_5s_without_a_reload() {
+    fleet::in_own_namespace!();
     let (mut setup, browser, _) = signed_in(2, ACME).await;
     wait_row(&browser, "mta-2", "up", Duration::from_secs(15)).await;
     wait_live(&browser).await;
@@ -872,6 +834,7 @@ async fn transitions_html(healthd: &Healthd) -> String {
 /// file and shown again by a restarted healthd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_transitions_survive_a_healthd_restart() {
+    fleet::in_own_namespace!();
     let mut setup = Setup::start(9, true).await;
     setup
         .healthd

@@ -14,25 +14,14 @@ const DRAIN: &str = "/v1/mtas/mta-1/drain";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_and_undrain_survive_a_restart() {
-    let test = 8;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let tls = pki.server(&["c-d1.unmta.net"]);
-    let one = fake(ip(test, 10), tls.clone()).await;
-    let _two = fake(ip(test, 11), tls.clone()).await;
-    let fleet = fleet_toml(&[(
-        "d1",
-        "unlimited",
-        vec![mta("mta-1", ip(test, 10)), mta("mta-2", ip(test, 11))],
-    )]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let bed = Bed::new(8);
+    let one = bed.fake(10, &["c-d1.unmta.net"]).await;
+    let _two = bed.fake(11, &["c-d1.unmta.net"]).await;
+    let mtas = vec![mta("mta-1", bed.ip(10)), mta("mta-2", bed.ip(11))];
+    let config = bed.configs(&fleet_toml(&[("d1", "unlimited", mtas)]), "", "");
     let healthd = Healthd::start(&config).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
-    healthd
-        .wait_state("mta-2", MtaState::Up, Duration::from_secs(5))
-        .await;
+    healthd.wait_up("mta-1").await;
+    healthd.wait_up("mta-2").await;
 
     // Only the admin token may drain.
     let (status, body) = healthd.call(Method::POST, DRAIN, None).await;
@@ -99,7 +88,7 @@ async fn drain_and_undrain_survive_a_restart() {
     // old one's, so a consumer's long-poll is answered at once.
     let old = healthd.feed().await;
     healthd.stop().await;
-    let saved = std::fs::read_to_string(dir.path().join("var/state.json")).unwrap();
+    let saved = std::fs::read_to_string(bed.dir.path().join("var/state.json")).unwrap();
     assert!(saved.contains("mta-1"), "{saved}");
     let healthd = Healthd::start(&config).await;
     let new = healthd.feed().await;
@@ -112,9 +101,7 @@ async fn drain_and_undrain_survive_a_restart() {
     let (status, body) = healthd.call(Method::DELETE, DRAIN, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["drained"], false);
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    healthd.wait_up("mta-1").await;
     healthd.stop().await;
     let healthd = Healthd::start(&config).await;
     let after = healthd.mta("mta-1").await.unwrap();
@@ -123,22 +110,17 @@ async fn drain_and_undrain_survive_a_restart() {
         MtaState::Unknown,
         "a restart starts from unknown, undrained"
     );
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    healthd.wait_up("mta-1").await;
     healthd.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_in_the_fleet_file_is_not_undone_by_an_admin_call() {
-    let test = 13;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let one = fake(ip(test, 10), pki.server(&["c-d2.unmta.net"])).await;
-    let mut spec = mta("mta-1", ip(test, 10));
+    let bed = Bed::new(13);
+    let one = bed.fake(10, &["c-d2.unmta.net"]).await;
+    let mut spec = mta("mta-1", bed.ip(10));
     spec.drain = true;
-    let fleet = fleet_toml(&[("d2", "unlimited", vec![spec])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let config = bed.configs(&fleet_toml(&[("d2", "unlimited", vec![spec])]), "", "");
     let healthd = Healthd::start(&config).await;
     assert_eq!(healthd.mta("mta-1").await.unwrap().state, MtaState::Drain);
     healthd
@@ -153,13 +135,12 @@ async fn a_drain_in_the_fleet_file_is_not_undone_by_an_admin_call() {
     assert_eq!(body["data"]["drained_by_fleet"], true);
 
     // Taking the drain out of the fleet file serves it again.
-    rewrite_fleet(
-        dir.path(),
-        &fleet_toml(&[("d2", "unlimited", vec![mta("mta-1", ip(test, 10))])]),
-    );
+    bed.rewrite_fleet(&fleet_toml(&[(
+        "d2",
+        "unlimited",
+        vec![mta("mta-1", bed.ip(10))],
+    )]));
     healthd.reload();
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    healthd.wait_up("mta-1").await;
     healthd.stop().await;
 }

@@ -10,16 +10,9 @@ use fleet::feed::{FleetHealth, MtaState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_is_woken_within_100ms_of_a_transition() {
-    let test = 9;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let mut one = fake(ip(test, 10), pki.server(&["c-f1.unmta.net"])).await;
-    let fleet = fleet_toml(&[("f1", "500/hr", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
-    let healthd = Healthd::start(&config).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    let mut one = OneFake::new(9, "f1", |_| {}).await;
+    let healthd = one.start("", "").await;
+    healthd.wait_up("mta-1").await;
     let feed = healthd.feed().await;
     assert_eq!(feed.clusters[0].hostname, "c-f1.unmta.net");
     let generation = feed.generation;
@@ -48,7 +41,7 @@ async fn a_long_poll_is_woken_within_100ms_of_a_transition() {
         let feed: FleetHealth = client.get(url).send().await.unwrap().json().await.unwrap();
         (SystemTime::now(), feed)
     });
-    one.kill();
+    one.fake.kill();
     let (woken, feed) = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .unwrap()

@@ -8,25 +8,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fleet::feed::MtaState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_and_long_polls_are_capped() {
-    let test = 30;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let _one = fake(ip(test, 10), pki.server(&["c-f1.unmta.net"])).await;
-    let fleet = fleet_toml(&[("f1", "500/hr", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "[probe]",
-        "max_connections = 4\nmax_long_polls = 2\n[probe]",
-    );
-    std::fs::write(&config, text).unwrap();
-    let healthd = Healthd::start(&config).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
+    let one = OneFake::new(30, "f1", |_| {}).await;
+    let healthd = one
+        .start("max_connections = 4\nmax_long_polls = 2", "")
         .await;
+    healthd.wait_up("mta-1").await;
     // A generation never reached: each poll waits its whole max_wait, whatever
     // the probes do meanwhile. Of three at once, two wait and one is refused
     // at once (which one depends on arrival order).
@@ -71,17 +60,8 @@ async fn connections_and_long_polls_are_capped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_cap_waits_until_one_closes() {
-    let test = 31;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let _one = fake(ip(test, 10), pki.server(&["c-f1.unmta.net"])).await;
-    let fleet = fleet_toml(&[("f1", "500/hr", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[probe]", "max_connections = 3\n[probe]");
-    std::fs::write(&config, text).unwrap();
-    let healthd = Healthd::start(&config).await;
+    let one = OneFake::new(31, "f1", |_| {}).await;
+    let healthd = one.start("max_connections = 3", "").await;
     let addr = healthd.url.trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
     for _ in 0..3 {

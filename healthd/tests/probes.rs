@@ -12,26 +12,16 @@ use fleet::testkit::process::eventually;
 const HOST: &str = "c-p1.unmta.net";
 
 /// healthd at default probe settings watching one fake MTA `mta-1`.
-async fn one_mta(
-    test: u8,
-    script: impl FnOnce(&mut Script),
-) -> (tempfile::TempDir, Pki, Fake, Healthd) {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let fake = fake(ip(test, 10), pki.server(&[HOST])).await;
-    fake.set(script);
-    let fleet = fleet_toml(&[("p1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
-    let healthd = Healthd::start(&config).await;
-    (dir, pki, fake, healthd)
+async fn one_mta(test: u8, script: impl FnOnce(&mut Script)) -> (Bed, Fake, Healthd) {
+    let one = OneFake::new(test, "p1", script).await;
+    let healthd = one.start("", "").await;
+    (one.bed, one.fake, healthd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_mta_is_down_within_3s_and_up_again_after_rise_passes() {
-    let (_dir, _pki, mut fake, healthd) = one_mta(1, |_| {}).await;
-    let up = healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    let (_bed, mut fake, healthd) = one_mta(1, |_| {}).await;
+    let up = healthd.wait_up("mta-1").await;
     assert!(up.latency_ms.is_some_and(|l| l > 0.0), "{up:?}");
     assert_eq!(up.reason, None);
 
@@ -49,19 +39,15 @@ async fn a_dead_mta_is_down_within_3s_and_up_again_after_rise_passes() {
     );
 
     fake.kill();
-    let killed = Instant::now();
-    let down = healthd
-        .wait_state("mta-1", MtaState::Down, Duration::from_secs(3))
+    let (down, took) = healthd
+        .wait_down_timed("mta-1", Duration::from_secs(3))
         .await;
-    let took = killed.elapsed();
     assert!(took <= Duration::from_secs(3), "down after {took:?}");
     assert_eq!(down.reason.as_deref(), Some("smtp: connection refused"));
 
     let before = fake.smtp_connections();
     fake.resume().await;
-    let up = healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    let up = healthd.wait_up("mta-1").await;
     let passes = fake.smtp_connections() - before;
     assert!(passes >= 2, "up after {passes} probes; rise is 2");
     assert_eq!(up.reason, None);
@@ -90,18 +76,14 @@ async fn a_dead_mta_is_down_within_3s_and_up_again_after_rise_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mta_that_goes_silent_is_down_within_3s() {
-    let (_dir, _pki, fake, healthd) = one_mta(12, |_| {}).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    let (_bed, fake, healthd) = one_mta(12, |_| {}).await;
+    healthd.wait_up("mta-1").await;
     // Connections are still accepted but nothing is ever said: every probe
     // runs into the timeout, the slowest way to fail.
     fake.set(|s| s.no_banner = true);
-    let silent = Instant::now();
-    let down = healthd
-        .wait_state("mta-1", MtaState::Down, Duration::from_secs(4))
+    let (down, took) = healthd
+        .wait_down_timed("mta-1", Duration::from_secs(4))
         .await;
-    let took = silent.elapsed();
     assert!(took <= Duration::from_secs(3), "down after {took:?}");
     assert_eq!(
         down.reason.as_deref(),
@@ -111,7 +93,7 @@ async fn an_mta_that_goes_silent_is_down_within_3s() {
 }
 
 async fn down_with(test: u8, script: impl FnOnce(&mut Script), reason: &str) {
-    let (_dir, _pki, _fake, healthd) = one_mta(test, script).await;
+    let (_bed, _fake, healthd) = one_mta(test, script).await;
     let down = healthd
         .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
         .await;
@@ -119,46 +101,38 @@ async fn down_with(test: u8, script: impl FnOnce(&mut Script), reason: &str) {
     healthd.stop().await;
 }
 
+/// Each way an MTA's answers can fail is down with its reason: no banner,
+/// no STARTTLS, `/ready` 503 (one fake MTA each, side by side).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_banner_that_never_comes_is_down() {
-    down_with(
-        2,
-        |s| s.no_banner = true,
-        "smtp: no 220 banner within 900ms",
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ehlo_without_starttls_is_down() {
-    down_with(
-        3,
-        |s| s.offer_starttls = false,
-        "smtp: STARTTLS not offered",
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_503_is_down_with_its_reason() {
-    down_with(
-        5,
-        |s| {
-            s.ready_status = 503;
-            s.ready_body = "not ready: spool unhealthy".into();
-        },
-        "https: /ready answered 503: not ready: spool unhealthy",
-    )
-    .await;
+async fn each_failing_answer_is_down_with_its_reason() {
+    let ready_503 = |s: &mut Script| {
+        s.ready_status = 503;
+        s.ready_body = "not ready: spool unhealthy".into();
+    };
+    tokio::join!(
+        down_with(
+            2,
+            |s| s.no_banner = true,
+            "smtp: no 220 banner within 900ms"
+        ),
+        down_with(
+            3,
+            |s| s.offer_starttls = false,
+            "smtp: STARTTLS not offered"
+        ),
+        down_with(
+            5,
+            ready_503,
+            "https: /ready answered 503: not ready: spool unhealthy"
+        ),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_another_host_is_down() {
-    let (_dir, pki, fake, healthd) = one_mta(4, |_| {}).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
-    fake.set_tls(pki.server(&["c-other.unmta.net"]));
+    let (bed, fake, healthd) = one_mta(4, |_| {}).await;
+    healthd.wait_up("mta-1").await;
+    fake.set_tls(bed.pki.server(&["c-other.unmta.net"]));
     let down = healthd
         .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
         .await;
@@ -171,10 +145,8 @@ async fn a_certificate_for_another_host_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_another_ca_is_down() {
-    let (_dir, _pki, fake, healthd) = one_mta(11, |_| {}).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    let (_bed, fake, healthd) = one_mta(11, |_| {}).await;
+    healthd.wait_up("mta-1").await;
     let stranger = fleet::testkit::pki::LocalCa::new("another CA").unwrap();
     let issued = stranger.issue(&[HOST]).unwrap();
     fake.set_tls(fake::server_config(&issued.cert_pem, &issued.key_pem));
@@ -190,10 +162,8 @@ async fn a_certificate_from_another_ca_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_probes_under_the_timeout_do_not_flap() {
-    let (_dir, _pki, fake, healthd) = one_mta(6, |_| {}).await;
-    healthd
-        .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
-        .await;
+    let (_bed, fake, healthd) = one_mta(6, |_| {}).await;
+    healthd.wait_up("mta-1").await;
     let generation = healthd.feed().await.generation;
     // 500 ms before the banner and before /ready's answer: slow, yet under
     // the 900 ms timeout, for three rounds.
@@ -223,36 +193,21 @@ async fn slow_probes_under_the_timeout_do_not_flap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_changes_start_and_stop_probes() {
-    let test = 7;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let tls = pki.server(&["c-p1.unmta.net"]);
-    let a = fake(ip(test, 10), tls.clone()).await;
-    let b = fake(ip(test, 11), tls.clone()).await;
-    let c = fake(ip(test, 12), tls.clone()).await;
-    let moved = fake(ip(test, 13), tls.clone()).await;
-    let fleet = fleet_toml(&[(
-        "p1",
-        "unlimited",
-        vec![mta("mta-a", ip(test, 10)), mta("mta-b", ip(test, 11))],
-    )]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let bed = Bed::new(7);
+    let a = bed.fake(10, &[HOST]).await;
+    let b = bed.fake(11, &[HOST]).await;
+    let c = bed.fake(12, &[HOST]).await;
+    let moved = bed.fake(13, &[HOST]).await;
+    let mtas = vec![mta("mta-a", bed.ip(10)), mta("mta-b", bed.ip(11))];
+    let config = bed.configs(&fleet_toml(&[("p1", "unlimited", mtas)]), "", "");
     let healthd = Healthd::start(&config).await;
-    healthd
-        .wait_state("mta-a", MtaState::Up, Duration::from_secs(5))
-        .await;
-    healthd
-        .wait_state("mta-b", MtaState::Up, Duration::from_secs(5))
-        .await;
+    healthd.wait_up("mta-a").await;
+    healthd.wait_up("mta-b").await;
     assert_eq!(c.smtp_connections(), 0);
 
     // mta-b leaves, mta-c joins, mta-a moves to another address.
-    let fleet = fleet_toml(&[(
-        "p1",
-        "unlimited",
-        vec![mta("mta-a", ip(test, 13)), mta("mta-c", ip(test, 12))],
-    )]);
-    rewrite_fleet(dir.path(), &fleet);
+    let mtas = vec![mta("mta-a", bed.ip(13)), mta("mta-c", bed.ip(12))];
+    bed.rewrite_fleet(&fleet_toml(&[("p1", "unlimited", mtas)]));
     let generation = healthd.feed().await.generation;
     healthd.reload();
     let start = Instant::now();
@@ -270,7 +225,7 @@ async fn fleet_changes_start_and_stop_probes() {
     assert!(feed.generation > generation);
     assert!(find(&feed, "mta-b").is_none());
     let fresh = find(&feed, "mta-a").unwrap();
-    assert_eq!(fresh.ipv4, ip(test, 13));
+    assert_eq!(fresh.ipv4, bed.ip(13));
     assert_ne!(fresh.state, MtaState::Down);
     // The new MTA and the moved one are probed at once and come up.
     healthd
@@ -308,14 +263,11 @@ async fn fleet_changes_start_and_stop_probes() {
 async fn an_ipv6_address_that_does_not_answer_is_down() {
     // The fake answers on IPv4 only; nothing listens on [::1] at the SMTP
     // port, and lb-dns would hand that address out as AAAA.
-    let test = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let _fake = fake(ip(test, 10), pki.server(&[HOST])).await;
-    let mut spec = mta("mta-1", ip(test, 10));
+    let bed = Bed::new(20);
+    let _fake = bed.fake(10, &[HOST]).await;
+    let mut spec = mta("mta-1", bed.ip(10));
     spec.ipv6 = Some(std::net::Ipv6Addr::LOCALHOST);
-    let fleet = fleet_toml(&[("p1", "unlimited", vec![spec])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
+    let config = bed.configs(&fleet_toml(&[("p1", "unlimited", vec![spec])]), "", "");
     let healthd = Healthd::start(&config).await;
     let down = healthd
         .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
@@ -333,7 +285,7 @@ async fn an_ipv6_address_that_does_not_answer_is_down() {
 /// while the server allows it, and opens a new one when the server closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_rides_one_kept_connection_across_rounds() {
-    let (_dir, _pki, fake, healthd) = one_mta(40, |_| {}).await;
+    let (_bed, fake, healthd) = one_mta(40, |_| {}).await;
     healthd
         .wait_state("mta-1", MtaState::Up, Duration::from_secs(5))
         .await;
@@ -385,7 +337,7 @@ async fn a_chunked_oversized_ready_answer_is_read_bounded() {
 /// A passing chunked `/ready` with a degradation note: up, the note shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degradation_note_in_a_chunked_ready_is_shown() {
-    let (_dir, _pki, _fake, healthd) = one_mta(42, |s| {
+    let (_bed, _fake, healthd) = one_mta(42, |s| {
         s.ready_chunked = true;
         s.ready_body = "ready, degraded: webhook w failing".into();
     })
@@ -413,7 +365,7 @@ async fn a_ready_slower_than_the_timeout_is_down() {
 /// Something that is not HTTP on the HTTPS port is a protocol failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_answer_that_is_not_http_is_down() {
-    let (_dir, _pki, _fake, healthd) = one_mta(44, |s| s.ready_status = 0).await;
+    let (_bed, _fake, healthd) = one_mta(44, |s| s.ready_status = 0).await;
     let down = healthd
         .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
         .await;

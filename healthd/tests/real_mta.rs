@@ -3,25 +3,24 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use fleet::control::Control;
 use fleet::feed::MtaState;
+use fleet::testkit::InProcess;
 
 const HOST: &str = "c-m1.unmta.net";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_mta_is_up_and_down_within_3s_after_it_stops() {
-    let test = 15;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new();
-    let issued = pki.ca.issue(&[HOST]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.path().join("key.pem"), &issued.key_pem).unwrap();
-    let fleet = fleet_toml(&[("m1", "unlimited", vec![mta("mta-1", ip(test, 10))])]);
-    let config = write_configs(dir.path(), ip(test, 1), &pki, &fleet, "");
-    let mta_config = dir.path().join("mta.toml");
+    let bed = Bed::new(15);
+    let dir = bed.dir.path();
+    let issued = bed.pki.ca.issue(&[HOST]).unwrap();
+    std::fs::write(dir.join("cert.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
+    let fleet = fleet_toml(&[("m1", "unlimited", vec![mta("mta-1", bed.ip(10))])]);
+    let config = bed.configs(&fleet, "", "");
+    let mta_config = dir.join("mta.toml");
     std::fs::write(
         &mta_config,
         format!(
@@ -40,15 +39,14 @@ hold = true
 nameservers = ["{}:53"]
 dsn = false
 "#,
-            ip(test, 2),
-            ip(test, 53)
+            bed.ip(2),
+            bed.ip(53)
         ),
     )
     .unwrap();
     let settings = mta::Settings::load(&mta_config).unwrap();
     let listeners = mta::Listeners::bind(&settings).await.unwrap();
-    let mta_control = Control::new();
-    let node = tokio::spawn(mta::run(settings, listeners, mta_control.clone()));
+    let node = InProcess::spawn(|control| mta::run(settings, listeners, control));
 
     let healthd = Healthd::start(&config).await;
     let up = healthd
@@ -57,12 +55,10 @@ dsn = false
     assert_eq!(up.reason, None);
     assert!(up.latency_ms.is_some());
 
-    mta_control.shutdown.cancel();
-    let stopped = Instant::now();
-    let down = healthd
-        .wait_state("mta-1", MtaState::Down, Duration::from_secs(5))
+    node.shutdown();
+    let (down, took) = healthd
+        .wait_down_timed("mta-1", Duration::from_secs(5))
         .await;
-    let took = stopped.elapsed();
     assert!(
         took <= Duration::from_secs(3),
         "down after {took:?}: {down:?}"
@@ -72,6 +68,6 @@ dsn = false
         reason.starts_with("smtp:") || reason.starts_with("https:"),
         "{reason}"
     );
-    let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
+    node.stop(Duration::from_secs(10)).await;
     healthd.stop().await;
 }

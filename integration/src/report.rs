@@ -76,112 +76,144 @@ pub fn curl_command(info: &ClusterInfo) -> String {
     )
 }
 
+/// What `local-cluster` prints once the cluster is up: the Connection
+/// Details, the fleet, commands to try it and to operate it.
 pub fn details(info: &ClusterInfo) -> String {
     let mut out = String::new();
-    let c = &info.cluster;
-    let state = shell_quote(&info.state_dir.display().to_string());
-    let ports: Vec<String> = c.smtp_ports.iter().map(u16::to_string).collect();
-    let _ = writeln!(out, "\nConnection Details");
-    let _ = writeln!(out, "  HTTP endpoint  {}", c.http_endpoint);
-    let _ = writeln!(out, "  SMTP host      {}", c.smtp_host);
-    let _ = writeln!(
-        out,
-        "  SMTP ports     {} (STARTTLS and AUTH required on all)",
-        ports.join(", ")
-    );
-    let _ = writeln!(out, "  Username       {}", info.credential.username);
-    let _ = writeln!(out, "  Password       {}", info.credential.password);
-    let _ = writeln!(out, "  Rate limit     {} per MTA", c.rate_limit);
-    let _ = writeln!(
-        out,
-        "  Sender domain  {} (mail to {} lands in the sink)",
-        info.sender_domain,
-        info.sink_domains.join(" or ")
-    );
-    let _ = writeln!(out, "\nThe fleet");
-    let _ = writeln!(
-        out,
-        "  DNS (lb-dns)   {}:{}, the only place {} resolves",
-        info.dns.address, info.dns.port, c.hostname
-    );
-    for p in &info.processes {
-        let _ = writeln!(
-            out,
-            "  {:<14} {:<12} pid {:<8} {}",
-            p.name,
-            p.address,
-            p.pid,
-            p.admin_url.as_deref().unwrap_or("")
-        );
+    section(&mut out, "Connection Details", &connection_details(info));
+    section(&mut out, "The fleet", &fleet(info));
+    let _ = writeln!(out, "\nTry it from another terminal");
+    for command in [dig_command(info), swaks_command(info), curl_command(info)] {
+        let _ = writeln!(out, "  {command}");
     }
-    let _ = writeln!(out, "  CA             {}", info.ca_file.display());
-    let _ = writeln!(out, "  Fleet file     {}", info.fleet_file.display());
-    let _ = writeln!(out, "  Sink maildir   {}", info.sink.maildir.display());
+    let maildir = shell_quote(&info.sink.maildir.display().to_string());
+    let _ = writeln!(out, "  ls {maildir}");
+    let _ = writeln!(out, "\nOperate it");
+    for (what, how) in operations(info) {
+        let _ = writeln!(out, "  {what:<15} {how}");
+    }
+    let _ = writeln!(out, "\nCtrl-C stops every process.");
+    out
+}
+
+/// A titled block of `label  value` lines, the values in one column.
+fn section(out: &mut String, title: &str, lines: &[(String, String)]) {
+    let _ = writeln!(out, "\n{title}");
+    for (label, value) in lines {
+        let _ = writeln!(out, "  {label:<14} {value}");
+    }
+}
+
+fn connection_details(info: &ClusterInfo) -> Vec<(String, String)> {
+    let c = &info.cluster;
+    let ports: Vec<String> = c.smtp_ports.iter().map(u16::to_string).collect();
+    let sinks = info.sink_domains.join(" or ");
+    let lines = vec![
+        ("HTTP endpoint", c.http_endpoint.clone()),
+        ("SMTP host", c.smtp_host.clone()),
+        (
+            "SMTP ports",
+            format!("{} (STARTTLS and AUTH required on all)", ports.join(", ")),
+        ),
+        ("Username", info.credential.username.clone()),
+        ("Password", info.credential.password.clone()),
+        ("Rate limit", format!("{} per MTA", c.rate_limit)),
+        (
+            "Sender domain",
+            format!("{} (mail to {sinks} lands in the sink)", info.sender_domain),
+        ),
+    ];
+    lines.into_iter().map(|(l, v)| (l.to_string(), v)).collect()
+}
+
+/// lb-dns, every process with its pid and admin URL, and the files.
+fn fleet(info: &ClusterInfo) -> Vec<(String, String)> {
+    let line = |label: &str, value: String| (label.to_string(), value);
+    let (dns, hostname) = (&info.dns, &info.cluster.hostname);
+    let mut lines = vec![line(
+        "DNS (lb-dns)",
+        format!(
+            "{}:{}, the only place {hostname} resolves",
+            dns.address, dns.port
+        ),
+    )];
+    for p in &info.processes {
+        let admin = p.admin_url.as_deref().unwrap_or("");
+        lines.push(line(
+            &p.name,
+            format!("{:<12} pid {:<8} {admin}", p.address, p.pid),
+        ));
+    }
+    lines.push(line("CA", info.ca_file.display().to_string()));
+    lines.push(line("Fleet file", info.fleet_file.display().to_string()));
+    lines.push(line(
+        "Sink maildir",
+        info.sink.maildir.display().to_string(),
+    ));
     if let Some(vault) = &info.vault {
-        let _ = writeln!(
-            out,
-            "  Secrets        OpenBao dev server {} (root token in {})",
-            vault.address,
-            vault.token_file.display()
+        let token_file = vault.token_file.display().to_string();
+        let secrets = format!(
+            "OpenBao dev server {} (root token in {token_file})",
+            vault.address
         );
-        let _ = writeln!(
-            out,
-            "                 BAO_ADDR={} BAO_TOKEN=$(cat {}) bao kv list {}/{}",
+        lines.push(line("Secrets", secrets));
+        let list = format!(
+            "BAO_ADDR={} BAO_TOKEN=$(cat {}) bao kv list {}/{}",
             vault.address,
-            shell_quote(&vault.token_file.display().to_string()),
+            shell_quote(&token_file),
             vault.mount,
             vault.prefix
         );
+        lines.push(line("", list));
     }
-    let _ = writeln!(
-        out,
-        "  Everything     {}/cluster.json (logs in logs/)",
-        info.state_dir.display()
-    );
-    let _ = writeln!(out, "\nTry it from another terminal");
-    let _ = writeln!(out, "  {}", dig_command(info));
-    let _ = writeln!(out, "  {}", swaks_command(info));
-    let _ = writeln!(out, "  {}", curl_command(info));
-    let _ = writeln!(
-        out,
-        "  ls {}",
-        shell_quote(&info.sink.maildir.display().to_string())
-    );
-    let _ = writeln!(out, "\nOperate it");
-    let _ = writeln!(
-        out,
-        "  add an MTA      local-cluster --add-mta --state-dir {state}"
-    );
-    let _ = writeln!(
-        out,
-        "  drain / rate    edit {}, then: local-cluster reload --state-dir {state}",
-        shell_quote(&info.fleet_file.display().to_string())
-    );
-    let _ = writeln!(
-        out,
-        "  kill an MTA     kill -9 <pid>; bring it back: local-cluster restart mta-1 --state-dir {state}"
-    );
-    let _ = writeln!(
-        out,
-        "  dashboard       {}/?token={}",
-        info.healthd.url, info.healthd.api_token
-    );
-    let _ = writeln!(
-        out,
-        "  health          curl -s -H 'Authorization: Bearer {}' {}/v1/fleet",
-        info.healthd.admin_token, info.healthd.url
-    );
-    let _ = writeln!(
-        out,
-        "  Clusters API    curl -s -H 'Authorization: Bearer {}' {}/api/v1/clusters",
-        info.healthd.api_token, info.healthd.url
-    );
-    let _ = writeln!(
-        out,
-        "  restart as is   local-cluster --state-dir {state}   (same CA, credential, queued mail)"
-    );
-    let _ = writeln!(out, "\nCtrl-C stops every process.");
-    out
+    let everything = format!("{}/cluster.json (logs in logs/)", info.state_dir.display());
+    lines.push(line("Everything", everything));
+    lines
+}
+
+/// How to operate the running cluster, one command each.
+fn operations(info: &ClusterInfo) -> Vec<(&'static str, String)> {
+    let state = shell_quote(&info.state_dir.display().to_string());
+    let fleet_file = shell_quote(&info.fleet_file.display().to_string());
+    let healthd = &info.healthd;
+    vec![
+        (
+            "add an MTA",
+            format!("local-cluster --add-mta --state-dir {state}"),
+        ),
+        (
+            "drain / rate",
+            format!("edit {fleet_file}, then: local-cluster reload --state-dir {state}"),
+        ),
+        (
+            "kill an MTA",
+            format!(
+                "kill -9 <pid>; bring it back: local-cluster restart mta-1 --state-dir {state}"
+            ),
+        ),
+        (
+            "dashboard",
+            format!("{}/?token={}", healthd.url, healthd.api_token),
+        ),
+        (
+            "health",
+            format!(
+                "curl -s -H 'Authorization: Bearer {}' {}/v1/fleet",
+                healthd.admin_token, healthd.url
+            ),
+        ),
+        (
+            "Clusters API",
+            format!(
+                "curl -s -H 'Authorization: Bearer {}' {}/api/v1/clusters",
+                healthd.api_token, healthd.url
+            ),
+        ),
+        (
+            "restart as is",
+            format!("local-cluster --state-dir {state}   (same CA, credential, queued mail)"),
+        ),
+    ]
 }
 
 #[cfg(test)]

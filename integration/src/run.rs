@@ -4,7 +4,7 @@
 
 use parking_lot::Mutex;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,11 +108,11 @@ fn choose_state_dir(args: &StartArgs) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot resolve {}", dir.display()))
 }
 
-/// The fleet's MTAs as the readiness check wants them, with their drains,
-/// and the rate limit in service.
 /// Every MTA of the fleet file: name, address, drained.
 type Inventory = Vec<(String, std::net::Ipv4Addr, bool)>;
 
+/// The fleet's MTAs as the readiness check wants them, with their drains,
+/// and the rate limit in service.
 fn expected(layout: &Layout) -> anyhow::Result<(Inventory, String)> {
     let fleet = fleet::load_fleet(&layout.fleet_file())
         .map_err(|e| anyhow::anyhow!("the fleet file is invalid: {e}"))?;
@@ -140,32 +140,7 @@ fn save_info(plan: &Plan, supervisor: &Supervisor) {
 pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let state_dir = choose_state_dir(&args)?;
     let layout = Layout::new(&state_dir);
-    if let Ok(info) = ClusterInfo::load(&state_dir) {
-        anyhow::ensure!(
-            info.supervisor_pid == std::process::id() || !send_signal(info.supervisor_pid, 0),
-            "a local-cluster (pid {}) already runs {}; stop it first, or operate it with \
-             --add-mta, restart and reload",
-            info.supervisor_pid,
-            state_dir.display()
-        );
-        let _ = std::fs::remove_file(layout.cluster_json());
-    }
-    let plan = match Plan::load(&state_dir)? {
-        Some(mut plan) => {
-            println!(
-                "local-cluster: reusing the cluster in {}",
-                state_dir.display()
-            );
-            plan.apply(&args);
-            plan
-        }
-        None => Plan::fresh(&args),
-    };
-    plan.save(&state_dir)?;
-    if plan.vault_port.is_some() && layout.fleet_file().exists() {
-        state::restore_fleet_secrets(&layout, &plan)?;
-    }
-    let mtas = state::prepare(&layout, &plan, args.rate_limit.is_some())?;
+    let (plan, mtas) = prepare(&args, &state_dir, &layout)?;
     // Dropped (the server killed) when local-cluster returns.
     let _vault = match plan.vault_port {
         Some(_) => Some(crate::vault::start(&layout, &plan, &mtas).await?),
@@ -175,11 +150,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     for (path, _) in ops::pending(&layout) {
         let _ = std::fs::remove_file(path);
     }
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-
+    let mut signals = Signals::new()?;
     let mut supervisor = Supervisor::new(layout.clone())?;
     println!(
         "local-cluster: starting cluster {} with {} MTAs in {} (logs in {}/logs)",
@@ -194,12 +165,87 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             return Err(error);
         }
     }
-
     let timeout = Duration::from_secs(args.ready_timeout.unwrap_or(90));
+    if let Some(failure) = wait_ready(&plan, &mut supervisor, &mut signals, timeout).await? {
+        supervisor.stop_all(STOP_GRACE).await;
+        anyhow::bail!("{failure}");
+    }
+    save_info(&plan, &supervisor);
+    let info = ClusterInfo::load(&state_dir)?;
+    println!("local-cluster: the cluster is up and answered by lb-dns");
+    println!("{}", crate::report::details(&info));
+    serve(&mut supervisor, &plan, &mut signals).await;
+    stop(&mut supervisor, &state_dir).await;
+    Ok(())
+}
+
+/// Refuses a state dir another local-cluster runs; loads (or makes) the
+/// plan with `args` applied and prepares the state dir's files; the MTAs.
+fn prepare(
+    args: &StartArgs,
+    state_dir: &Path,
+    layout: &Layout,
+) -> anyhow::Result<(Plan, Vec<MtaEntry>)> {
+    if let Ok(info) = ClusterInfo::load(state_dir) {
+        anyhow::ensure!(
+            info.supervisor_pid == std::process::id() || !send_signal(info.supervisor_pid, 0),
+            "a local-cluster (pid {}) already runs {}; stop it first, or operate it with \
+             --add-mta, restart and reload",
+            info.supervisor_pid,
+            state_dir.display()
+        );
+        let _ = std::fs::remove_file(layout.cluster_json());
+    }
+    let plan = match Plan::load(state_dir)? {
+        Some(mut plan) => {
+            println!(
+                "local-cluster: reusing the cluster in {}",
+                state_dir.display()
+            );
+            plan.apply(args);
+            plan
+        }
+        None => Plan::fresh(args),
+    };
+    plan.save(state_dir)?;
+    if plan.vault_port.is_some() && layout.fleet_file().exists() {
+        state::restore_fleet_secrets(layout, &plan)?;
+    }
+    let mtas = state::prepare(layout, &plan, args.rate_limit.is_some())?;
+    Ok((plan, mtas))
+}
+
+/// The signals local-cluster answers: TERM and INT stop it, USR1 says a
+/// request (`--add-mta`, restart, reload) waits in the state dir.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
+/// Waits, at most `timeout`, until healthd has every MTA up and lb-dns
+/// answers them; `Some(why)` if it did not, a signal came or a process
+/// died first.
+async fn wait_ready(
+    plan: &Plan,
+    supervisor: &mut Supervisor,
+    signals: &mut Signals,
+    timeout: Duration,
+) -> anyhow::Result<Option<String>> {
     let last = Arc::new(Mutex::new(String::from("nothing checked yet")));
     let hostname = plan.hostname();
     let healthd_url = plan.healthd_url();
-    let (expected_mtas, _) = expected(&layout)?;
+    let (expected_mtas, _) = expected(&supervisor.layout)?;
     let poll = {
         let last = last.clone();
         let expectation = Expectation {
@@ -220,7 +266,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         }
     };
     let waited = tokio::time::timeout(timeout, poll);
-    let failure = tokio::select! {
+    Ok(tokio::select! {
             result = waited => match result {
                 Ok(()) => None,
                 Err(_) => Some(format!(
@@ -228,8 +274,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                     last.lock()
                 )),
             },
-            _ = term.recv() => Some("stopped by SIGTERM while starting".to_string()),
-            _ = int.recv() => Some("stopped by SIGINT while starting".to_string()),
+            _ = signals.term.recv() => Some("stopped by SIGTERM while starting".to_string()),
+            _ = signals.int.recv() => Some("stopped by SIGINT while starting".to_string()),
             Some(exit) = supervisor.next_exit() => {
                 supervisor.handle_exit(&exit, true);
                 Some(format!(
@@ -239,41 +285,42 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                     supervisor.log_tail(&exit.name, 20)
                 ))
             }
-    };
-    if let Some(failure) = failure {
-        supervisor.stop_all(STOP_GRACE).await;
-        anyhow::bail!("{failure}");
-    }
+    })
+}
 
-    save_info(&plan, &supervisor);
-    let info = ClusterInfo::load(&state_dir)?;
-    println!("local-cluster: the cluster is up and answered by lb-dns");
-    println!("{}", crate::report::details(&info));
-
+/// Supervises until SIGTERM or SIGINT: answers the requests USR1 announces
+/// and notes each process that exits.
+async fn serve(supervisor: &mut Supervisor, plan: &Plan, signals: &mut Signals) {
+    let layout = supervisor.layout.clone();
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = usr1.recv() => {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.usr1.recv() => {
                 for (path, request) in ops::pending(&layout) {
-                    let result = handle(&mut supervisor, &plan, &layout, &request).await;
+                    let result = handle(supervisor, plan, &layout, &request).await;
                     match &result {
                         Ok(text) => println!("local-cluster: {text}"),
                         Err(e) => eprintln!("local-cluster: {e:#}"),
                     }
-                    save_info(&plan, &supervisor);
+                    save_info(plan, supervisor);
                     ops::answer(&path, &result);
                 }
             }
             Some(exit) = supervisor.next_exit() => {
                 supervisor.handle_exit(&exit, false);
-                save_info(&plan, &supervisor);
+                save_info(plan, supervisor);
             }
         }
     }
+}
+
+/// Stops every process (killing what outlives the grace) and removes
+/// cluster.json; the state dir stays for the next start.
+async fn stop(supervisor: &mut Supervisor, state_dir: &Path) {
     println!("local-cluster: stopping every process");
     let killed = supervisor.stop_all(STOP_GRACE).await;
-    let _ = std::fs::remove_file(layout.cluster_json());
+    let _ = std::fs::remove_file(supervisor.layout.cluster_json());
     if !killed.is_empty() {
         eprintln!(
             "local-cluster: {} did not stop within {STOP_GRACE:?} and were killed",
@@ -284,7 +331,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         "local-cluster: stopped; the state stays in {} (start it again with --state-dir)",
         state_dir.display()
     );
-    Ok(())
 }
 
 async fn handle(

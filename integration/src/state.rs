@@ -417,25 +417,21 @@ timeout = "10s"
 retry_initial = "2s"
 retry_max = "30s"
 max_age = "1h"
-
-[[delivery.dkim]]
-domain = "{domain}"
-selector = "{selector}"
-key = "tls/dkim-{selector}.pem"
-algorithm = "ed25519-sha256"
-
-[[delivery.dkim]]
-domain = "{domain}"
-selector = "{rsa_selector}"
-key = "tls/dkim-{rsa_selector}.pem"
-algorithm = "rsa-sha256"
 "#,
             resolver = plan.resolver_addr(),
             sink_port = plan.ports.sink,
-            domain = plan.sender_domain,
-            selector = DKIM_SELECTOR,
-            rsa_selector = DKIM_RSA_SELECTOR,
         ));
+        // Both keys sign: Ed25519 and RSA.
+        for (selector, algorithm) in [
+            (DKIM_SELECTOR, "ed25519-sha256"),
+            (DKIM_RSA_SELECTOR, "rsa-sha256"),
+        ] {
+            text.push_str(&format!(
+                "\n[[delivery.dkim]]\ndomain = \"{}\"\nselector = \"{selector}\"\n\
+                 key = \"tls/dkim-{selector}.pem\"\nalgorithm = \"{algorithm}\"\n",
+                plan.sender_domain
+            ));
+        }
     }
     text
 }
@@ -452,12 +448,24 @@ mod tests {
         plan
     }
 
-    #[test]
-    fn a_fresh_state_dir_gets_files_every_daemon_accepts() {
+    /// A fresh state dir prepared with the default plan; its MTAs.
+    fn prepared() -> (tempfile::TempDir, Layout, Plan, Vec<MtaEntry>) {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::new(dir.path());
         let plan = plan(&StartArgs::default());
         let mtas = prepare(&layout, &plan, false).unwrap();
+        (dir, layout, plan, mtas)
+    }
+
+    /// The cluster's certificate chains to its CA under strict checks.
+    fn assert_chain_verifies(layout: &Layout) {
+        fleet::testkit::pki::openssl_verify_strict(&layout.ca_file(), &layout.cluster_cert())
+            .unwrap();
+    }
+
+    #[test]
+    fn a_fresh_state_dir_gets_files_every_daemon_accepts() {
+        let (_dir, layout, plan, mtas) = prepared();
         let names: Vec<_> = mtas
             .iter()
             .map(|m| (m.name.as_str(), m.ipv4.to_string()))
@@ -491,16 +499,12 @@ mod tests {
         let records = dkim_records(&layout);
         assert_eq!(records.len(), 2);
         assert!(records[1].1.starts_with("v=DKIM1; k=rsa; p="));
-        fleet::testkit::pki::openssl_verify_strict(&layout.ca_file(), &layout.cluster_cert())
-            .unwrap();
+        assert_chain_verifies(&layout);
     }
 
     #[test]
     fn a_leaf_near_expiry_is_renewed_with_its_ca_and_a_fresh_one_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path());
-        let plan = plan(&StartArgs::default());
-        prepare(&layout, &plan, false).unwrap();
+        let (_dir, layout, plan, _) = prepared();
         let ca = std::fs::read(layout.ca_file()).unwrap();
         prepare(&layout, &plan, false).unwrap();
         assert_eq!(std::fs::read(layout.ca_file()).unwrap(), ca);
@@ -515,16 +519,12 @@ mod tests {
         let leaf =
             fleet::certificate::CertificateInfo::from_pem_file(&layout.cluster_cert()).unwrap();
         assert!(leaf.seconds_left(fleet::certificate::now()) > 390 * 86_400);
-        fleet::testkit::pki::openssl_verify_strict(&layout.ca_file(), &layout.cluster_cert())
-            .unwrap();
+        assert_chain_verifies(&layout);
     }
 
     #[test]
     fn a_reused_state_dir_keeps_its_ca_and_mtas_and_takes_a_new_rate() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(dir.path());
-        let mut plan = plan(&StartArgs::default());
-        prepare(&layout, &plan, false).unwrap();
+        let (_dir, layout, mut plan, _) = prepared();
         let ca = std::fs::read(layout.ca_file()).unwrap();
         let added = add_mta(&layout, &plan).unwrap();
         assert_eq!(added.name, "mta-4");

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use fleet::testkit::process::output_of;
 use hosts_common::{healthd_state, wait_healthd_state, Load, Setup};
 use integration::hosts::impair;
 use integration::hosts::inside;
@@ -441,11 +442,8 @@ async fn a_proxy_host_dies_under_load_and_mail_goes_on_over_the_others() {
 fn local_cluster_hosts_prints_connection_details_that_work_when_pasted() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
-    if let Some(reason) = integration::hosts::netns::unavailable() {
-        eprintln!("SKIPPED local-cluster --hosts: {reason}");
-        return;
-    }
     let _serial = hosts_common::serial();
+    fleet::in_own_namespace!();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(hosts_common::BIN)
         .args(["--hosts", "--state-dir"])
@@ -488,17 +486,7 @@ fn local_cluster_hosts_prints_connection_details_that_work_when_pasted() {
             .to_string()
     };
     for tool in [" dig ", " swaks ", " curl "] {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(command(tool))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{tool}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = output_of(Command::new("sh").arg("-c").arg(command(tool)));
         if tool == " dig " {
             assert_eq!(stdout.lines().count(), 3, "{stdout}");
         }

@@ -540,7 +540,7 @@ async fn every_cluster_hostname_has_an_mx_to_itself_and_spf_with_every_mta() {
     let before = soa().await;
     spec.clusters[0].1.push(mta("mta-5", "192.0.2.15"));
     std::fs::write(lb.dir.join("fleet.toml"), spec.toml()).unwrap();
-    lb.control.request_reload();
+    lb.reload();
     eventually(
         Duration::from_secs(5),
         "mta-5 in the SPF record",

@@ -839,7 +839,7 @@ async fn a_reload_adds_a_cluster_and_keeps_serving() {
         .clusters
         .push(("f00d".into(), vec![mta("food-1", "192.0.2.31")]));
     std::fs::write(lb.dir.join("fleet.toml"), bigger.toml()).unwrap();
-    lb.control.request_reload();
+    lb.reload();
     eventually(Duration::from_secs(5), "new cluster served", || async {
         lb.a(&cluster("f00d")).await == vec![ip("192.0.2.31")]
     })
@@ -847,7 +847,7 @@ async fn a_reload_adds_a_cluster_and_keeps_serving() {
     .unwrap();
     // A broken file is refused; the zone stays.
     std::fs::write(lb.dir.join("fleet.toml"), "[zone]\norigin = 5\n").unwrap();
-    lb.control.request_reload();
+    lb.reload();
     eventually(Duration::from_secs(5), "reload refused", || async {
         !lb.status().await["config"]["last_error"].is_null()
     })
@@ -914,7 +914,7 @@ async fn a_reload_can_change_the_feeds_followed() {
         &spec,
         std::slice::from_ref(&feed.url),
     );
-    lb.control.request_reload();
+    lb.reload();
     wait_up(&lb, A1, 2).await;
     let health = &lb.status().await["service"]["health"];
     assert_eq!(health["stale"], false);

@@ -157,14 +157,7 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
         DkimAlgorithm::RsaSha256 => {
             let rsa = OpensslRsa::from_pem(pem.expose())
                 .map_err(|e| format!("{place}: not an RSA key: {e}"))?;
-            Signer::Rsa(
-                DkimSigner::from_key(rsa)
-                    .domain(key.domain.clone())
-                    .selector(selector.clone())
-                    .headers(SIGNED_HEADERS)
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed),
-            )
+            Signer::Rsa(signer(rsa, &key.domain, &selector))
         }
         DkimAlgorithm::Ed25519Sha256 => {
             let PrivateKeyDer::Pkcs8(pkcs8) = der else {
@@ -172,17 +165,21 @@ fn load_key(key: &DkimKey, secrets: &SecretStore) -> Result<Signer, String> {
             };
             let ed = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
                 .map_err(|e| format!("{place}: not an Ed25519 key: {e}"))?;
-            Signer::Ed25519(
-                DkimSigner::from_key(ed)
-                    .domain(key.domain.clone())
-                    .selector(selector.clone())
-                    .headers(SIGNED_HEADERS)
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed),
-            )
+            Signer::Ed25519(signer(ed, &key.domain, &selector))
         }
     };
     Ok(signer)
+}
+
+/// A signer of `domain` with `selector`: the headers we sign, relaxed
+/// canonicalization of both header and body.
+fn signer<T: SigningKey>(key: T, domain: &str, selector: &str) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS)
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// The domain DKIM signs for: the From: mailbox's domain as the strict

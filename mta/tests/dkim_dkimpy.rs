@@ -79,29 +79,15 @@ async fn dkimpy_verifies_both_signatures_of_every_message() {
     let sink = Sink::start(config).await.unwrap();
     let keydir = tempfile::tempdir().unwrap();
     let records = keys(keydir.path());
-    let delivery = format!(
-        r#"[delivery]
-nameservers = ["127.9.30.53:53"]
-routes = {{ "example.com" = "{sink_addr}" }}
-allow_networks = ["127.0.0.0/8"]
-dsn = false
-retry_initial = "1s"
-
-[[delivery.dkim]]
-domain = "yourdomain.com"
-selector = "rsa"
-key = "{rsa}"
-algorithm = "rsa-sha256"
-
-[[delivery.dkim]]
-domain = "yourdomain.com"
-selector = "ed"
-key = "{ed}"
-algorithm = "ed25519-sha256"
-"#,
-        rsa = keydir.path().join("rsa.pem").display(),
-        ed = keydir.path().join("ed.pem").display(),
-    );
+    let mut delivery = Fixture::delivery_to_sink([127, 9, 30], sink_addr);
+    for (selector, algorithm) in [("rsa", "rsa-sha256"), ("ed", "ed25519-sha256")] {
+        let key = keydir.path().join(format!("{selector}.pem"));
+        delivery.push_str(&format!(
+            "\n[[delivery.dkim]]\ndomain = \"yourdomain.com\"\nselector = \"{selector}\"\n\
+             key = \"{}\"\nalgorithm = \"{algorithm}\"\n",
+            key.display()
+        ));
+    }
     let fixture = Fixture::at([127, 9, 30], "", &delivery);
     let node = fixture.start().await;
 

@@ -45,7 +45,7 @@ async fn delivers_through_the_domain_mx() {
     assert_eq!(received.rcpt_to, vec!["someone@example.test".to_string()]);
     assert_eq!(received.mail_from, format!("{id}@c-a1b2c3d4.unmta.net"));
     assert!(received.tls, "opportunistic STARTTLS was not used");
-    assert_eq!(received.helo, "c-a1b2c3d4.unmta.net");
+    assert_eq!(received.helo, EXAMPLE_HOSTNAME);
     fleet::testkit::process::eventually(LIMIT, "the spool empties", || {
         let stats = egress.spool.stats();
         async move { stats.queued == 0 }

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use egress_support::*;
+use fleet::testkit::example_configs::ExampleConfigs;
 use fleet::testkit::process::DaemonProcess;
 use fleet::testkit::sink::{Behaviour, Received, Sink};
 use mta::spool::Spool;
 
 const BACKLOG: usize = 30;
 
-fn node_configs(net: u8) -> fleet::testkit::example_configs::ExampleConfigs {
+fn node_configs(net: u8) -> ExampleConfigs {
     configs(
         net,
         "5/s,max_burst=1",
@@ -26,8 +27,22 @@ fn node_configs(net: u8) -> fleet::testkit::example_configs::ExampleConfigs {
     )
 }
 
+/// A sink on `net` and a node's configs whose spool holds the backlog.
+async fn backlogged(net: u8) -> (Sink, ExampleConfigs) {
+    let sink = sink(net, 25, Behaviour::Accept).await;
+    let configs = node_configs(net);
+    spool_backlog(&configs).await;
+    (sink, configs)
+}
+
+/// The real binary on `configs`.
+fn start(configs: &ExampleConfigs) -> DaemonProcess {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_mta"));
+    DaemonProcess::start(binary, &configs.path("mta.toml")).unwrap()
+}
+
 /// Fills the node's spool with the backlog before the node starts.
-async fn spool_backlog(configs: &fleet::testkit::example_configs::ExampleConfigs) {
+async fn spool_backlog(configs: &ExampleConfigs) {
     let settings = mta::Settings::load(&configs.path("mta.toml")).unwrap();
     let spool = Spool::open(&settings.node.spool_dir).await.unwrap();
     for n in 0..BACKLOG {
@@ -71,13 +86,8 @@ fn assert_paced(got: &[Received], what: &str) {
 
 #[tokio::test]
 async fn a_held_backlog_survives_sigkill_and_keeps_its_pace() {
-    let net = 30;
-    let sink = sink(net, 25, Behaviour::Accept).await;
-    let configs = node_configs(net);
-    spool_backlog(&configs).await;
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_mta"));
-
-    let mut node = DaemonProcess::start(binary, &configs.path("mta.toml")).unwrap();
+    let (sink, configs) = backlogged(30).await;
+    let mut node = start(&configs);
     wait_count(&sink, 8).await;
     node.signal("KILL").unwrap();
     node.wait_exit(LIMIT).await.unwrap();
@@ -88,7 +98,7 @@ async fn a_held_backlog_survives_sigkill_and_keeps_its_pace() {
     );
     assert_paced(&sink.messages(), "before the kill");
 
-    let mut node = DaemonProcess::start(binary, &configs.path("mta.toml")).unwrap();
+    let mut node = start(&configs);
     // Everything arrives; at most the one in flight at the kill twice.
     fleet::testkit::process::eventually(Duration::from_secs(40), "the whole backlog", || {
         let n = by_subject(&sink.messages()).len();
@@ -101,30 +111,22 @@ async fn a_held_backlog_survives_sigkill_and_keeps_its_pace() {
     let after = &got[before..];
     assert!(after.len() >= BACKLOG - before);
     assert_paced(after, "after the restart");
-    node.signal("TERM").unwrap();
-    assert!(node.wait_exit(LIMIT).await.unwrap().success());
+    node.terminate(LIMIT).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_clean_restart_delivers_nothing_twice() {
-    let net = 31;
-    let sink = sink(net, 25, Behaviour::Accept).await;
-    let configs = node_configs(net);
-    spool_backlog(&configs).await;
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_mta"));
-
-    let mut node = DaemonProcess::start(binary, &configs.path("mta.toml")).unwrap();
+    let (sink, configs) = backlogged(31).await;
+    let mut node = start(&configs);
     wait_count(&sink, 5).await;
-    node.signal("TERM").unwrap();
-    assert!(node.wait_exit(LIMIT).await.unwrap().success());
-    let mut node = DaemonProcess::start(binary, &configs.path("mta.toml")).unwrap();
+    node.terminate(LIMIT).await.unwrap();
+    let mut node = start(&configs);
     wait_count(&sink, BACKLOG).await;
     // Nothing more comes: every message exactly once.
     let counts = by_subject(&sink.messages());
     assert_eq!(counts.len(), BACKLOG);
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
-    node.signal("TERM").unwrap();
-    assert!(node.wait_exit(LIMIT).await.unwrap().success());
+    node.terminate(LIMIT).await.unwrap();
     assert_eq!(sink.messages().len(), BACKLOG);
     // And the spool is empty after the clean stop.
     let settings = mta::Settings::load(&configs.path("mta.toml")).unwrap();

@@ -3,8 +3,10 @@
 //! out) and a local bind address; a proxy that refuses or dies; per-source
 //! rate limits kept fleet-wide in Redis by three MTAs, and their fallback
 //! when Redis stops. Addresses: 127.2.40-49.x (listeners), 127.8.40-49.x
-//! (the addresses mail leaves from). Needs root (dante's test user lives
-//! in a private mount namespace; HAProxy binds foreign sources).
+//! (the addresses mail leaves from). The proxy tests run in a user and
+//! network namespace of their own (`fleet::testkit::namespace`): Dante's
+//! test user lives in a private mount namespace and HAProxy binds foreign
+//! sources, which need root there.
 
 mod egress_support;
 
@@ -78,6 +80,7 @@ fn by_peer(messages: &[Received]) -> BTreeMap<IpAddr, usize> {
 /// presents its own EHLO name; weighted round robin shares the messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_with_and_without_a_password_haproxy_and_a_local_address_each_carry_mail() {
+    fleet::in_own_namespace!();
     let net = 40;
     let sink = sink(net, 25, Behaviour::Accept).await;
     let _plain =
@@ -165,6 +168,7 @@ async fn socks5_with_and_without_a_password_haproxy_and_a_local_address_each_car
 /// over the source that works, none is bounced or counted as an attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_and_absent_sources_are_taken_out_and_their_mail_goes_over_the_others() {
+    fleet::in_own_namespace!();
     let net = 41;
     let sink = sink(net, 25, Behaviour::Accept).await;
     let _auth = started(
@@ -240,6 +244,7 @@ async fn refusing_and_absent_sources_are_taken_out_and_their_mail_goes_over_the_
 /// died with the proxy can arrive twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_mid_run_loses_nothing() {
+    fleet::in_own_namespace!();
     let net = 42;
     let sink = Arc::new(sink(net, 25, Behaviour::Accept).await);
     let mut a = started(proxies::dante(at(net, 1, 1080), out(net, 10).into(), None).unwrap()).await;

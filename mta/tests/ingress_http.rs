@@ -34,19 +34,6 @@ async fn post_as(
     (status, value)
 }
 
-/// The seed's curl example.
-fn seed_example() -> Value {
-    json!({
-        "envelope_sender": "bounces@yourdomain.com",
-        "recipients": ["user@example.com"],
-        "content": {
-            "from": "sender@yourdomain.com",
-            "subject": "Hello",
-            "text_body": "Hello from unMTA"
-        }
-    })
-}
-
 fn error_of(value: &Value) -> &str {
     value["error"]
         .as_str()
@@ -390,6 +377,8 @@ async fn live_and_ready_on_the_https_listener() {
 
 #[tokio::test]
 async fn an_unwritable_spool_gives_503_ready_503_and_smtp_451() {
+    // A read-only bind mount: in a mount namespace of its own.
+    fleet::in_own_namespace!();
     let fixture = Fixture::new(49, "");
     let node = fixture.start().await;
     let (status, _) = post(&fixture, seed_example().to_string()).await;
@@ -438,58 +427,30 @@ async fn an_unwritable_spool_gives_503_ready_503_and_smtp_451() {
 }
 
 /// Makes a folder unwritable even for root: a read-only bind mount over
-/// it (new files fail with EROFS). Where mounting is not allowed, the
-/// folder is moved aside and a plain file takes its place (ENOTDIR).
+/// it (new files fail with EROFS), undone when dropped.
 struct ReadOnly {
     dir: std::path::PathBuf,
-    mounted: bool,
 }
 
 impl ReadOnly {
     fn new(dir: &std::path::Path) -> ReadOnly {
-        let mount = |args: &[&str]| {
-            std::process::Command::new("mount")
-                .args(args)
-                .arg(dir)
-                .arg(dir)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        let mounted = mount(&["--bind"]) && {
-            let ro = std::process::Command::new("mount")
-                .args(["-o", "remount,bind,ro"])
-                .arg(dir)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ro {
-                let _ = std::process::Command::new("umount").arg(dir).status();
-            }
-            ro
-        };
-        if !mounted {
-            eprintln!(
-                "mount not allowed here: replacing {} with a file",
-                dir.display()
-            );
-            std::fs::rename(dir, dir.with_extension("aside")).unwrap();
-            std::fs::write(dir, b"not a directory").unwrap();
+        let path = dir.to_str().expect("a UTF-8 path");
+        for args in [
+            &["--bind", path, path][..],
+            &["-o", "remount,bind,ro", path],
+        ] {
+            let status = (std::process::Command::new("mount").args(args).status())
+                .expect("`mount` runs (Debian package mount)");
+            assert!(status.success(), "mount {args:?}: {status}");
         }
         ReadOnly {
             dir: dir.to_path_buf(),
-            mounted,
         }
     }
 }
 
 impl Drop for ReadOnly {
     fn drop(&mut self) {
-        if self.mounted {
-            let _ = std::process::Command::new("umount").arg(&self.dir).status();
-        } else {
-            let _ = std::fs::remove_file(&self.dir);
-            let _ = std::fs::rename(self.dir.with_extension("aside"), &self.dir);
-        }
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
     }
 }

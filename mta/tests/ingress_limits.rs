@@ -9,25 +9,6 @@ use std::time::{Duration, Instant};
 
 use ingress_support::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
-
-/// A raw connection from `local` (an address of the test's own range).
-async fn connect_from(local: IpAddr, to: SocketAddr) -> Raw {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(local, 0)).unwrap();
-    Raw::over(socket.connect(to).await.unwrap())
-}
-
-/// Banner, EHLO, STARTTLS, TLS, EHLO from `local`.
-async fn secure_from(fixture: &Fixture, local: IpAddr) -> Raw {
-    let mut raw = connect_from(local, fixture.smtp_addr()).await;
-    assert_eq!(raw.reply().await.code, 220);
-    assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
-    assert_eq!(raw.cmd("STARTTLS").await.code, 220);
-    let mut raw = raw.tls(&fixture.ca_pem).await;
-    assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
-    raw
-}
 
 /// NOOPs every 50 ms until the server answers something else.
 async fn noop_until_refused(raw: &mut Raw) -> Reply {
@@ -112,7 +93,7 @@ async fn auth_failures_are_limited_per_address_and_per_username() {
     let third: IpAddr = "127.1.95.52".parse().unwrap();
     // Three wrong guesses over two connections.
     for guesses in [2, 1] {
-        let mut raw = secure_from(&fixture, guesser).await;
+        let mut raw = Raw::secure_from(&fixture, guesser).await;
         for _ in 0..guesses {
             let reply = raw
                 .cmd(&format!("AUTH PLAIN {}", plain("nobody", "guess")))
@@ -121,7 +102,7 @@ async fn auth_failures_are_limited_per_address_and_per_username() {
         }
     }
     // The address is refused now, even with the right password...
-    let mut raw = secure_from(&fixture, guesser).await;
+    let mut raw = Raw::secure_from(&fixture, guesser).await;
     let reply = raw
         .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
         .await;
@@ -129,14 +110,14 @@ async fn auth_failures_are_limited_per_address_and_per_username() {
     assert!(reply.first().starts_with("4.7.0"), "{reply:?}");
     assert!(reply.text().contains("your address"), "{reply:?}");
     // ...the guessed username from anywhere...
-    let mut raw = secure_from(&fixture, other).await;
+    let mut raw = Raw::secure_from(&fixture, other).await;
     let reply = raw
         .cmd(&format!("AUTH PLAIN {}", plain("nobody", "x")))
         .await;
     assert_eq!(reply.code, 454, "{reply:?}");
     assert!(reply.text().contains("username"), "{reply:?}");
     // ...while another client is served.
-    let mut raw = secure_from(&fixture, third).await;
+    let mut raw = Raw::secure_from(&fixture, third).await;
     let reply = raw
         .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
         .await;

@@ -190,8 +190,7 @@ async fn sigkill_while_clients_send_loses_no_acknowledged_message() {
         )
         .await
         .unwrap();
-    mta.signal("TERM").unwrap();
-    assert!(mta.wait_exit(LIMIT).await.unwrap().success());
+    mta.terminate(LIMIT).await.unwrap();
 
     let spooled = subjects(&fixture.spooled().await);
     let missing: Vec<_> = acked.iter().filter(|m| !spooled.contains(m)).collect();
@@ -265,15 +264,7 @@ async fn the_seed_swaks_and_curl_examples_work_against_configs() {
     );
 
     // The seed's curl example, with --cacert and the hostname resolved here.
-    let body = r#"{
-  "envelope_sender": "bounces@yourdomain.com",
-  "recipients": ["user@example.com"],
-  "content": {
-    "from": "sender@yourdomain.com",
-    "subject": "Hello",
-    "text_body": "Hello from unMTA"
-  }
-}"#;
+    let body = serde_json::to_string_pretty(&seed_example()).unwrap();
     let mut curl = std::process::Command::new("curl");
     curl.args(["-sS", "-X", "POST"])
         .arg(format!("https://{HOSTNAME}:{HTTPS_PORT}/api/inject/v1"))
@@ -282,7 +273,7 @@ async fn the_seed_swaks_and_curl_examples_work_against_configs() {
         .arg("--cacert")
         .arg(&ca)
         .args(["-u", "your-credential:example-password"])
-        .args(["-H", "Content-Type: application/json", "-d", body])
+        .args(["-H", "Content-Type: application/json", "-d", &body])
         .args(["-w", "\n%{http_code}"]);
     let curl = run(curl).await;
     let out = String::from_utf8_lossy(&curl.stdout);
@@ -294,8 +285,7 @@ async fn the_seed_swaks_and_curl_examples_work_against_configs() {
     assert!(out.ends_with("\n200"), "{out}");
     assert!(out.contains("\"success_count\":1"), "{out}");
 
-    mta.signal("TERM").unwrap();
-    assert!(mta.wait_exit(LIMIT).await.unwrap().success());
+    mta.terminate(LIMIT).await.unwrap();
     let spooled = subjects(&spooled(&configs.path("var/mta-1/spool")).await);
     assert_eq!(spooled, ["Test", "Hello"]);
 }

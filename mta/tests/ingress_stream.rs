@@ -1,5 +1,5 @@
 //! SMTP DATA streams to the spool as it arrives: memory grows with
-//! connections, not with message sizes (DESIGN.md "Second round", issue 11).
+//! connections, not with message sizes (issue 11).
 //!
 //! - Many 10 MB transfers at once to the real `mta` binary (127.1.60.11,
 //!   clients from 127.1.61.x) keep its peak RSS far below what holding the

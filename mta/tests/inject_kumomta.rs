@@ -21,15 +21,7 @@ const SINK_PORT: u16 = 2525;
 async fn node(n: u8) -> (Fixture, Running, Sink) {
     let sink_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 9, n, 25)), SINK_PORT);
     let sink = Sink::start(SinkConfig::accept(sink_addr)).await.unwrap();
-    let delivery = format!(
-        r#"[delivery]
-nameservers = ["127.9.{n}.53:53"]
-routes = {{ "example.com" = "{sink_addr}" }}
-allow_networks = ["127.0.0.0/8"]
-dsn = false
-retry_initial = "1s"
-"#
-    );
+    let delivery = Fixture::delivery_to_sink([127, 9, n], sink_addr);
     let fixture = Fixture::at([127, 9, n], "", &delivery);
     let running = fixture.start().await;
     (fixture, running, sink)

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{value, Array, DocumentMut};
 
+/// The hostname of the example fleet's first cluster (`a1b2c3d4`), which
+/// the example credential sends through.
+pub const EXAMPLE_HOSTNAME: &str = "c-a1b2c3d4.unmta.net";
+
 /// `configs/` copied into a temporary folder.
 pub struct ExampleConfigs {
     pub dir: tempfile::TempDir,

@@ -6,6 +6,9 @@
 pub mod bao;
 pub mod dns;
 pub mod example_configs;
+pub mod fleet_toml;
+pub mod in_process;
+pub mod namespace;
 pub mod pki;
 pub mod process;
 pub mod promtool;
@@ -15,5 +18,7 @@ pub mod strict_tls;
 
 pub use bao::Bao;
 pub use dns::StaticDns;
+pub use fleet_toml::FleetToml;
+pub use in_process::InProcess;
 pub use pki::LocalCa;
 pub use sink::{Behaviour, Received, Sink, SinkConfig};

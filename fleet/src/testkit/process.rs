@@ -53,6 +53,18 @@ impl DaemonProcess {
         Ok(())
     }
 
+    /// SIGTERM, then [`DaemonProcess::wait_exit`]: `Ok` only for exit 0.
+    pub async fn terminate(&mut self, limit: Duration) -> anyhow::Result<()> {
+        self.signal("TERM")?;
+        let status = self.wait_exit(limit).await?;
+        anyhow::ensure!(
+            status.success(),
+            "process {} exited {status} after SIGTERM",
+            self.pid()
+        );
+        Ok(())
+    }
+
     /// Waits for the process to exit, at most `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
         let start = Instant::now();
@@ -77,6 +89,22 @@ impl Drop for DaemonProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `command` to its end and returns its standard output; panics with
+/// both outputs if it cannot start or exits unsuccessfully.
+pub fn output_of(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// GETs `url` and returns the status and body, or `None` if nothing answers.

@@ -9,7 +9,8 @@
 //! files; the test user exists only in a private mount namespace
 //! (`unshare -m`) where copies of `/etc/passwd` and `/etc/shadow` with the
 //! user added are bind-mounted over the real ones, so the host is never
-//! changed. That, and HAProxy's transparent source, need root (CI is).
+//! changed. That, and HAProxy's transparent source, need root: tests that
+//! use them run in a namespace of their own ([`super::namespace`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -133,6 +134,12 @@ impl Drop for ProxyProcess {
 /// `external`; with `username_auth`, RFC 1929 against the system's users.
 pub fn dante_config(listen: SocketAddr, external: IpAddr, username_auth: bool) -> String {
     let method = if username_auth { "username" } else { "none" };
+    // A user namespace maps root alone: Dante cannot switch to nobody there.
+    let unprivileged = if in_user_namespace() {
+        "root"
+    } else {
+        "nobody"
+    };
     format!(
         "logoutput: stderr\n\
          internal: {} port = {}\n\
@@ -140,12 +147,19 @@ pub fn dante_config(listen: SocketAddr, external: IpAddr, username_auth: bool) -
          socksmethod: {method}\n\
          clientmethod: none\n\
          user.privileged: root\n\
-         user.unprivileged: nobody\n\
+         user.unprivileged: {unprivileged}\n\
          client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}\n\
          socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }}\n",
         listen.ip(),
         listen.port(),
     )
+}
+
+/// Whether this process runs in a user namespace that maps only some ids
+/// (the initial one maps them all).
+fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }
 
 /// `haproxy.cfg` for PROXY v2 in on `listen`, out to the destination the

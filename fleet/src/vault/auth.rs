@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{error_chain, vault_errors, VaultClient, VaultConfig, VaultError};
+use crate::error_chain;
+
+use super::{vault_errors, VaultClient, VaultConfig, VaultError};
 
 /// How the client got its tokens, for `/status` (never a token).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

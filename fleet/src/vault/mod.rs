@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroize;
 
+use crate::error_chain;
 use crate::secret::{SecretBytes, VaultRef};
 pub use auth::AuthStats;
 pub use config::{AppRoleConfig, VaultConfig};
@@ -299,16 +300,4 @@ fn vault_errors(status: reqwest::StatusCode, body: &[u8]) -> String {
     } else {
         format!("HTTP {}: {}", status.as_u16(), errors.errors.join("; "))
     }
-}
-
-/// An error with its sources, `a: b: c`, as reqwest hides the cause.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -217,11 +217,9 @@ async fn smtp(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         .await?;
     let mut line = String::new();
     loop {
-        line.clear();
-        if plain.read_line(&mut line).await? == 0 {
+        let Some(verb) = read_verb(&mut plain, &mut line).await? else {
             return Ok(());
-        }
-        let verb = line.trim().to_ascii_uppercase();
+        };
         if verb.starts_with("EHLO") {
             let reply: &[u8] = if script.offer_starttls {
                 b"250-fake.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
@@ -244,11 +242,9 @@ async fn smtp(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     count_handshake(tls.get_ref().1.handshake_kind());
     let mut secure = BufReader::new(tls);
     loop {
-        line.clear();
-        if secure.read_line(&mut line).await? == 0 {
+        let Some(verb) = read_verb(&mut secure, &mut line).await? else {
             return Ok(());
-        }
-        let verb = line.trim().to_ascii_uppercase();
+        };
         if verb.starts_with("EHLO") {
             secure
                 .get_mut()
@@ -266,6 +262,18 @@ async fn smtp(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         }
         secure.get_mut().flush().await?;
     }
+}
+
+/// The next command line, upper-cased; `None` when the client is gone.
+async fn read_verb(
+    stream: &mut (impl AsyncBufReadExt + Unpin),
+    line: &mut String,
+) -> std::io::Result<Option<String>> {
+    line.clear();
+    if stream.read_line(line).await? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(line.trim().to_ascii_uppercase()))
 }
 
 async fn https(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {

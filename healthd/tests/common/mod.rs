@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet::control::Control;
 use fleet::feed::{FleetHealth, MtaHealth, MtaState};
 use fleet::testkit::pki::LocalCa;
+use fleet::testkit::InProcess;
 
 pub use fake::Fake;
 #[allow(unused_imports)]
@@ -70,18 +70,9 @@ pub fn mta(name: &'static str, ipv4: Ipv4Addr) -> MtaSpec {
 /// A fleet file with the test ports, clusters `(id, rate_limit, mtas)` and
 /// the account `acme` owning the first cluster.
 pub fn fleet_toml(clusters: &[(&str, &str, Vec<MtaSpec>)]) -> String {
-    let mut text = format!(
-        r#"[zone]
-origin = "unmta.net"
-primary_ns = "ns1.unmta.net"
-hostmaster = "hostmaster.unmta.net"
-nameservers = [ {{ name = "ns1.unmta.net", ipv4 = "127.3.255.53" }} ]
-
-[ports]
-smtp = [{SMTP_PORT}, 25]
-https = {HTTPS_PORT}
-"#
-    );
+    let mut text = fleet::testkit::FleetToml::new("127.3.255.53")
+        .ports(&[SMTP_PORT, 25], HTTPS_PORT)
+        .to_string();
     for (id, rate, mtas) in clusters {
         text.push_str(&format!(
             "\n[[clusters]]\nid = \"{id}\"\nrate_limit = \"{rate}\"\ndomains = [\"{id}.example.com\"]\n"
@@ -103,6 +94,74 @@ https = {HTTPS_PORT}
         ));
     }
     text
+}
+
+/// One test's ground: its addresses (127.3.`test`.x), a folder for
+/// healthd's files and the CA the fakes' certificates come from.
+pub struct Bed {
+    pub test: u8,
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+}
+
+impl Bed {
+    pub fn new(test: u8) -> Bed {
+        Bed {
+            test,
+            dir: tempfile::tempdir().unwrap(),
+            pki: Pki::new(),
+        }
+    }
+
+    pub fn ip(&self, host: u8) -> Ipv4Addr {
+        ip(self.test, host)
+    }
+
+    /// A fake MTA on `.host` with a certificate for `names`.
+    pub async fn fake(&self, host: u8, names: &[&str]) -> Fake {
+        fake(self.ip(host), self.pki.server(names)).await
+    }
+
+    /// healthd's files for `fleet`, healthd on `.1`: `node` is more
+    /// top-level TOML, `probe` TOML for the `[probe]` table.
+    pub fn configs(&self, fleet: &str, node: &str, probe: &str) -> PathBuf {
+        let probe = format!("{probe}\n");
+        let config = write_configs(self.dir.path(), self.ip(1), &self.pki, fleet, &probe);
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replacen("[probe]", &format!("{node}\n[probe]"), 1);
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    /// Replaces the fleet file at once (a rename), as an operator's tool
+    /// would; healthd reads it on its next reload.
+    pub fn rewrite_fleet(&self, fleet: &str) {
+        rewrite_fleet(self.dir.path(), fleet);
+    }
+}
+
+/// One fake MTA `mta-1` on `.10` of cluster `id` (`c-<id>.unmta.net`,
+/// unlimited), scripted, and the fleet file that holds just it.
+pub struct OneFake {
+    pub bed: Bed,
+    pub fake: Fake,
+    pub fleet: String,
+}
+
+impl OneFake {
+    pub async fn new(test: u8, id: &str, script: impl FnOnce(&mut Script)) -> OneFake {
+        let bed = Bed::new(test);
+        let fake = bed.fake(10, &[&format!("c-{id}.unmta.net")]).await;
+        fake.set(script);
+        let fleet = fleet_toml(&[(id, "unlimited", vec![mta("mta-1", bed.ip(10))])]);
+        OneFake { bed, fake, fleet }
+    }
+
+    /// healthd watching it, started with `node` and `probe` settings as in
+    /// [`Bed::configs`].
+    pub async fn start(&self, node: &str, probe: &str) -> Healthd {
+        Healthd::start(&self.bed.configs(&self.fleet, node, probe)).await
+    }
 }
 
 /// Writes healthd.toml (listening on `listen`:0), the fleet file and the
@@ -133,9 +192,8 @@ pub fn rewrite_fleet(dir: &Path, fleet: &str) {
 /// healthd running in this process.
 pub struct Healthd {
     pub url: String,
-    pub control: Control,
     pub client: reqwest::Client,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    daemon: InProcess,
 }
 
 impl Healthd {
@@ -144,28 +202,21 @@ impl Healthd {
         let settings = healthd::Settings::load(config).unwrap();
         let listeners = healthd::Listeners::bind(&settings).await.unwrap();
         let url = format!("http://{}", listeners.admin.local_addr().unwrap());
-        let control = Control::new();
-        let task = tokio::spawn(healthd::run(settings, listeners, control.clone()));
+        let daemon = InProcess::spawn(|control| healthd::run(settings, listeners, control));
         Healthd {
             url,
-            control,
             client: reqwest::Client::new(),
-            task,
+            daemon,
         }
     }
 
     /// Shuts down and waits for `run` to return.
     pub async fn stop(self) {
-        self.control.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("healthd stops within 10 s")
-            .unwrap()
-            .unwrap();
+        self.daemon.stop(Duration::from_secs(10)).await;
     }
 
     pub fn reload(&self) {
-        self.control.request_reload();
+        self.daemon.reload();
     }
 
     pub async fn feed(&self) -> FleetHealth {
@@ -207,20 +258,27 @@ impl Healthd {
         }
     }
 
+    /// Waits, at most `bound`, for `name` to be down; with how long that
+    /// took from now (call it right after breaking the MTA).
+    pub async fn wait_down_timed(&self, name: &str, bound: Duration) -> (MtaHealth, Duration) {
+        let start = Instant::now();
+        let down = self.wait_state(name, MtaState::Down, bound).await;
+        (down, start.elapsed())
+    }
+
+    /// [`Healthd::wait_state`] up, within the 5 s a healthy fake needs.
+    pub async fn wait_up(&self, name: &str) -> MtaHealth {
+        self.wait_state(name, MtaState::Up, Duration::from_secs(5))
+            .await
+    }
+
     pub async fn wait_state(&self, name: &str, state: MtaState, bound: Duration) -> MtaHealth {
         self.wait_for(name, bound, state.as_str(), |m| m.state == state)
             .await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-        let mut request = self.client.get(format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(serde_json::Value::Null);
-        (status, body)
+        self.call(reqwest::Method::GET, path, token).await
     }
 
     pub async fn call(

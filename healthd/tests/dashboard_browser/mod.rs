@@ -200,21 +200,18 @@ impl Browser {
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(
-            "POST",
-            "/execute/sync",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
+        self.execute("sync", script, args).await
     }
 
+    /// [`Browser::js`] for a script that calls its last argument when done.
     pub async fn js_async(&self, script: &str, args: Vec<Value>) -> Value {
-        self.cmd(
-            "POST",
-            "/execute/async",
-            Some(json!({ "script": script, "args": args })),
-        )
-        .await
+        self.execute("async", script, args).await
+    }
+
+    async fn execute(&self, how: &str, script: &str, args: Vec<Value>) -> Value {
+        let body = json!({ "script": script, "args": args });
+        self.cmd("POST", &format!("/execute/{how}"), Some(body))
+            .await
     }
 
     /// The text of the first element matching `css`, or None.

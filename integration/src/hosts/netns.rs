@@ -31,14 +31,16 @@ pub fn unavailable() -> Option<String> {
 
 /// Runs `program args`, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
+    stdout_of(Command::new(program).args(args))
+}
+
+/// Runs `command` to its end: its stdout, or an error naming the command
+/// with its stderr.
+pub fn stdout_of(command: &mut Command) -> anyhow::Result<String> {
+    let out = (command.output()).with_context(|| format!("cannot run {command:?}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "`{program} {}` failed: {}",
-        args.join(" "),
+        "`{command:?}` failed: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -177,34 +179,19 @@ impl Network {
     /// Drops every packet from `host` to `to` (a partition, one way; the
     /// replies of the other side never come back either).
     pub fn blackhole(&self, host: &str, to: IpAddr) -> anyhow::Result<()> {
-        let family = if to.is_ipv6() { "-6" } else { "-4" };
-        let target = to.to_string();
-        ip(&[
-            "-n",
-            &self.ns(host),
-            family,
-            "route",
-            "add",
-            "blackhole",
-            &target,
-        ])
-        .map(|_| ())
+        self.blackhole_route("add", host, to)
     }
 
     /// Ends a [`Network::blackhole`].
     pub fn heal(&self, host: &str, to: IpAddr) -> anyhow::Result<()> {
+        self.blackhole_route("del", host, to)
+    }
+
+    /// `ip route add|del blackhole <to>` in `host`'s namespace.
+    fn blackhole_route(&self, verb: &str, host: &str, to: IpAddr) -> anyhow::Result<()> {
         let family = if to.is_ipv6() { "-6" } else { "-4" };
-        let target = to.to_string();
-        ip(&[
-            "-n",
-            &self.ns(host),
-            family,
-            "route",
-            "del",
-            "blackhole",
-            &target,
-        ])
-        .map(|_| ())
+        let (ns, target) = (self.ns(host), to.to_string());
+        ip(&["-n", &ns, family, "route", verb, "blackhole", &target]).map(|_| ())
     }
 }
 

@@ -68,60 +68,52 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(mtas: usize) -> Topology {
-        let mut hosts = vec![
-            Host::new("lb-dns-1", Role::LbDns, [192, 0, 2, 53], "2001:db8:2::53"),
-            Host::new("lb-dns-2", Role::LbDns, [192, 0, 2, 54], "2001:db8:2::54"),
-            Host::new(
+        // The fixed hosts (name, role, IPv4, IPv6); the MTAs go after the
+        // healthd hosts.
+        let mut hosts: Vec<Host> = [
+            ("lb-dns-1", Role::LbDns, [192, 0, 2, 53], "2001:db8:2::53"),
+            ("lb-dns-2", Role::LbDns, [192, 0, 2, 54], "2001:db8:2::54"),
+            (
                 "healthd-1",
                 Role::Healthd,
                 [192, 0, 2, 21],
                 "2001:db8:2::21",
             ),
-            Host::new(
+            (
                 "healthd-2",
                 Role::Healthd,
                 [192, 0, 2, 22],
                 "2001:db8:2::22",
             ),
-        ];
-        for i in 1..=mtas as u8 {
-            hosts.push(Host::new(
-                &format!("mta-{i}"),
-                Role::Mta,
-                [203, 0, 113, 10 + i],
-                &format!("2001:db8:113::{}", 10 + i),
-            ));
-        }
-        hosts.push(Host::new(
-            "socks-1",
-            Role::Socks5,
-            [192, 0, 2, 81],
-            "2001:db8:2::81",
-        ));
-        hosts.push(Host::new(
-            "socks-2",
-            Role::Socks5,
-            [192, 0, 2, 82],
-            "2001:db8:2::82",
-        ));
-        hosts.push(Host::new(
-            "haproxy-1",
-            Role::HaProxy,
-            [192, 0, 2, 83],
-            "2001:db8:2::83",
-        ));
-        hosts.push(Host::new(
-            "internet",
-            Role::Internet,
-            [198, 51, 100, 25],
-            "2001:db8:51::25",
-        ));
-        hosts.push(Host::new(
-            "client",
-            Role::Client,
-            [198, 51, 100, 10],
-            "2001:db8:51::10",
-        ));
+            ("socks-1", Role::Socks5, [192, 0, 2, 81], "2001:db8:2::81"),
+            ("socks-2", Role::Socks5, [192, 0, 2, 82], "2001:db8:2::82"),
+            (
+                "haproxy-1",
+                Role::HaProxy,
+                [192, 0, 2, 83],
+                "2001:db8:2::83",
+            ),
+            (
+                "internet",
+                Role::Internet,
+                [198, 51, 100, 25],
+                "2001:db8:51::25",
+            ),
+            (
+                "client",
+                Role::Client,
+                [198, 51, 100, 10],
+                "2001:db8:51::10",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, role, ipv4, ipv6)| Host::new(name, role, ipv4, ipv6))
+        .collect();
+        let mta_hosts = (1..=mtas as u8).map(|i| {
+            let ipv6 = format!("2001:db8:113::{}", 10 + i);
+            Host::new(&format!("mta-{i}"), Role::Mta, [203, 0, 113, 10 + i], &ipv6)
+        });
+        hosts.splice(4..4, mta_hosts);
         Topology { hosts }
     }
 

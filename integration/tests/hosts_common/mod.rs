@@ -40,14 +40,15 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// A fleet of 3 MTAs, every one answered by both lb-dns; `None` (with
-    /// the reason printed) where the harness cannot run.
+    /// A fleet of 3 MTAs, every one answered by both lb-dns, one fleet at
+    /// a time. Its network namespaces are built inside a user, network and
+    /// mount namespace of the test's own (`fleet::testkit::namespace`):
+    /// `None` in the test's first run, which ran the test there and passed.
     pub async fn start(test: &str) -> Option<Setup> {
-        if let Some(reason) = netns::unavailable() {
-            eprintln!("SKIPPED {test}: {reason}");
+        let serial = SERIAL.lock();
+        if !fleet::testkit::namespace::inside() {
             return None;
         }
-        let serial = SERIAL.lock();
         let dir = tempfile::tempdir().expect("a temp dir");
         let fleet = HostsFleet::start(std::path::Path::new(BIN), dir.path(), 3)
             .expect("the multi-host fleet starts");
@@ -84,20 +85,8 @@ impl Setup {
     /// `program args` on the client host; its stdout, or an error with
     /// its stderr.
     pub fn on_client(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .fleet
-            .network
-            .command(&self.fleet.topology.client().name, program)
-            .args(args)
-            .output()
-            .with_context(|| format!("cannot run {program} on the client host"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{program} {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let client = &self.fleet.topology.client().name;
+        netns::stdout_of(self.fleet.network.command(client, program).args(args))
     }
 
     pub fn client(&self) -> Client {

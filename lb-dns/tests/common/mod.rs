@@ -16,8 +16,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fleet::control::Control;
 use fleet::feed::{ClusterHealth, FleetHealth, MtaHealth, MtaState};
+use fleet::testkit::InProcess;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as DnsQuery};
 use hickory_proto::rr::{Name, RData, RecordType};
 use lb_dns::{Listeners, Settings};
@@ -243,8 +243,7 @@ pub struct LbDns {
     pub dns: SocketAddr,
     pub admin: SocketAddr,
     pub dir: PathBuf,
-    pub control: Control,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    daemon: InProcess,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -304,14 +303,12 @@ impl LbDns {
         let listeners = Listeners::bind(&settings).await.unwrap();
         let dns = listeners.dns_addrs()[0];
         let admin = listeners.admin.local_addr().unwrap();
-        let control = Control::new();
-        let task = tokio::spawn(lb_dns::run(settings, listeners, control.clone()));
+        let daemon = InProcess::spawn(|control| lb_dns::run(settings, listeners, control));
         let lb = LbDns {
             dns,
             admin,
             dir: dir.to_path_buf(),
-            control,
-            task,
+            daemon,
             _tmp: None,
         };
         let admin_url = format!("http://{admin}/ready");
@@ -324,12 +321,12 @@ impl LbDns {
     }
 
     pub async fn stop(self) {
-        self.control.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("lb-dns did not stop within 10 s")
-            .unwrap()
-            .unwrap();
+        self.daemon.stop(Duration::from_secs(10)).await;
+    }
+
+    /// What SIGHUP does.
+    pub fn reload(&self) {
+        self.daemon.reload();
     }
 
     pub async fn http(&self, path: &str) -> (u16, String) {

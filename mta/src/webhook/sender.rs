@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet::admin::Readiness;
+use fleet::error_chain;
 use fleet::event::Event;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -278,15 +279,4 @@ impl Sender {
         status.backlog = backlog;
         status.lag_seconds = lag;
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

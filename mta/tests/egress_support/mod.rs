@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use fleet::testkit::dns::{Record, StaticDns};
 use fleet::testkit::example_configs::ExampleConfigs;
+pub use fleet::testkit::example_configs::EXAMPLE_HOSTNAME;
 use fleet::testkit::sink::{Behaviour, Sink, SinkConfig};
 use fleet::Live;
 use mta::delivery::EngineHandle;
@@ -253,8 +254,7 @@ pub fn with_marker<'a>(
 /// on the relocated example configs: mail goes in over SMTP.
 pub struct Node {
     pub configs: ExampleConfigs,
-    pub control: fleet::Control,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    daemon: fleet::testkit::InProcess,
     pub admin: SocketAddr,
     pub smtp: SocketAddr,
 }
@@ -265,12 +265,11 @@ impl Node {
         let listeners = mta::Listeners::bind(&settings).await.expect("listeners");
         let admin = listeners.admin.local_addr().unwrap();
         let smtp = listeners.smtp[0].local_addr().unwrap();
-        let control = fleet::Control::new();
-        let task = tokio::spawn(mta::run(settings, listeners, control.clone()));
+        let daemon =
+            fleet::testkit::InProcess::spawn(|control| mta::run(settings, listeners, control));
         Node {
             configs,
-            control,
-            task,
+            daemon,
             admin,
             smtp,
         }
@@ -278,10 +277,19 @@ impl Node {
 
     /// A submission client with the example credential, over STARTTLS.
     pub fn client(&self, connections: u32) -> lettre::AsyncSmtpTransport<lettre::Tokio1Executor> {
+        self.client_with_password("example-password", connections)
+    }
+
+    /// [`Node::client`] with another `password` for the example credential.
+    pub fn client_with_password(
+        &self,
+        password: &str,
+        connections: u32,
+    ) -> lettre::AsyncSmtpTransport<lettre::Tokio1Executor> {
         use lettre::transport::smtp::authentication::Credentials;
         use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
         let ca = std::fs::read(self.configs.path("tls/ca.pem")).unwrap();
-        let tls = TlsParameters::builder("c-a1b2c3d4.unmta.net".into())
+        let tls = TlsParameters::builder(EXAMPLE_HOSTNAME.into())
             .add_root_certificate(Certificate::from_pem(&ca).unwrap())
             .build()
             .unwrap();
@@ -290,10 +298,7 @@ impl Node {
         )
         .port(self.smtp.port())
         .tls(Tls::Required(tls))
-        .credentials(Credentials::new(
-            "your-credential".into(),
-            "example-password".into(),
-        ))
+        .credentials(Credentials::new("your-credential".into(), password.into()))
         .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(connections))
         .timeout(Some(LIMIT))
         .build()
@@ -323,15 +328,10 @@ impl Node {
 
     /// What SIGHUP does: re-read the files and swap them in.
     pub fn reload(&self) {
-        self.control.request_reload();
+        self.daemon.reload();
     }
 
     pub async fn stop(self) {
-        self.control.shutdown.cancel();
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("the node stops")
-            .unwrap()
-            .expect("the node ran cleanly");
+        self.daemon.stop(LIMIT).await;
     }
 }

@@ -20,7 +20,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use sha2::Digest;
 use toml_edit::{value, Array, ArrayOfTables, Item, Table};
 
-pub const HOSTNAME: &str = "c-a1b2c3d4.unmta.net";
+pub use fleet::testkit::example_configs::EXAMPLE_HOSTNAME as HOSTNAME;
 pub const USER: &str = "your-credential";
 pub const PASSWORD: &str = "example-password";
 pub const SECRET: &str = "test-webhook-secret-0123";

@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fleet::testkit::LocalCa;
-use fleet::Control;
+use fleet::testkit::{InProcess, LocalCa};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-pub const HOSTNAME: &str = "c-a1b2c3d4.unmta.net";
+pub use fleet::testkit::example_configs::EXAMPLE_HOSTNAME as HOSTNAME;
 pub const USER: &str = "sender";
 pub const PASSWORD: &str = "secret";
 /// A credential of the other cluster.
@@ -64,6 +63,17 @@ retry_initial = "1h"
         Fixture::at([127, 1, n], smtp, &delivery)
     }
 
+    /// The `[delivery]` section of a node on `net` that delivers
+    /// example.com to the sink MX at `sink` (quick retries, no DSN).
+    pub fn delivery_to_sink(net: [u8; 3], sink: SocketAddr) -> String {
+        let [a, b, n] = net;
+        format!(
+            "[delivery]\nnameservers = [\"{a}.{b}.{n}.53:53\"]\n\
+             routes = {{ \"example.com\" = \"{sink}\" }}\n\
+             allow_networks = [\"127.0.0.0/8\"]\ndsn = false\nretry_initial = \"1s\"\n"
+        )
+    }
+
     /// Node `mta-1` on `net`.11 with its own `[delivery]` section (and
     /// whatever sections follow it).
     pub fn at(net: [u8; 3], smtp: &str, delivery: &str) -> Fixture {
@@ -77,49 +87,16 @@ retry_initial = "1h"
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
         std::fs::write(dir.path().join("cert.pem"), &issued.cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &issued.key_pem).unwrap();
-        std::fs::write(
-            dir.path().join("fleet.toml"),
-            format!(
-                r#"
-[zone]
-origin = "unmta.net"
-primary_ns = "ns1.unmta.net"
-hostmaster = "hostmaster.unmta.net"
-nameservers = [{{ name = "ns1.unmta.net", ipv4 = "{a}.{b}.{n}.53" }}]
-
-[ports]
-smtp = [{}, {}, {}]
-https = {HTTPS_PORT}
-
-[[clusters]]
-id = "a1b2c3d4"
-domains = ["yourdomain.com", "news.yourdomain.com"]
-
-  [[clusters.credentials]]
-  username = "{USER}"
-  password = "{hash}"
-  domains = ["yourdomain.com"]
-
-  [[clusters.mtas]]
-  name = "mta-1"
-  ipv4 = "{ip}"
-
-[[clusters]]
-id = "e5f6a7b8"
-domains = ["beta.example.org"]
-
-  [[clusters.credentials]]
-  username = "{OTHER_USER}"
-  password = "{other_hash}"
-
-  [[clusters.mtas]]
-  name = "beta-1"
-  ipv4 = "{other}"
-"#,
-                SMTP_PORTS[0], SMTP_PORTS[1], SMTP_PORTS[2]
-            ),
-        )
-        .unwrap();
+        let fleet = fleet::testkit::FleetToml::new(Ipv4Addr::new(a, b, n, 53))
+            .ports(&SMTP_PORTS, HTTPS_PORT)
+            .cluster("a1b2c3d4", &["yourdomain.com", "news.yourdomain.com"])
+            .credential(USER, hash)
+            .set("  domains = [\"yourdomain.com\"]")
+            .mta("mta-1", ip)
+            .cluster("e5f6a7b8", &["beta.example.org"])
+            .credential(OTHER_USER, other_hash)
+            .mta("beta-1", other);
+        std::fs::write(dir.path().join("fleet.toml"), fleet.to_string()).unwrap();
         std::fs::write(
             dir.path().join("mta.toml"),
             format!(
@@ -189,14 +166,9 @@ auth_failure_delay = "10ms"
         let settings = mta::Settings::load(&self.config()).unwrap();
         let listeners = mta::Listeners::bind(&settings).await.unwrap();
         let admin = listeners.admin.local_addr().unwrap();
-        let control = Control::new();
-        let task = tokio::spawn(mta::run(settings, listeners, control.clone()));
+        let daemon = InProcess::spawn(|control| mta::run(settings, listeners, control));
         // The listeners are bound: clients may connect at once.
-        Running {
-            control,
-            task,
-            admin,
-        }
+        Running { daemon, admin }
     }
 
     /// lettre over STARTTLS with the test CA and the cluster hostname.
@@ -278,29 +250,23 @@ pub async fn spooled(dir: &Path) -> Vec<mta::spool::StoredMessage> {
 
 /// A node running in this process.
 pub struct Running {
-    control: Control,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    daemon: InProcess,
     pub admin: SocketAddr,
 }
 
 impl Running {
     /// Starts the shutdown a SIGTERM starts.
     pub fn shutdown(&self) {
-        self.control.shutdown.cancel();
+        self.daemon.shutdown();
     }
 
     /// What SIGHUP does.
     pub fn reload(&self) {
-        self.control.request_reload();
+        self.daemon.reload();
     }
 
     pub async fn stop(self) {
-        self.control.shutdown.cancel();
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("the node stops within the limit")
-            .unwrap()
-            .unwrap();
+        self.daemon.stop(LIMIT).await;
     }
 }
 
@@ -364,17 +330,33 @@ impl Raw {
 
     /// [`Raw::authenticated`] to `addr` (trusting `ca_pem`) from `source`.
     pub async fn authenticated_at(addr: SocketAddr, ca_pem: &str, source: IpAddr) -> Raw {
-        let mut raw = Raw::connect_from(addr, source).await;
-        assert_eq!(raw.reply().await.code, 220);
+        let raw = Raw::connect_from(addr, source).await;
+        raw.handshake(ca_pem).await.auth_plain().await
+    }
+
+    /// [`Raw::secure`] from `source`.
+    pub async fn secure_from(fixture: &Fixture, source: IpAddr) -> Raw {
+        let raw = Raw::connect_from(fixture.smtp_addr(), source).await;
+        raw.handshake(&fixture.ca_pem).await
+    }
+
+    /// Reads the banner, EHLO, STARTTLS, TLS (trusting `ca_pem`), EHLO again.
+    async fn handshake(mut self, ca_pem: &str) -> Raw {
+        assert_eq!(self.reply().await.code, 220);
+        assert_eq!(self.cmd("EHLO client.example").await.code, 250);
+        assert_eq!(self.cmd("STARTTLS").await.code, 220);
+        let mut raw = self.tls(ca_pem).await;
         assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
-        assert_eq!(raw.cmd("STARTTLS").await.code, 220);
-        let mut raw = raw.tls(ca_pem).await;
-        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
-        let reply = raw
+        raw
+    }
+
+    /// AUTH PLAIN as the test credential, which must succeed.
+    async fn auth_plain(mut self) -> Raw {
+        let reply = self
             .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
             .await;
         assert_eq!(reply.code, 235, "{reply:?}");
-        raw
+        self
     }
 
     /// Over any stream (an in-memory pipe in the session tests).
@@ -386,23 +368,13 @@ impl Raw {
 
     /// Connects, reads the banner, EHLO, STARTTLS, TLS, EHLO again.
     pub async fn secure(fixture: &Fixture) -> Raw {
-        let mut raw = Raw::connect(fixture.smtp_addr()).await;
-        assert_eq!(raw.reply().await.code, 220);
-        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
-        assert_eq!(raw.cmd("STARTTLS").await.code, 220);
-        let mut raw = raw.tls(&fixture.ca_pem).await;
-        assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
-        raw
+        let raw = Raw::connect(fixture.smtp_addr()).await;
+        raw.handshake(&fixture.ca_pem).await
     }
 
     /// [`Raw::secure`], then AUTH PLAIN as the test credential.
     pub async fn authenticated(fixture: &Fixture) -> Raw {
-        let mut raw = Raw::secure(fixture).await;
-        let reply = raw
-            .cmd(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
-            .await;
-        assert_eq!(reply.code, 235, "{reply:?}");
-        raw
+        Raw::secure(fixture).await.auth_plain().await
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -550,4 +522,17 @@ pub async fn transaction(raw: &mut Raw, data: &[u8]) -> Reply {
     raw.send(data).await;
     raw.send(b".\r\n").await;
     raw.reply().await
+}
+
+/// The seed's curl example.
+pub fn seed_example() -> serde_json::Value {
+    serde_json::json!({
+        "envelope_sender": "bounces@yourdomain.com",
+        "recipients": ["user@example.com"],
+        "content": {
+            "from": "sender@yourdomain.com",
+            "subject": "Hello",
+            "text_body": "Hello from unMTA"
+        }
+    })
 }

@@ -1,24 +1,14 @@
 use super::*;
 
-const FLEET: &str = r#"
-[zone]
-origin = "unmta.net"
-primary_ns = "ns1.unmta.net"
-hostmaster = "hostmaster.unmta.net"
-nameservers = [ { name = "ns1.unmta.net", ipv4 = "192.0.2.53" } ]
-
-[[clusters]]
-id = "a1b2c3d4"
-domains = ["yourdomain.com"]
-
-  [[clusters.mtas]]
-  name = "mta-1"
-  ipv4 = "203.0.113.11"
-
-  [[clusters.mtas]]
-  name = "mta-2"
-  ipv4 = "203.0.113.12"
-
+/// Two MTAs sending over a SOCKS5 source `a` and a PROXY v2 source `b`
+/// (with `b_extra`, e.g. its rate limit), weighted 2:1 in pool `shared`.
+fn fleet_text(b_extra: &str) -> String {
+    fleet::testkit::FleetToml::new("192.0.2.53")
+        .cluster("a1b2c3d4", &["yourdomain.com"])
+        .mta("mta-1", "203.0.113.11")
+        .mta("mta-2", "203.0.113.12")
+        .raw(&format!(
+            r#"
   [[clusters.egress_sources]]
   name = "a"
   source_address = "198.51.100.1"
@@ -29,15 +19,18 @@ domains = ["yourdomain.com"]
   name = "b"
   source_address = "198.51.100.2"
   ha_proxy = "127.2.0.2:5000"
-  RATE
+  {b_extra}
 
   [clusters.egress_pool]
   name = "shared"
-  entries = [ { name = "a", weight = 2 }, { name = "b" } ]
-"#;
+  entries = [ {{ name = "a", weight = 2 }}, {{ name = "b" }} ]
+"#
+        ))
+        .to_string()
+}
 
 fn cluster(rate: &str) -> Cluster {
-    let text = FLEET.replace("RATE", rate);
+    let text = fleet_text(rate);
     let fleet = fleet::parse_fleet(&text, "test.toml").unwrap();
     fleet.clusters[0].clone()
 }
