@@ -108,7 +108,7 @@ async fn poll(
         .timeout(POLL_TIMEOUT)
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        .map_err(|e| format!("GET {url}: {}", fleet::error_chain(&e)))?;
     let status = response.status();
     if status == reqwest::StatusCode::NOT_MODIFIED || status == reqwest::StatusCode::NO_CONTENT {
         return Ok(Polled::Unchanged);
@@ -141,7 +141,7 @@ async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?
+        .map_err(|e| format!("GET {url}: {}", fleet::error_chain(&e)))?
     {
         if body.len() + chunk.len() > MAX_FEED_BYTES {
             return Err(too_large());
@@ -149,17 +149,6 @@ async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Follows one feed until `stop`.
