@@ -1,5 +1,11 @@
 //! mta: SMTP submission and HTTP injection into a durable spool, then delivery.
 
+/// Every binary that links the MTA (the daemon, its tests and benches)
+/// allocates with mimalloc: glibc's arena locks made tokio's workers
+/// wait on each other under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod admin;
 pub mod anvil;
 pub mod auth;
