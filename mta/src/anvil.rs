@@ -28,10 +28,15 @@ struct Window {
 /// Why AUTH is refused for now, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Blocked {
-    #[error("too many failed authentications from your address: try again in {}s", .0.as_secs().max(1))]
+    #[error("too many failed authentications from your address: try again in {}", retry_words(*.0))]
     Address(Duration),
-    #[error("too many failed authentications for this username: try again in {}s", .0.as_secs().max(1))]
+    #[error("too many failed authentications for this username: try again in {}", retry_words(*.0))]
     User(Duration),
+}
+
+/// Whole seconds, at least one: a client cannot wait a fraction.
+fn retry_words(wait: Duration) -> String {
+    fleet::clock::words(Duration::from_secs(wait.as_secs().max(1)))
 }
 
 impl Blocked {
@@ -139,6 +144,18 @@ mod tests {
         assert_eq!(anvil.check(b, "u2", limits), Ok(()));
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(anvil.check(a, "u1", limits), Ok(()));
+    }
+
+    #[test]
+    fn the_refusal_says_the_wait_in_whole_seconds_at_least_one() {
+        assert_eq!(
+            Blocked::Address(Duration::from_millis(300)).to_string(),
+            "too many failed authentications from your address: try again in 1s"
+        );
+        assert_eq!(
+            Blocked::User(Duration::from_millis(65_900)).to_string(),
+            "too many failed authentications for this username: try again in 1m 5s"
+        );
     }
 
     #[test]

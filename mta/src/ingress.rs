@@ -210,9 +210,10 @@ impl Ingress {
         let shutdown = self.control.shutdown.clone();
         loop {
             let spool = self.spool.clone();
-            let health = tokio::task::spawn_blocking(move || spool.health())
-                .await
-                .unwrap_or_else(|e| Err(format!("the health check failed: {e}")));
+            let health =
+                tokio::task::spawn_blocking(move || spool.health().map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the health check failed: {e}")));
             match &health {
                 Ok(()) => self.readiness.ready("spool"),
                 Err(reason) => self

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use fleet::clock::words;
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
 use hickory_resolver::proto::rr::{Name, RecordType};
 use serde::Deserialize;
@@ -89,8 +90,8 @@ impl Watch {
                 (true, _) => unanswered_since = None,
                 (false, None) => {
                     tracing::info!(
-                        "planned stop: lb-dns no longer answers this node; serving one more TTL ({}s)",
-                        self.ttl.as_secs()
+                        "planned stop: lb-dns no longer answers this node; serving one more TTL ({})",
+                        words(self.ttl)
                     );
                     unanswered_since = Some(now);
                 }
@@ -98,15 +99,15 @@ impl Watch {
             }
             if unanswered_since.is_some_and(|since| now - since >= self.ttl + SETTLE) {
                 tracing::info!(
-                    "planned stop: out of DNS for one TTL after {:.1}s: closing",
-                    start.elapsed().as_secs_f64()
+                    "planned stop: out of DNS for one TTL after {}: closing",
+                    words(start.elapsed())
                 );
                 return;
             }
             if now - start >= self.max_wait {
                 tracing::warn!(
-                    "planned stop: max_wait ({:?}) over while lb-dns {}: closing",
-                    self.max_wait,
+                    "planned stop: max_wait ({}) over while lb-dns {}: closing",
+                    words(self.max_wait),
                     if answered {
                         "still answers this node"
                     } else {

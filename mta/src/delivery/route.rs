@@ -38,18 +38,19 @@ pub struct Router {
     allowed: Allowed,
 }
 
+/// The system's resolvers, as hickory's own reader of `/etc/resolv.conf`
+/// finds them (port 53); 127.0.0.1 when it names none or cannot be read.
 fn system_nameservers() -> Vec<SocketAddr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let found: Vec<SocketAddr> = text
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect();
-    if found.is_empty() {
-        vec![SocketAddr::from(([127, 0, 0, 1], 53))]
-    } else {
-        found
+    match hickory_resolver::system_conf::read_system_conf() {
+        Ok((config, _)) => config
+            .name_servers()
+            .iter()
+            .map(|server| SocketAddr::new(server.ip, 53))
+            .collect(),
+        Err(error) => {
+            tracing::warn!("no nameserver from /etc/resolv.conf ({error}): using 127.0.0.1:53");
+            vec![SocketAddr::from(([127, 0, 0, 1], 53))]
+        }
     }
 }
 

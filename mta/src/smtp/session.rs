@@ -1,4 +1,9 @@
-//! One SMTP connection: the command rules of DESIGN.md on any stream.
+//! One SMTP connection, on any stream, in the order RFC 5321 and
+//! submission ask for: EHLO first; before STARTTLS nothing but EHLO, HELO,
+//! NOOP, RSET and QUIT, except mail to the node's own bounce domain; AUTH
+//! before MAIL for any other recipient; one transaction at a time. The
+//! limits and refusals are listed in the README's "Security: what an MTA
+//! refuses, and its limits".
 //!
 //! The plaintext phase and the TLS phase are two [`Session`]s on two stream
 //! types: STARTTLS ends the first, takes the bare stream out of its buffer

@@ -11,6 +11,7 @@
 //! Only [`Job`]s (32 bytes each) live in memory; bodies stay on disk and are
 //! read back with [`Spool::load`] when a delivery is attempted.
 
+mod error;
 pub mod record;
 mod recover;
 mod staged;
@@ -32,6 +33,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use crate::message::{MessageId, NewMessage};
+pub use error::WriteError;
 pub use record::StoredMessage;
 pub use recover::Quarantined;
 pub use staged::Staged;
@@ -74,6 +76,8 @@ pub fn private_file() -> std::fs::OpenOptions {
 pub enum SpoolError {
     #[error("the spool cannot store messages: {0}")]
     Unavailable(String),
+    #[error("the spool cannot store messages: {0}")]
+    Write(#[from] WriteError),
     #[error("spooled message {0} cannot be read: {1}")]
     Unreadable(MessageId, String),
 }
@@ -150,7 +154,7 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub segments: RwLock<HashMap<u32, Arc<Segment>>>,
     /// The reason the last write failed, until a write or probe succeeds.
-    pub write_error: Mutex<Option<String>>,
+    pub write_error: Mutex<Option<WriteError>>,
     pub metrics: Metrics,
 }
 
@@ -159,11 +163,11 @@ impl Shared {
         self.segments.read().get(&id).cloned()
     }
 
-    pub fn set_error(&self, error: Option<String>) {
+    pub fn set_error(&self, error: Option<WriteError>) {
         *self.write_error.lock() = error;
     }
 
-    pub fn error(&self) -> Option<String> {
+    pub fn error(&self) -> Option<WriteError> {
         self.write_error.lock().clone()
     }
 }
@@ -184,7 +188,7 @@ pub struct Spool {
     next_seq: AtomicU64,
     arrivals: Mutex<Vec<Job>>,
     arrived: Notify,
-    probe: Mutex<Option<(Instant, Result<(), String>)>>,
+    probe: Mutex<Option<(Instant, Result<(), WriteError>)>>,
     /// What recovery moved aside at open.
     quarantined: Vec<Quarantined>,
 }
@@ -235,8 +239,7 @@ impl Spool {
             }
         }
         shared.metrics.jobs.set(recovered.jobs.len() as i64);
-        let (tx, handle) = writer::start(shared.clone(), recovered.next_segment, segment_limit)
-            .map_err(unavailable)?;
+        let (tx, handle) = writer::start(shared.clone(), recovered.next_segment, segment_limit)?;
         for id in empty {
             let _ = tx.send(writer::Op::Delete { segment: id });
         }
@@ -267,8 +270,8 @@ impl Spool {
         match ops.as_ref() {
             Some(tx) => tx
                 .send(op)
-                .map_err(|_| SpoolError::Unavailable("the spool writer has stopped".into())),
-            None => Err(SpoolError::Unavailable("the spool is closed".into())),
+                .map_err(|_| SpoolError::from(WriteError::Stopped)),
+            None => Err(WriteError::Closed.into()),
         }
     }
 
@@ -288,8 +291,7 @@ impl Spool {
         })?;
         let (segment, offset) = done
             .await
-            .map_err(|_| SpoolError::Unavailable("the spool writer has stopped".into()))?
-            .map_err(SpoolError::Unavailable)?;
+            .map_err(|_| SpoolError::from(WriteError::Stopped))??;
         let at = Stored {
             seq,
             received_ms,
@@ -304,7 +306,7 @@ impl Spool {
     /// `Err` when the spool cannot take `message` at all.
     fn check_acceptable(&self, message: &NewMessage) -> Result<(), SpoolError> {
         if let Some(error) = self.shared.error() {
-            return Err(SpoolError::Unavailable(error));
+            return Err(error.into());
         }
         if message.recipients.is_empty() || message.recipients.len() > u16::MAX as usize {
             return Err(SpoolError::Unavailable(format!(
@@ -336,9 +338,9 @@ impl Spool {
     }
 
     /// `Err` with the reason when the spool cannot take mail.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), WriteError> {
         if self.ops.lock().is_none() {
-            return Err("the spool is closed".into());
+            return Err(WriteError::Closed);
         }
         let mut probe = self.probe.lock();
         let fresh = matches!(&*probe, Some((at, _)) if at.elapsed() < PROBE_EVERY);
@@ -356,7 +358,7 @@ impl Spool {
         probe.as_ref().map(|(_, r)| r.clone()).unwrap_or(Ok(()))
     }
 
-    fn probe_write(&self) -> Result<(), String> {
+    fn probe_write(&self) -> Result<(), WriteError> {
         use std::io::Write;
         let path = self.shared.dir.join(".probe");
         let result = private_file()
@@ -365,11 +367,9 @@ impl Spool {
             .truncate(true)
             .open(&path)
             .and_then(|mut f| f.write_all(&[0u8; 4096]))
-            .map_err(|e| {
-                format!(
-                    "the spool directory {} cannot be written: {e}",
-                    self.shared.dir.display()
-                )
+            .map_err(|e| WriteError::Unwritable {
+                dir: self.shared.dir.clone(),
+                source: e.into(),
             });
         let _ = std::fs::remove_file(&path);
         result
@@ -453,8 +453,8 @@ impl Spool {
         let (reply, done) = tokio::sync::oneshot::channel();
         self.send(writer::Op::Sync { reply })?;
         done.await
-            .map_err(|_| SpoolError::Unavailable("the spool writer has stopped".into()))?
-            .map_err(SpoolError::Unavailable)
+            .map_err(|_| SpoolError::from(WriteError::Stopped))??;
+        Ok(())
     }
 
     /// Syncs and stops the writer; later calls fail as unavailable.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use super::record::{self, HEADER_LEN, MAX_PAYLOAD};
-use super::{now_ms, writer, Spool, SpoolError, Stored};
+use super::{now_ms, writer, Spool, SpoolError, Stored, WriteError};
 use crate::message::{MessageId, NewMessage};
 
 /// The folder of messages still arriving, inside the spool.
@@ -179,8 +179,7 @@ impl Spool {
         staged.committed = true;
         let (segment, offset) = done
             .await
-            .map_err(|_| SpoolError::Unavailable("the spool writer has stopped".into()))?
-            .map_err(SpoolError::Unavailable)?;
+            .map_err(|_| SpoolError::from(WriteError::Stopped))??;
         Ok(self.arrive(Stored {
             seq: staged.seq,
             received_ms: staged.received_ms,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::error::WriteError;
 use super::record::ACK_LEN;
 use super::{ack_path, segment_path, Segment, Shared};
 
@@ -26,13 +27,13 @@ const MAX_GROUP_BYTES: usize = 16 << 20;
 const ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a record was placed (segment, offset), or why it was not.
-type Placed = oneshot::Sender<Result<(u32, u32), String>>;
+type Placed = oneshot::Sender<Result<(u32, u32), WriteError>>;
 
 pub enum Op {
     Append {
         record: Vec<u8>,
         jobs: u64,
-        reply: oneshot::Sender<Result<(u32, u32), String>>,
+        reply: Placed,
     },
     /// A complete, synced single-record segment written elsewhere in the
     /// spool (`incoming/`): renamed in as the next segment, sealed.
@@ -40,7 +41,7 @@ pub enum Op {
         path: std::path::PathBuf,
         len: u64,
         jobs: u64,
-        reply: oneshot::Sender<Result<(u32, u32), String>>,
+        reply: Placed,
     },
     Ack {
         segment: u32,
@@ -50,7 +51,7 @@ pub enum Op {
         segment: u32,
     },
     Sync {
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), WriteError>>,
     },
 }
 
@@ -61,7 +62,7 @@ struct Active {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Result<(u32, u32), String>>,
+    reply: Placed,
     segment: u32,
     offset: u32,
     jobs: u64,
@@ -86,7 +87,7 @@ pub fn start(
     shared: Arc<Shared>,
     next_segment: u32,
     segment_limit: u64,
-) -> Result<(Sender<Op>, std::thread::JoinHandle<()>), String> {
+) -> Result<(Sender<Op>, std::thread::JoinHandle<()>), WriteError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let writer = Writer {
         shared,
@@ -104,7 +105,7 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name("spool-writer".into())
         .spawn(move || writer.run(rx))
-        .map_err(|e| format!("cannot start the spool writer thread: {e}"))?;
+        .map_err(|e| WriteError::Thread(e.into()))?;
     Ok((tx, handle))
 }
 
@@ -146,7 +147,7 @@ impl Writer {
         let _ = self.maybe_sync_acks(true);
     }
 
-    fn handle(&mut self, op: Op, syncs: &mut Vec<oneshot::Sender<Result<(), String>>>) {
+    fn handle(&mut self, op: Op, syncs: &mut Vec<oneshot::Sender<Result<(), WriteError>>>) {
         match op {
             Op::Append {
                 record,
@@ -158,7 +159,7 @@ impl Writer {
                     return;
                 }
                 let Some(active) = &self.active else {
-                    let _ = reply.send(Err("no segment open".into()));
+                    let _ = reply.send(Err(WriteError::NoSegment));
                     return;
                 };
                 let offset = active.len + self.buf.len() as u64;
@@ -189,7 +190,7 @@ impl Writer {
 
     /// Makes sure the active segment can take `len` more bytes, sealing it
     /// and starting another when it cannot.
-    fn ensure_room(&mut self, len: u64) -> Result<(), String> {
+    fn ensure_room(&mut self, len: u64) -> Result<(), WriteError> {
         if let Some(active) = &self.active {
             let used = active.len + self.buf.len() as u64;
             if used == 0 || used + len <= self.segment_limit {
@@ -204,7 +205,7 @@ impl Writer {
         Ok(())
     }
 
-    fn open_segment(&mut self) -> Result<(), String> {
+    fn open_segment(&mut self) -> Result<(), WriteError> {
         let dir = &self.shared.dir;
         let id = self.next_segment;
         let path = segment_path(dir, id);
@@ -218,9 +219,12 @@ impl Writer {
             Ok::<_, std::io::Error>((file, read))
         })();
         let (file, read) = result.map_err(|e| {
-            let error = format!("cannot create spool segment {}: {e}", path.display());
-            self.shared.set_error(Some(error.clone()));
             let _ = std::fs::remove_file(&path);
+            let error = WriteError::CreateSegment {
+                path,
+                source: e.into(),
+            };
+            self.shared.set_error(Some(error.clone()));
             error
         })?;
         self.next_segment += 1;
@@ -245,11 +249,11 @@ impl Writer {
         let to = segment_path(&self.shared.dir, id);
         if let Err(e) = std::fs::rename(path, &to) {
             let _ = std::fs::remove_file(path);
-            let _ = reply.send(Err(format!(
-                "cannot move {} into the spool as {}: {e}",
-                path.display(),
-                to.display()
-            )));
+            let _ = reply.send(Err(WriteError::Adopt {
+                from: path.to_path_buf(),
+                to,
+                source: e.into(),
+            }));
             return;
         }
         self.next_segment += 1;
@@ -277,7 +281,10 @@ impl Writer {
         let dir = &self.shared.dir;
         let synced = File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| format!("cannot sync the spool directory {}: {e}", dir.display()));
+            .map_err(|e| WriteError::SyncDir {
+                dir: dir.clone(),
+                source: e.into(),
+            });
         for (id, reply) in std::mem::take(&mut self.adopted) {
             if synced.is_err() {
                 if let Some(segment) = self.shared.segment(id) {
@@ -327,7 +334,7 @@ impl Writer {
             }
             None => {
                 for p in self.pending.drain(..) {
-                    let _ = p.reply.send(Err("no segment open".into()));
+                    let _ = p.reply.send(Err(WriteError::NoSegment));
                 }
                 self.buf.clear();
                 return;
@@ -352,10 +359,10 @@ impl Writer {
                 }
             }
             Err((id, good_len, e)) => {
-                let error = format!(
-                    "cannot write spool segment {}: {e}",
-                    segment_path(&self.shared.dir, id).display()
-                );
+                let error = WriteError::WriteSegment {
+                    path: segment_path(&self.shared.dir, id),
+                    source: e.into(),
+                };
                 tracing::error!("{error}");
                 self.shared.set_error(Some(error.clone()));
                 for p in self.pending.drain(..) {
@@ -403,7 +410,7 @@ impl Writer {
         }
     }
 
-    fn maybe_sync_acks(&mut self, force: bool) -> Result<(), String> {
+    fn maybe_sync_acks(&mut self, force: bool) -> Result<(), WriteError> {
         if !self.acks_unsynced || (!force && self.last_ack_sync.elapsed() < ACK_SYNC_EVERY) {
             return Ok(());
         }
@@ -412,10 +419,10 @@ impl Writer {
         let mut result = Ok(());
         for (segment, file) in &self.ack_files {
             if let Err(e) = file.sync_data() {
-                result = Err(format!(
-                    "cannot sync spool state file {}: {e}",
-                    ack_path(&self.shared.dir, *segment).display()
-                ));
+                result = Err(WriteError::SyncState {
+                    path: ack_path(&self.shared.dir, *segment),
+                    source: e.into(),
+                });
             }
         }
         if let Err(error) = &result {
