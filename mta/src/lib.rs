@@ -1,11 +1,5 @@
 //! mta: SMTP submission and HTTP injection into a durable spool, then delivery.
 
-/// Every binary that links the MTA (the daemon, its tests and benches)
-/// allocates with mimalloc: glibc's arena locks made tokio's workers
-/// wait on each other under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod admin;
 pub mod anvil;
 pub mod auth;
@@ -89,7 +83,6 @@ impl Listeners {
 
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
-    memory::release_large_buffers();
     let config_file = settings.config_file.clone();
     let spool = spool::Spool::open(&settings.node.spool_dir).await?;
     let events = events::Events::open(&settings.node.events, &settings.node.node)

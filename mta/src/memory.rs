@@ -1,20 +1,12 @@
-//! The allocator's part in bounded memory: glibc serves a large buffer
-//! from its heap once a buffer of that size has been freed (its mmap
-//! threshold grows up to 32 MB), and heap memory is rarely given back.
-//! One 10 MB message would then keep tens of MB resident for good. A
-//! fixed threshold of 1 MB keeps every buffer of 1 MB and more (large
-//! messages, request bodies, spool records) mapped on its own and returned
-//! to the system when freed; small buffers are unaffected.
+//! The allocator's part in bounded memory. Every binary that links the
+//! MTA (the daemon, its tests and benches) allocates with mimalloc:
+//! - under load, glibc's arena locks made tokio's workers wait on each
+//!   other (futex waits in `__lll_lock_wait_private`, half again the CPU
+//!   per message on the ingress benchmark);
+//! - glibc keeps a large freed buffer in its heap (its mmap threshold
+//!   grows up to 32 MB) and rarely gives heap memory back, so one 10 MB
+//!   message kept tens of MB resident for good. mimalloc returns freed
+//!   large blocks to the system on its own (after its purge delay).
 
-/// Buffers at least this large are mapped on their own.
-pub const MMAP_THRESHOLD: usize = 1024 * 1024;
-
-/// Sets the fixed mmap threshold (glibc only; elsewhere nothing to do).
-pub fn release_large_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tunable of the allocator; it is safe to
-    // call at any time from any thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-    }
-}
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
