@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 
-use crate::probe::Target;
-use crate::state::{Health, Transition};
+use crate::probe::ProbeTarget;
+use crate::probe_health::{ProbeHealth, Transition};
 
 /// One MTA of the fleet and what the probes found.
 #[derive(Debug, Clone)]
@@ -27,8 +27,8 @@ pub struct Record {
     /// This target's incarnation: a moved MTA is a new target, a new id.
     pub id: u64,
     pub cluster: String,
-    pub target: Target,
-    pub health: Health,
+    pub target: ProbeTarget,
+    pub health: ProbeHealth,
     pub fleet_drain: bool,
     pub admin_drain: bool,
     /// The state consumers see (`drain` over the probes' state) and since when.
@@ -39,12 +39,12 @@ pub struct Record {
 }
 
 impl Record {
-    fn new(id: u64, cluster: String, target: Target, now: SystemTime) -> Record {
+    fn new(id: u64, cluster: String, target: ProbeTarget, now: SystemTime) -> Record {
         Record {
             id,
             cluster,
             target,
-            health: Health::new(now),
+            health: ProbeHealth::new(now),
             fleet_drain: false,
             admin_drain: false,
             shown: MtaState::Unknown,
@@ -104,7 +104,7 @@ impl Record {
 /// What the scheduler must start and stop after a fleet change.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub added: Vec<(u64, String, Target)>,
+    pub added: Vec<(u64, String, ProbeTarget)>,
     pub removed: Vec<u64>,
 }
 
@@ -211,7 +211,7 @@ impl Board {
     }
 
     /// Every probe target now, with its id and MTA name.
-    pub fn targets(&self) -> Vec<(u64, String, Target)> {
+    pub fn targets(&self) -> Vec<(u64, String, ProbeTarget)> {
         self.lock()
             .records
             .iter()
@@ -233,7 +233,7 @@ impl Board {
         for cluster in &fleet.clusters {
             let hostname = fleet.hostname(cluster);
             for mta in &cluster.mtas {
-                let target = Target {
+                let target = ProbeTarget {
                     hostname: hostname.clone(),
                     ipv4: mta.ipv4,
                     ipv6: mta.ipv6,

@@ -29,13 +29,13 @@ struct Saved {
 
 /// The drain state file.
 #[derive(Debug, Clone)]
-pub struct StateFile {
+pub struct DrainFile {
     path: PathBuf,
 }
 
-impl StateFile {
-    pub fn new(path: &Path) -> StateFile {
-        StateFile {
+impl DrainFile {
+    pub fn new(path: &Path) -> DrainFile {
+        DrainFile {
             path: path.to_path_buf(),
         }
     }
@@ -71,7 +71,7 @@ impl StateFile {
 pub struct DrainState {
     pub board: Arc<Board>,
     pub live: Arc<Live<Settings>>,
-    pub file: StateFile,
+    pub file: DrainFile,
     /// One drain change at a time, so the file and the board agree.
     pub writing: Arc<tokio::sync::Mutex<()>>,
 }

@@ -11,8 +11,8 @@ pub mod fallback;
 pub mod feed;
 pub mod metrics;
 pub mod probe;
-pub mod scheduler;
-pub mod state;
+pub mod probe_health;
+pub mod probe_scheduler;
 pub mod tls;
 
 use std::path::Path;
@@ -44,8 +44,8 @@ impl Listeners {
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
-    let state_file = drain::StateFile::new(&settings.node.state_file);
-    let drains = state_file.load().map_err(|e| anyhow::anyhow!(e))?;
+    let drain_file = drain::DrainFile::new(&settings.node.state_file);
+    let drains = drain_file.load().map_err(|e| anyhow::anyhow!(e))?;
     if !drains.is_empty() {
         tracing::info!(
             "drained by earlier admin calls: {}",
@@ -87,7 +87,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     .merge(drain::routes(drain::DrainState {
         board: board.clone(),
         live: live.clone(),
-        file: state_file,
+        file: drain_file,
         writing: Arc::new(tokio::sync::Mutex::new(())),
     }))
     .merge(dashboard::routes(dashboard::DashboardState::start(
@@ -99,7 +99,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         long_polls,
     )));
     let router = fallback::apply(router);
-    let scheduler = scheduler::Scheduler::new(
+    let scheduler = probe_scheduler::ProbeScheduler::new(
         live.clone(),
         board.clone(),
         metrics,

@@ -36,10 +36,12 @@ pub struct NodeConfig {
     /// Idle time after which a DNS-over-TCP connection is closed.
     #[serde(default = "default_tcp_idle", with = "fleet::config::duration")]
     pub tcp_idle_timeout: std::time::Duration,
-    /// DNS-over-TCP connections open at once; when full, the connection
-    /// idle the longest is closed for the new one.
-    #[serde(default = "default_tcp_max_connections")]
-    pub tcp_max_connections: usize,
+    /// DNS-over-TCP connections open at once (UDP has none); when full, the
+    /// connection idle the longest is closed for the new one. Named as in
+    /// healthd and the MTA's `[smtp]`; `tcp_max_connections`, its name
+    /// before, is still read.
+    #[serde(default = "default_max_connections", alias = "tcp_max_connections")]
+    pub max_connections: usize,
     /// The DNS cookie secret (RFC 9018), 32 hex digits; give every node of
     /// an anycast set the same one. Default: random per process.
     pub cookie_secret: Option<crate::cookie::CookieSecret>,
@@ -58,7 +60,7 @@ fn default_tcp_idle() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
 
-fn default_tcp_max_connections() -> usize {
+fn default_max_connections() -> usize {
     1000
 }
 
@@ -126,9 +128,36 @@ impl fleet::Reloadable for Settings {
             .key("admin_listen", self.node.admin_listen)
             .key("udp_sockets", self.node.udp_sockets)
             .key("tcp_idle_timeout", self.node.tcp_idle_timeout)
-            .key("tcp_max_connections", self.node.tcp_max_connections)
+            .key("max_connections", self.node.max_connections)
             .key("cookie_secret", self.node.cookie_secret)
             .key("rrl", self.node.rrl)
             .key("log_format", self.node.log_format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeConfig;
+
+    const BASE: &str = "fleet_file = \"fleet.toml\"\nlisten = [\"127.4.0.1:53\"]\n\
+                        admin_listen = \"127.4.0.1:9300\"\n";
+
+    fn parse(extra: &str) -> Result<NodeConfig, toml::de::Error> {
+        toml::from_str(&format!("{BASE}{extra}"))
+    }
+
+    #[test]
+    fn max_connections_is_read_under_its_old_name_too() {
+        assert_eq!(parse("").unwrap().max_connections, 1000);
+        assert_eq!(parse("max_connections = 7\n").unwrap().max_connections, 7);
+        assert_eq!(
+            parse("tcp_max_connections = 9\n").unwrap().max_connections,
+            9
+        );
+        let both = parse("max_connections = 7\ntcp_max_connections = 9\n").unwrap_err();
+        assert!(
+            both.to_string().contains("duplicate field"),
+            "both names at once must be refused: {both}"
+        );
     }
 }

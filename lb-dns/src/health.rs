@@ -17,12 +17,12 @@ use fleet::feed::{FleetHealth, MtaState};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::state_file::PersistedState;
+use crate::saved_health::SavedHealth;
 
 /// Where the state in service comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub enum HealthSource {
     /// No feed has answered and there was no state file.
     Nothing,
     /// The state file written by an earlier run.
@@ -42,7 +42,7 @@ struct FeedStatus {
 struct Inner {
     feeds: BTreeMap<String, FeedStatus>,
     effective: BTreeMap<String, MtaState>,
-    source: Source,
+    source: HealthSource,
     /// When the state in service was last confirmed by a fresh feed.
     confirmed_at: Option<SystemTime>,
 }
@@ -73,7 +73,7 @@ pub struct FeedReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
-    pub source: Source,
+    pub source: HealthSource,
     /// No feed is fresh: answers come from the last known state.
     pub stale: bool,
     /// Seconds since the state in service was confirmed by a fresh feed
@@ -107,14 +107,14 @@ fn secs_since(time: SystemTime) -> f64 {
 
 impl Health {
     /// Starts from the state file's content, if any, following `feeds`.
-    pub fn new(initial: Option<PersistedState>, feeds: &[String]) -> Arc<Health> {
+    pub fn new(initial: Option<SavedHealth>, feeds: &[String]) -> Arc<Health> {
         let (effective, source, confirmed_at) = match initial {
             Some(state) => (
                 state.mtas,
-                Source::StateFile,
+                HealthSource::StateFile,
                 Some(SystemTime::UNIX_EPOCH + Duration::from_secs(state.confirmed_at)),
             ),
-            None => (BTreeMap::new(), Source::Nothing, None),
+            None => (BTreeMap::new(), HealthSource::Nothing, None),
         };
         let health = Arc::new(Health {
             inner: Mutex::new(Inner {
@@ -198,7 +198,7 @@ impl Health {
                 }
             }
         }
-        inner.source = Source::Feeds;
+        inner.source = HealthSource::Feeds;
         inner.confirmed_at = Some(SystemTime::now());
         if merged != inner.effective {
             inner.effective = merged;
@@ -213,13 +213,13 @@ impl Health {
     }
 
     /// What to write to the state file; `None` until there is a state.
-    pub fn persisted(&self) -> Option<PersistedState> {
+    pub fn persisted(&self) -> Option<SavedHealth> {
         let inner = self.lock();
         let confirmed_at = inner.confirmed_at?;
-        Some(PersistedState::new(confirmed_at, inner.effective.clone()))
+        Some(SavedHealth::new(confirmed_at, inner.effective.clone()))
     }
 
-    pub fn source(&self) -> Source {
+    pub fn source(&self) -> HealthSource {
         self.lock().source
     }
 
@@ -280,14 +280,14 @@ impl Health {
                     .join("; ")
             };
             match (inner.source, state_age_secs) {
-                (Source::Nothing, _) | (_, None) => format!(
+                (HealthSource::Nothing, _) | (_, None) => format!(
                     "stale: no health state at all ({why}); every cluster answers when_all_down"
                 ),
                 (source, Some(age)) => format!(
                     "stale: every healthd feed is unreachable ({why}); answering from the last \
                      known state ({}, {age:.0}s old)",
                     match source {
-                        Source::StateFile => "from the state file",
+                        HealthSource::StateFile => "from the state file",
                         _ => "from the feeds",
                     }
                 ),
@@ -366,11 +366,11 @@ mod tests {
     fn starts_from_the_state_file_until_a_feed_answers() {
         let mut mtas = BTreeMap::new();
         mtas.insert("m1".to_string(), MtaState::Up);
-        let state = PersistedState::new(SystemTime::now() - Duration::from_secs(60), mtas);
+        let state = SavedHealth::new(SystemTime::now() - Duration::from_secs(60), mtas);
         let health = Health::new(Some(state), &["a".to_string()]);
         assert_eq!(health.view().state("m1"), MtaState::Up);
         let report = health.report();
-        assert_eq!(report.source, Source::StateFile);
+        assert_eq!(report.source, HealthSource::StateFile);
         assert!(report.state_age_secs.unwrap() >= 59.0);
         health.feed_ok("a", Some(snapshot(1, &[("m1", MtaState::Down)])));
         assert_eq!(health.view().state("m1"), MtaState::Down);

@@ -3,14 +3,14 @@
 //! `udp` (a thread per socket) and `tcp` (a task per connection) both
 //! answer through `handler`, the synchronous `respond` over the wire-format
 //! answers in `answers` (`wire` reads queries and writes records, `cookie`
-//! makes DNS cookies), precomputed by `engine` from the fleet file and the
+//! makes DNS cookies), precomputed by `answer_keeper` from the fleet file and the
 //! health that `follow` reads from the healthd feeds and `health` merges
-//! (kept across restarts in `state_file`).
+//! (kept across restarts in the `state_file` by `saved_health`).
 
+pub mod answer_keeper;
 pub mod answers;
 pub mod config;
 pub mod cookie;
-pub mod engine;
 pub mod feed_client;
 pub mod follow;
 pub mod handler;
@@ -18,7 +18,7 @@ pub mod health;
 pub mod metrics;
 pub mod respond;
 pub mod rrl;
-pub mod state_file;
+pub mod saved_health;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
@@ -36,9 +36,9 @@ use tokio::net::{TcpListener, UdpSocket};
 
 pub use config::Settings;
 
+use crate::answer_keeper::AnswerKeeper;
 use crate::answers::Answers;
 use crate::cookie::CookieSecret;
-use crate::engine::Engine;
 use crate::follow::Followers;
 use crate::handler::Handler;
 use crate::health::Health;
@@ -175,9 +175,9 @@ async fn join_udp(threads: Vec<std::thread::JoinHandle<()>>) {
 
 /// The health state saved by an earlier run, if any (a broken file is
 /// logged and ignored).
-fn saved_state(settings: &Settings) -> Option<state_file::PersistedState> {
+fn load_saved_health(settings: &Settings) -> Option<saved_health::SavedHealth> {
     let path = settings.node.state_file.as_ref()?;
-    match state_file::load(path) {
+    match saved_health::load(path) {
         Ok(state) => {
             if state.is_some() {
                 tracing::info!(path = %path.display(), "starting from the saved health state");
@@ -235,7 +235,7 @@ fn serve_dns(
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let udp_threads = start_udp(udp, handler, udp_stop)?;
     let limits = tcp::TcpLimits {
-        max_connections: settings.node.tcp_max_connections,
+        max_connections: settings.node.max_connections,
         idle: settings.node.tcp_idle_timeout,
     };
     for listener in tcp {
@@ -252,7 +252,7 @@ fn serve_dns(
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
-    let health = Health::new(saved_state(&settings), &settings.node.healthd);
+    let health = Health::new(load_saved_health(&settings), &settings.node.healthd);
     let mut service = Service::new(control, settings);
     fleet::secret::register_metrics(&service.live.get().secrets, &mut service.registry);
     let metrics = Arc::new(Metrics::register(&mut service.registry));
@@ -262,22 +262,22 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     }
     let (to_persist, latest) = tokio::sync::watch::channel(None);
     let writer_metrics = metrics.clone();
-    // Ends when the engine (the sender) is gone.
+    // Ends when the answer keeper (the sender) is gone.
     service
         .control
         .tasks
-        .spawn(state_file::writer(latest, move |error| {
+        .spawn(saved_health::writer(latest, move |error| {
             writer_metrics.state_file_errors.inc();
             tracing::error!("{error}");
         }));
-    let engine = Engine::new(
+    let keeper = AnswerKeeper::new(
         service.live.clone(),
         health.clone(),
         metrics.clone(),
         service.readiness.clone(),
         to_persist,
     )?;
-    let answers = engine.answers.clone();
+    let answers = keeper.answers.clone();
     let (status_health, status_answers) = (health.clone(), answers.clone());
     let secrets = service.live.get().secrets.clone();
     let started = service.start(
@@ -297,7 +297,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
 
     let mut followers = Followers::new(health.clone(), control.clone())?;
     followers.sync(&started.live.get().node);
-    control.tasks.spawn(engine.run(control.clone(), followers));
+    control.tasks.spawn(keeper.run(control.clone(), followers));
 
     // Stops the UDP threads on shutdown, or when this future is dropped.
     let udp_stop = control.shutdown.child_token();

@@ -248,7 +248,7 @@ impl Metrics {
         );
         registry.register(
             "tcp_evicted",
-            "DNS-over-TCP connections closed to make room (tcp_max_connections reached), the idlest first",
+            "DNS-over-TCP connections closed to make room (max_connections reached), the idlest first",
             self.tcp_evicted.clone(),
         );
         registry.register(

@@ -97,7 +97,7 @@ async fn tcp_connections_are_capped_closing_the_idlest_and_stalled_ones_are_clos
         "127.4.52.1",
         &spec,
         &[],
-        "tcp_max_connections = 3\ntcp_idle_timeout = \"1s\"\n",
+        "max_connections = 3\ntcp_idle_timeout = \"1s\"\n",
     )
     .await;
     let mut conns = Vec::new();

@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 /// Where and as whom an MTA is probed. Two MTAs with equal targets are
 /// probed the same way; a changed target is a new target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
+pub struct ProbeTarget {
     /// The cluster hostname: SNI, and the name the certificate must carry.
     pub hostname: String,
     pub ipv4: Ipv4Addr,
@@ -25,7 +25,7 @@ pub struct Target {
     pub https_port: u16,
 }
 
-impl Target {
+impl ProbeTarget {
     pub fn smtp_addr(&self) -> SocketAddr {
         SocketAddr::from((self.ipv4, self.smtp_port))
     }
@@ -138,7 +138,7 @@ impl Prober {
     /// and the one this round leaves comes back with the report.
     pub async fn probe(
         &self,
-        target: &Target,
+        target: &ProbeTarget,
         kept: Option<https::Kept>,
     ) -> (Report, Option<https::Kept>) {
         let (smtp, (https, kept)) =
@@ -157,7 +157,7 @@ impl Prober {
 
     /// SMTP on the IPv4 address and, when the MTA has one, the IPv6 one:
     /// a client may reach either.
-    async fn smtp_everywhere(&self, target: &Target) -> Result<Duration, Failure> {
+    async fn smtp_everywhere(&self, target: &ProbeTarget) -> Result<Duration, Failure> {
         let Some(ipv6) = target.ipv6 else {
             return self.smtp(target, target.smtp_addr()).await;
         };
@@ -173,7 +173,7 @@ impl Prober {
         Ok(v4?.max(v6?))
     }
 
-    async fn smtp(&self, target: &Target, addr: SocketAddr) -> Result<Duration, Failure> {
+    async fn smtp(&self, target: &ProbeTarget, addr: SocketAddr) -> Result<Duration, Failure> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.timeout;
         let conversation = smtp::Conversation {
@@ -190,7 +190,7 @@ impl Prober {
 
     async fn https(
         &self,
-        target: &Target,
+        target: &ProbeTarget,
         kept: Option<https::Kept>,
     ) -> (
         Result<(Duration, Option<String>), Failure>,
@@ -215,7 +215,7 @@ impl Prober {
     }
 }
 
-fn server_name(target: &Target) -> Result<ServerName<'static>, Failure> {
+fn server_name(target: &ProbeTarget) -> Result<ServerName<'static>, Failure> {
     ServerName::try_from(target.hostname.clone()).map_err(|_| Failure {
         kind: Kind::Smtp,
         class: Class::Tls,

@@ -104,11 +104,11 @@ pub struct Source {
     /// EHLO name over this source; `None`: the node's.
     pub hello: Option<String>,
     limit: SourceLimit,
-    health: Mutex<Health>,
+    health: Mutex<SourceHealth>,
 }
 
 #[derive(Debug, Default, Clone)]
-struct Health {
+struct SourceHealth {
     down_until: Option<Instant>,
     failures: u32,
 }
@@ -396,7 +396,7 @@ impl Egress {
         if health.failures == 0 {
             return;
         }
-        *health = Health::default();
+        *health = SourceHealth::default();
         drop(health);
         tracing::info!(source = %via.source.name, pool = %via.pool, "egress source works again");
         self.up_gauge(&via.pool, &via.source).set(1);

@@ -20,11 +20,11 @@ use crate::board::Board;
 use crate::config::{ProbeConfig, Settings};
 use crate::metrics::{FailureLabels, KindLabels, Metrics, RoundLabels, TransitionLabels};
 use crate::probe::https::Kept;
-use crate::probe::{Prober, Report, Target};
+use crate::probe::{ProbeTarget, Prober, Report};
 
 struct Slot {
     name: String,
-    target: Arc<Target>,
+    target: Arc<ProbeTarget>,
     running: Option<AbortHandle>,
     /// The HTTPS connection the last round left open.
     kept: Option<Kept>,
@@ -37,7 +37,7 @@ struct Done {
     kept: Option<Kept>,
 }
 
-pub struct Scheduler {
+pub struct ProbeScheduler {
     live: Arc<Live<Settings>>,
     board: Arc<Board>,
     metrics: Metrics,
@@ -64,17 +64,17 @@ fn prober(settings: &Settings) -> Prober {
     )
 }
 
-impl Scheduler {
+impl ProbeScheduler {
     pub fn new(
         live: Arc<Live<Settings>>,
         board: Arc<Board>,
         metrics: Metrics,
         readiness: Arc<Readiness>,
-    ) -> Scheduler {
+    ) -> ProbeScheduler {
         let settings = live.get();
         readiness.not_ready("probes", "the first probe round has not finished");
         let targets = board.subscribe_targets();
-        let mut scheduler = Scheduler {
+        let mut scheduler = ProbeScheduler {
             probe: settings.node.probe.clone(),
             prober: prober(&settings),
             live,
@@ -103,7 +103,7 @@ impl Scheduler {
         scheduler
     }
 
-    fn add(&mut self, id: u64, name: String, target: Target, due: Instant) {
+    fn add(&mut self, id: u64, name: String, target: ProbeTarget, due: Instant) {
         self.slots.insert(
             id,
             Slot {
@@ -154,7 +154,7 @@ impl Scheduler {
 
     /// Starts probing the board's new targets and stops the removed ones.
     fn sync_targets(&mut self) {
-        let mut current: HashMap<u64, (String, Target)> = self
+        let mut current: HashMap<u64, (String, ProbeTarget)> = self
             .board
             .targets()
             .into_iter()

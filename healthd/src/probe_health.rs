@@ -15,7 +15,7 @@ pub struct Transition {
 }
 
 #[derive(Debug, Clone)]
-pub struct Health {
+pub struct ProbeHealth {
     /// `Unknown`, `Up` or `Down`: never `Drain`, which is not the probes'.
     pub state: MtaState,
     pub since: SystemTime,
@@ -29,9 +29,9 @@ pub struct Health {
     pub rounds: u64,
 }
 
-impl Health {
-    pub fn new(now: SystemTime) -> Health {
-        Health {
+impl ProbeHealth {
+    pub fn new(now: SystemTime) -> ProbeHealth {
+        ProbeHealth {
             state: MtaState::Unknown,
             since: now,
             passes: 0,
@@ -101,7 +101,7 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(5);
 
-    fn run(health: &mut Health, verdicts: &[Result<Duration, &str>]) -> Vec<MtaState> {
+    fn run(health: &mut ProbeHealth, verdicts: &[Result<Duration, &str>]) -> Vec<MtaState> {
         verdicts
             .iter()
             .filter_map(|v| health.observe(*v, 2, 3, SystemTime::now()))
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn rises_and_falls_only_after_consecutive_rounds() {
-        let mut h = Health::new(SystemTime::now());
+        let mut h = ProbeHealth::new(SystemTime::now());
         assert!(h.changing());
         assert_eq!(run(&mut h, &[Ok(MS)]), vec![]);
         assert_eq!(h.state, MtaState::Unknown);
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_new_dead_mta_goes_down_after_fall() {
-        let mut h = Health::new(SystemTime::now());
+        let mut h = ProbeHealth::new(SystemTime::now());
         assert_eq!(
             run(&mut h, &[Err("a"), Err("b"), Err("c")]),
             vec![MtaState::Down]

@@ -10,7 +10,7 @@ use fleet::feed::MtaState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateFileError {
+pub enum SavedHealthError {
     #[error("cannot read the state file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -30,7 +30,7 @@ pub enum StateFileError {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PersistedState {
+pub struct SavedHealth {
     /// Format version.
     pub version: u32,
     /// Unix seconds: when this file was written.
@@ -41,9 +41,9 @@ pub struct PersistedState {
     pub mtas: BTreeMap<String, MtaState>,
 }
 
-impl PersistedState {
-    pub fn new(confirmed_at: SystemTime, mtas: BTreeMap<String, MtaState>) -> PersistedState {
-        PersistedState {
+impl SavedHealth {
+    pub fn new(confirmed_at: SystemTime, mtas: BTreeMap<String, MtaState>) -> SavedHealth {
+        SavedHealth {
             version: 1,
             saved_at: fleet::clock::unix_secs(),
             confirmed_at: fleet::clock::secs_of(confirmed_at),
@@ -53,12 +53,12 @@ impl PersistedState {
 }
 
 /// The saved state; `Ok(None)` when there is no file yet.
-pub fn load(path: &Path) -> Result<Option<PersistedState>, StateFileError> {
+pub fn load(path: &Path) -> Result<Option<SavedHealth>, SavedHealthError> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(StateFileError::Read {
+            return Err(SavedHealthError::Read {
                 path: path.to_path_buf(),
                 source,
             })
@@ -66,15 +66,15 @@ pub fn load(path: &Path) -> Result<Option<PersistedState>, StateFileError> {
     };
     serde_json::from_slice(&text)
         .map(Some)
-        .map_err(|source| StateFileError::Parse {
+        .map_err(|source| SavedHealthError::Parse {
             path: path.to_path_buf(),
             source,
         })
 }
 
 /// Replaces the file with `state`, atomically.
-pub fn save(path: &Path, state: &PersistedState) -> Result<(), StateFileError> {
-    let write_err = |source| StateFileError::Write {
+pub fn save(path: &Path, state: &SavedHealth) -> Result<(), SavedHealthError> {
+    let write_err = |source| SavedHealthError::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -86,8 +86,8 @@ pub fn save(path: &Path, state: &PersistedState) -> Result<(), StateFileError> {
 /// Writes the latest state handed over on `latest`, one write at a time
 /// (coalescing states that arrive meanwhile), until the sender is gone.
 pub async fn writer(
-    mut latest: tokio::sync::watch::Receiver<Option<(PathBuf, PersistedState)>>,
-    on_error: impl Fn(&StateFileError) + Send + Sync + 'static,
+    mut latest: tokio::sync::watch::Receiver<Option<(PathBuf, SavedHealth)>>,
+    on_error: impl Fn(&SavedHealthError) + Send + Sync + 'static,
 ) {
     let on_error = std::sync::Arc::new(on_error);
     while latest.changed().await.is_ok() {
@@ -119,7 +119,7 @@ mod tests {
         let mut mtas = BTreeMap::new();
         mtas.insert("mta-1".to_string(), MtaState::Up);
         mtas.insert("mta-2".to_string(), MtaState::Drain);
-        let state = PersistedState::new(SystemTime::now(), mtas);
+        let state = SavedHealth::new(SystemTime::now(), mtas);
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state));
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())

@@ -17,16 +17,16 @@ use tokio::sync::watch;
 use crate::answers::Answers;
 use crate::config::Settings;
 use crate::follow::Followers;
-use crate::health::{Health, Source};
+use crate::health::{Health, HealthSource};
 use crate::metrics::{AllDownLabels, ClusterLabel, FeedLabel, Metrics};
-use crate::state_file::PersistedState;
+use crate::saved_health::SavedHealth;
 
 const TICK: Duration = Duration::from_secs(1);
 /// While fresh, the state file is rewritten at least this often so its
 /// `confirmed_at` stays close to the truth.
 const PERSIST_EVERY: Duration = Duration::from_secs(30);
 
-pub struct Engine {
+pub struct AnswerKeeper {
     pub answers: Arc<ArcSwap<Answers>>,
     live: Arc<Live<Settings>>,
     health: Arc<Health>,
@@ -36,8 +36,8 @@ pub struct Engine {
     last_persist: Option<Instant>,
     /// Feed labels in the metrics now.
     feeds_shown: Vec<String>,
-    /// The latest state for the writer task (`state_file::writer`).
-    to_persist: watch::Sender<Option<(PathBuf, PersistedState)>>,
+    /// The latest state for the writer task (`saved_health::writer`).
+    to_persist: watch::Sender<Option<(PathBuf, SavedHealth)>>,
     /// Subscribed before the first build, so no change is missed.
     settings_changed: watch::Receiver<u64>,
     health_changed: watch::Receiver<u64>,
@@ -53,15 +53,15 @@ fn next_serial(previous: u32) -> u32 {
     }
 }
 
-impl Engine {
+impl AnswerKeeper {
     /// Builds the first answers; fails when the zone itself cannot be built.
     pub fn new(
         live: Arc<Live<Settings>>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
-        to_persist: watch::Sender<Option<(PathBuf, PersistedState)>>,
-    ) -> anyhow::Result<Engine> {
+        to_persist: watch::Sender<Option<(PathBuf, SavedHealth)>>,
+    ) -> anyhow::Result<AnswerKeeper> {
         let settings_changed = live.subscribe();
         let health_changed = health.subscribe();
         let settings = live.get();
@@ -72,7 +72,7 @@ impl Engine {
             |c| metrics.served_counter(c),
         )
         .map_err(|e| anyhow::anyhow!("cannot build the zone: {e}"))?;
-        let mut engine = Engine {
+        let mut keeper = AnswerKeeper {
             answers: Arc::new(ArcSwap::from_pointee(answers)),
             live,
             health,
@@ -85,10 +85,10 @@ impl Engine {
             settings_changed,
             health_changed,
         };
-        engine.metrics.rebuilds.inc();
-        engine.observe();
-        engine.tick();
-        Ok(engine)
+        keeper.metrics.rebuilds.inc();
+        keeper.observe();
+        keeper.tick();
+        Ok(keeper)
     }
 
     /// Rebuilds the answers; swaps them in (with a new serial) only when
@@ -140,7 +140,7 @@ impl Engine {
         self.metrics.serial.set(i64::from(answers.serial));
         // Before any health state, every cluster is all down: one line, not
         // one warning per cluster.
-        let quiet = self.health.source() == Source::Nothing;
+        let quiet = self.health.source() == HealthSource::Nothing;
         let mut quiet_clusters = 0;
         let mut seen = HashMap::new();
         for cluster in &answers.clusters {
