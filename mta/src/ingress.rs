@@ -154,7 +154,7 @@ impl Ingress {
         size: u64,
     ) {
         use crate::events::{Event, EventType, PeerAddress, Response};
-        let now = crate::events::now_secs();
+        let now = fleet::clock::unix_secs();
         let mut events = Vec::with_capacity(submission.recipients.len());
         for recipient in submission.recipients {
             let mut event = Event::new(EventType::Reception);

@@ -99,13 +99,6 @@ impl std::fmt::Debug for SecretStore {
 
 const CONCERN: &str = "vault";
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 /// Runs `future` to completion from synchronous code, inside or outside a
 /// tokio runtime, on a thread of its own.
 fn block_on<F: Future + Send>(future: F) -> Result<F::Output, String>
@@ -198,7 +191,7 @@ impl SecretStore {
                 let entry = inner.entries.entry(reference.clone()).or_default();
                 entry.value = Some(read.value.clone());
                 entry.version = read.version;
-                entry.last_read = Some(now_secs());
+                entry.last_read = Some(crate::clock::unix_secs());
                 entry.last_error = None;
                 entry.reads_ok += 1;
                 Ok(read.value)
@@ -278,7 +271,7 @@ impl SecretStore {
     pub fn metrics_snapshot(&self) -> Option<MetricsSnapshot> {
         let inner = self.inner.lock();
         let client = inner.client.as_ref()?;
-        let now = now_secs();
+        let now = crate::clock::unix_secs();
         let auth = client.auth_stats();
         let token_ttl_left = auth.expires.map(|at| {
             let left = at.saturating_duration_since(std::time::Instant::now());

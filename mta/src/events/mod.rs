@@ -68,7 +68,7 @@ impl Events {
     fn stamp(&self, event: &mut Event) {
         event.nodeid.clone_from(&self.node);
         if event.timestamp == 0 {
-            event.timestamp = now_secs();
+            event.timestamp = fleet::clock::unix_secs();
         }
         if event.bounce_classification.is_none() && is_failure(event.kind) {
             event.bounce_classification = Some(self.classifier.classify(&event.response).into());
@@ -106,11 +106,4 @@ pub fn is_failure(kind: EventType) -> bool {
             | EventType::Oob
             | EventType::Rejection
     )
-}
-
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }

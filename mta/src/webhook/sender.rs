@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HookLabel, HookStatus, WebhookMetrics};
 use crate::events::log::{EventLog, LogReader};
-use crate::events::{now_secs, EventsConfig};
+use crate::events::EventsConfig;
+use fleet::clock::unix_secs;
 
 pub struct Sender {
     pub hook: fleet::Webhook,
@@ -179,7 +180,7 @@ impl Sender {
                 status.failures += 1;
                 status.consecutive_failures += 1;
                 status.last_error = Some(error.clone());
-                status.last_error_at = Some(now_secs());
+                status.last_error_at = Some(unix_secs());
                 status.consecutive_failures
             };
             let committed = *self.log.committed().borrow();
@@ -201,7 +202,7 @@ impl Sender {
     }
 
     async fn send_once(&self, body: &bytes::Bytes) -> Result<(), String> {
-        let timestamp = now_secs();
+        let timestamp = unix_secs();
         let response = self
             .client
             .post(&self.hook.url)
@@ -238,7 +239,7 @@ impl Sender {
         if !batch.is_empty() {
             status.sent += batch.len() as u64;
             status.consecutive_failures = 0;
-            status.last_success_at = Some(now_secs());
+            status.last_success_at = Some(unix_secs());
         }
         drop(status);
         self.update_backlog(committed, None);
@@ -270,7 +271,7 @@ impl Sender {
             .backlog
             .get_or_create(&self.label)
             .set(backlog as i64);
-        let lag = oldest.map_or(0, |e| now_secs().saturating_sub(e.timestamp));
+        let lag = oldest.map_or(0, |e| unix_secs().saturating_sub(e.timestamp));
         self.metrics
             .lag_seconds
             .get_or_create(&self.label)
