@@ -1,6 +1,7 @@
 //! What lb-dns, healthd and mta share: the fleet model and its validation,
 //! the health-feed types, and the runtime pieces every daemon uses.
 
+pub mod accept;
 pub mod admin;
 pub mod certificate;
 pub mod clock;

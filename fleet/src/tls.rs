@@ -120,25 +120,25 @@ pub async fn follow_reloads<S: Send + Sync + 'static>(
     }
 }
 
+/// Every certificate of the PEM file at `path`, in order (a chain: the leaf
+/// first; or a set of CAs); an error naming the file when it cannot be read
+/// or holds none.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read PEM certificates from {}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certificates)
+}
+
 fn read_pair(
     certificate: &Path,
     key: &SecretFile,
     secrets: &SecretStore,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain = CertificateDer::pem_file_iter(certificate)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "cannot read PEM certificates from {}: {e}",
-                certificate.display()
-            )
-        })?;
-    if chain.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate",
-            certificate.display()
-        ));
-    }
+    let chain = read_certificates(certificate)?;
     let pem = key.read(secrets)?;
     let key = PrivateKeyDer::from_pem_slice(pem.expose())
         .map_err(|e| format!("cannot read a PEM private key from {key}: {e}"))?;
@@ -164,20 +164,17 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = send.closed() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(listener = %local, "accept failed: {error}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                let stop = async {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = send.closed() => {}
                     }
                 };
-                let _ = stream.set_nodelay(true);
+                let Some((stream, peer)) =
+                    crate::accept::next_connection(&listener, local, stop).await
+                else {
+                    return;
+                };
                 let (acceptor, send) = (acceptor.clone(), send.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -5,24 +5,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::Resumption;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 
 /// A client trusting only the certificates in `ca_file`, with session
 /// resumption so steady probing costs little CPU.
 pub fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| format!("{} cannot be read: {e}", ca_file.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("{} is not PEM: {e}", ca_file.display()))?;
+    for cert in fleet::tls::read_certificates(ca_file)? {
         roots
             .add(cert)
             .map_err(|e| format!("{} holds a bad certificate: {e}", ca_file.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{} holds no certificate", ca_file.display()));
     }
     // SHA-256 suites first: probes hash more handshake than data, and
     // SHA-384 costs more per handshake. The server still chooses.

@@ -27,13 +27,15 @@ use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use mta::delivery::{DeliveryConfig, Engine};
-use mta::events::Events;
+use mta::delivery::DeliveryConfig;
 use mta::message::NewMessage;
-use mta::queue::{EgressMetrics, LimitSource};
+use mta::queue::EgressMetrics;
 use mta::spool::Spool;
 
-const HOSTNAME: &str = "c-a1b2c3d4.unmta.net";
+mod support;
+
+use support::HOSTNAME;
+
 const NET: u8 = 200;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -315,36 +317,12 @@ async fn spool_path(messages: usize) {
         .await
         .unwrap();
     let spool = Spool::open(dir.path()).await.unwrap();
-    let mut config = DeliveryConfig {
-        nameservers: vec![format!("{}:53", ip(54))],
-        allow_networks: vec!["127.0.0.0/8".into()],
-        ..DeliveryConfig::default()
-    };
-    config
-        .routes
-        .insert("sink.test".into(), sink.addr().to_string());
-    let engine = Engine::new(
+    let handle = support::start_engine(
         spool.clone(),
-        config,
-        HOSTNAME.into(),
-        Events::open(
-            &mta::events::EventsConfig {
-                dir: spool.dir().with_extension("events"),
-                ..Default::default()
-            },
-            "bench",
-        )
-        .unwrap(),
+        support::to_sink(ip(54), sink.addr().to_string()),
+        support::events_beside(&spool),
         EgressMetrics::default(),
-    )
-    .unwrap();
-    let (_tx, changed) = tokio::sync::watch::channel(0);
-    let handle = engine.start(
         fleet::RateLimit::Unlimited,
-        LimitSource {
-            changed,
-            current: Box::new(|| (fleet::RateLimit::Unlimited, false)),
-        },
     );
     let started = Instant::now();
     let workers = 256;
@@ -393,41 +371,14 @@ fn message(size: usize, n: usize) -> NewMessage {
 /// The engine of a held node: `1/hr`, its one permit spent on a host that
 /// refuses, everything else scheduled.
 async fn held_engine(spool: Arc<Spool>) -> (mta::delivery::EngineHandle, EgressMetrics) {
-    let mut config = DeliveryConfig {
-        nameservers: vec![format!("{}:53", ip(54))],
+    let config = DeliveryConfig {
         timeout: Duration::from_secs(2),
-        allow_networks: vec!["127.0.0.0/8".into()],
-        ..DeliveryConfig::default()
+        ..support::to_sink(ip(54), format!("{}:2525", ip(27)))
     };
-    config
-        .routes
-        .insert("sink.test".into(), format!("{}:2525", ip(27)));
     let metrics = EgressMetrics::default();
-    let engine = Engine::new(
-        spool.clone(),
-        config,
-        HOSTNAME.into(),
-        Events::open(
-            &mta::events::EventsConfig {
-                dir: spool.dir().with_extension("events"),
-                ..Default::default()
-            },
-            "bench",
-        )
-        .unwrap(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let events = support::events_beside(&spool);
     let limit: fleet::RateLimit = "1/hr".parse().unwrap();
-    let (tx, changed) = tokio::sync::watch::channel(0);
-    std::mem::forget(tx);
-    let handle = engine.start(
-        limit,
-        LimitSource {
-            changed,
-            current: Box::new(move || (limit, false)),
-        },
-    );
+    let handle = support::start_engine(spool, config, events, metrics.clone(), limit);
     (handle, metrics)
 }
 

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use fleet::event::{Event, EventType};
 use fleet::testkit::sink::{Sink, SinkConfig};
-use mta::delivery::{DeliveryConfig, Engine};
 use mta::events::{Events, EventsConfig};
 use mta::message::NewMessage;
-use mta::queue::{EgressMetrics, LimitSource};
+use mta::queue::EgressMetrics;
 use mta::spool::Spool;
 use mta::webhook::{sender::Sender, HookLabel, HookStatus, WebhookMetrics};
+
+mod support;
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 6, 200, last)
@@ -83,30 +84,12 @@ async fn run(messages: usize, hook: Option<SocketAddr>, count: Arc<AtomicU64>) -
         ..Default::default()
     };
     let events = Events::open(&events_config, "bench").unwrap();
-    let mut config = DeliveryConfig {
-        nameservers: vec![format!("{}:53", ip(54))],
-        // The sink is on loopback, which delivery refuses unless allowed.
-        allow_networks: vec!["127.0.0.0/8".into()],
-        ..DeliveryConfig::default()
-    };
-    config
-        .routes
-        .insert("sink.test".into(), sink.addr().to_string());
-    let engine = Engine::new(
+    let handle = support::start_engine(
         spool.clone(),
-        config,
-        "c-a1b2c3d4.unmta.net".into(),
+        support::to_sink(ip(54), sink.addr().to_string()),
         events.clone(),
         EgressMetrics::default(),
-    )
-    .unwrap();
-    let (_tx, changed) = tokio::sync::watch::channel(0);
-    let handle = engine.start(
         fleet::RateLimit::Unlimited,
-        LimitSource {
-            changed,
-            current: Box::new(|| (fleet::RateLimit::Unlimited, false)),
-        },
     );
     let stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = hook {

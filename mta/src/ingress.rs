@@ -243,40 +243,27 @@ impl Ingress {
     /// shutdown starts. Accept errors (out of descriptors and the like)
     /// never end the loop.
     pub async fn next_connection(&self, listener: &TcpListener, name: &str) -> Option<Accepted> {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.control.shutdown.cancelled() => return None,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(listener = %name, "accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let stop = self.control.shutdown.cancelled();
+        let (stream, peer) = fleet::accept::next_connection(listener, name, stop).await?;
+        let settings = self.live.get();
+        let caps = &settings.node.smtp;
+        Some(
+            match self.limiter.try_acquire(
+                crate::anvil::client_key(peer.ip(), caps.ipv6_client_prefix),
+                caps.max_connections,
+                caps.max_connections_per_ip,
+            ) {
+                Ok(permit) => {
+                    self.metrics.connection(name);
+                    Accepted::Admitted(stream, peer, permit)
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let settings = self.live.get();
-            let caps = &settings.node.smtp;
-            return Some(
-                match self.limiter.try_acquire(
-                    crate::anvil::client_key(peer.ip(), caps.ipv6_client_prefix),
-                    caps.max_connections,
-                    caps.max_connections_per_ip,
-                ) {
-                    Ok(permit) => {
-                        self.metrics.connection(name);
-                        Accepted::Admitted(stream, peer, permit)
-                    }
-                    Err(cap) => {
-                        self.metrics.refused(name, cap);
-                        tracing::info!(%peer, listener = %name, cap = cap.label(), "connection refused at its cap");
-                        Accepted::Refused(stream, peer, cap)
-                    }
-                },
-            );
-        }
+                Err(cap) => {
+                    self.metrics.refused(name, cap);
+                    tracing::info!(%peer, listener = %name, cap = cap.label(), "connection refused at its cap");
+                    Accepted::Refused(stream, peer, cap)
+                }
+            },
+        )
     }
 }
 

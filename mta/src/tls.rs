@@ -6,7 +6,6 @@
 //! other config error while the old one keeps serving. Each new connection
 //! takes the configuration in service at its start.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -32,7 +31,7 @@ impl TlsConfigs {
     /// reference read through `secrets`); the error is a sentence naming
     /// the file or reference, never the key.
     pub fn load(config: &TlsConfig, secrets: &SecretStore) -> Result<TlsConfigs, String> {
-        let certs = read_chain(&config.certificate)?;
+        let certs = fleet::tls::read_certificates(&config.certificate)?;
         let certificate =
             fleet::certificate::CertificateInfo::from_der(&config.certificate, &certs[0])?;
         let pem = config.key.read(secrets)?;
@@ -53,16 +52,6 @@ impl TlsConfigs {
             certificate,
         })
     }
-}
-
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read PEM certificates from {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(certs)
 }
 
 fn server_config(

@@ -16,6 +16,19 @@ fn routed(net: u8) -> String {
     )
 }
 
+/// Submits `{marker}-0` .. `{marker}-{count - 1}` one after the other.
+async fn submit_in_turn(
+    client: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    marker: &str,
+    count: usize,
+) {
+    for n in 0..count {
+        Node::submit(client, "r@paced.test", &format!("{marker}-{n}"))
+            .await
+            .unwrap();
+    }
+}
+
 /// The one slow test: 100 messages submitted at once at 10/s take at least
 /// 9.9 s from the first arrival to the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,11 +92,7 @@ async fn a_changed_rate_limit_changes_the_pace() {
     let sink = sink(net, 25, Behaviour::Accept).await;
     let node = Node::start(configs(net, "4/s,max_burst=1", None, &routed(net))).await;
     let client = node.client(4);
-    for n in 0..30 {
-        Node::submit(&client, "r@paced.test", &format!("change-{n}"))
-            .await
-            .unwrap();
-    }
+    submit_in_turn(&client, "change", 30).await;
     let slow = sink.wait_for(4, LIMIT).await.unwrap();
     let slow_span = slow[3].arrived_at - slow[0].arrived_at;
     assert!(
@@ -113,11 +122,7 @@ async fn a_changed_rate_limit_changes_the_pace() {
     })
     .await
     .unwrap();
-    for n in 0..4 {
-        Node::submit(&client, "r@paced.test", &format!("again-{n}"))
-            .await
-            .unwrap();
-    }
+    submit_in_turn(&client, "again", 4).await;
     let got = sink.wait_for(34, LIMIT).await.unwrap();
     let span = got[33].arrived_at - got[30].arrived_at;
     assert!(span >= Duration::from_millis(1400), "4 at 2/s: {span:?}");

@@ -22,8 +22,8 @@ const ADMIN_PORT: u16 = 19110;
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A node on `net`.11 serving a leaf of `ca` valid for `validity`, with
-/// its admin listener on `net`.1:[`ADMIN_PORT`].
-fn fixture(net: [u8; 3], ca: &LocalCa, validity: Duration) -> Fixture {
+/// its admin listener on `net`.1:[`ADMIN_PORT`]; and what the leaf says.
+fn fixture(net: [u8; 3], ca: &LocalCa, validity: Duration) -> (Fixture, CertificateInfo) {
     let [a, b, n] = net;
     let delivery =
         format!("[delivery]\nhold = true\nnameservers = [\"{a}.{b}.{n}.53:53\"]\ndsn = false\n");
@@ -34,8 +34,8 @@ fn fixture(net: [u8; 3], ca: &LocalCa, validity: Duration) -> Fixture {
     );
     std::fs::write(fixture.config(), config).unwrap();
     fixture.ca_pem = ca.cert_pem();
-    install(&fixture, ca, validity);
-    fixture
+    let leaf = install(&fixture, ca, validity);
+    (fixture, leaf)
 }
 
 /// Writes a new leaf of `ca` as the node's certificate and key (each by a
@@ -126,8 +126,7 @@ print("smtp starttls ok; https", https.getresponse().status)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_clients_accept_smtp_starttls_and_https() {
     let ca = LocalCa::new("strict client test CA").unwrap();
-    let fixture = fixture([127, 9, 40], &ca, 397 * DAY);
-    let leaf = CertificateInfo::from_pem_file(&fixture.dir.path().join("cert.pem")).unwrap();
+    let (fixture, leaf) = fixture([127, 9, 40], &ca, 397 * DAY);
     let mut node = start(&fixture).await;
 
     let (mut raw, smtp_leaf) = smtp(&fixture).await;
@@ -170,8 +169,7 @@ async fn strict_clients_accept_smtp_starttls_and_https() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
     let ca = LocalCa::new("renewal test CA").unwrap();
-    let fixture = fixture([127, 9, 41], &ca, 397 * DAY);
-    let old = CertificateInfo::from_pem_file(&fixture.dir.path().join("cert.pem")).unwrap();
+    let (fixture, old) = fixture([127, 9, 41], &ca, 397 * DAY);
     let mut node = start(&fixture).await;
     assert_eq!(
         admin(&fixture, "/ready").await.unwrap(),

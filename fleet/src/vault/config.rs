@@ -4,8 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -115,20 +113,8 @@ pub(super) fn tls_config(config: &VaultConfig) -> Result<rustls::ClientConfig, S
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(file) => {
-            let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-                .and_then(|iter| iter.collect())
-                .map_err(|e| {
-                    format!(
-                        "vault.ca_file {}: cannot read PEM certificates: {e}",
-                        file.display()
-                    )
-                })?;
-            if certificates.is_empty() {
-                return Err(format!(
-                    "vault.ca_file {}: holds no certificate",
-                    file.display()
-                ));
-            }
+            let certificates =
+                crate::tls::read_certificates(file).map_err(|e| format!("vault.ca_file: {e}"))?;
             for certificate in certificates {
                 roots.add(certificate).map_err(|e| {
                     format!(

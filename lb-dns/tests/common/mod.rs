@@ -348,6 +348,13 @@ impl LbDns {
         fleet::testkit::promtool::sample(&body, series)
     }
 
+    /// Queries answered so far with `qtype` and `rcode`
+    /// (`lb_dns_queries_total`; 0 while the series is absent).
+    pub async fn queries(&self, qtype: &str, rcode: &str) -> f64 {
+        let series = format!("lb_dns_queries_total{{qtype=\"{qtype}\",rcode=\"{rcode}\"}}");
+        self.metric(&series).await.unwrap_or(0.0)
+    }
+
     pub async fn a(&self, name: &str) -> Vec<IpAddr> {
         addresses(&udp(self.dns, &query(name, RecordType::A)).await)
     }

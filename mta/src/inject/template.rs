@@ -493,13 +493,23 @@ mod tests {
         }
     }
 
-    fn one(source: &str) -> Templates {
+    /// `source` as the only field, the text body.
+    fn body(dialect: Dialect, source: &str, bounds: Bounds) -> Result<Templates, CompileError> {
         Templates::compile(
-            Dialect::Jinja,
+            dialect,
             vec![("content.text_body".into(), source.into())],
-            BOUNDS,
+            bounds,
         )
-        .unwrap()
+    }
+
+    fn one(source: &str) -> Templates {
+        body(Dialect::Jinja, source, BOUNDS).unwrap()
+    }
+
+    /// The text body rendered without substitutions or a recipient.
+    fn render_alone(t: &Templates) -> Result<String, RenderError> {
+        t.message(&Substitutions::new(), None)
+            .render("content.text_body")
     }
 
     #[test]
@@ -602,13 +612,7 @@ mod tests {
             assert!(err.to_string().contains("larger than"), "{source}: {err}");
         }
         for source in ["{{ big * 1000 }}", "{{ big ~ big }}", "{{ 2 ** 3 }}"] {
-            let err = Templates::compile(
-                Dialect::Jinja,
-                vec![("content.text_body".into(), source.into())],
-                BOUNDS,
-            )
-            .err()
-            .unwrap();
+            let err = body(Dialect::Jinja, source, BOUNDS).err().unwrap();
             assert!(
                 err.0.contains("operator is not available"),
                 "{source}: {err:?}"
@@ -623,17 +627,8 @@ mod tests {
 
     #[test]
     fn static_is_taken_as_written() {
-        let t = Templates::compile(
-            Dialect::Static,
-            vec![("content.text_body".into(), "{{ not a template }}".into())],
-            BOUNDS,
-        )
-        .unwrap();
-        let out = t
-            .message(&Substitutions::new(), None)
-            .render("content.text_body")
-            .unwrap();
-        assert_eq!(out, "{{ not a template }}");
+        let t = body(Dialect::Static, "{{ not a template }}", BOUNDS).unwrap();
+        assert_eq!(render_alone(&t).unwrap(), "{{ not a template }}");
     }
 
     #[test]
@@ -660,17 +655,8 @@ mod tests {
             fuel: 1_000,
             max_output: 8,
         };
-        let t = Templates::compile(
-            Dialect::Jinja,
-            vec![("content.text_body".into(), "nine char".into())],
-            small,
-        )
-        .unwrap();
-        let err = t
-            .message(&Substitutions::new(), None)
-            .render("content.text_body")
-            .unwrap_err();
-        assert_eq!(err, RenderError::TooLarge(8));
+        let t = body(Dialect::Jinja, "nine char", small).unwrap();
+        assert_eq!(render_alone(&t).unwrap_err(), RenderError::TooLarge(8));
     }
 
     #[test]
@@ -695,11 +681,6 @@ mod tests {
             assert_eq!(message.render("content.subject").unwrap(), "plain");
         }
         // A plain field is still checked like no other: `*` only in tags.
-        assert!(Templates::compile(
-            Dialect::Jinja,
-            vec![("content.text_body".into(), "{{ 'a' * 3 }}".into())],
-            BOUNDS,
-        )
-        .is_err());
+        assert!(body(Dialect::Jinja, "{{ 'a' * 3 }}", BOUNDS).is_err());
     }
 }

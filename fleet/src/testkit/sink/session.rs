@@ -44,28 +44,17 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let shared = shared.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        _ = session(stream, &shared) => {}
-                    }
-                });
+    while let Some((stream, _peer)) =
+        crate::accept::next_connection(&listener, "sink", shutdown.cancelled()).await
+    {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = session(stream, &shared) => {}
             }
-            Err(error) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!("sink: accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        });
     }
 }
 
