@@ -7,6 +7,9 @@
 //!   grows up to 32 MB) and rarely gives heap memory back, so one 10 MB
 //!   message kept tens of MB resident for good. mimalloc returns freed
 //!   large blocks to the system on its own (after its purge delay).
+//!
+//! Built without transparent huge pages (`no_thp`): with them a mostly
+//! idle arena held 2 MB pages, 13 MB more RSS at idle.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
