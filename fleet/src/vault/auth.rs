@@ -204,10 +204,10 @@ async fn login(
 ) -> Result<(String, Duration), VaultError> {
     let role_id = read_trimmed(role_id_file, "approle.role_id_file")?;
     let secret_id = read_trimmed(secret_id_file, "approle.secret_id_file")?;
-    let mut body = serde_json::to_vec(&serde_json::json!({
-        "role_id": role_id.as_str(),
-        "secret_id": secret_id.as_str(),
-    }))
+    let mut body = serde_json::to_vec(&AppRoleLogin {
+        role_id: &role_id,
+        secret_id: &secret_id,
+    })
     .map_err(|e| VaultError::Invalid("vault.approle".into(), e.to_string()))?;
     let sent = client
         .request(reqwest::Method::POST, &format!("auth/{mount}/login"))
@@ -262,4 +262,11 @@ async fn auth_answer(
     };
     body.zeroize();
     result
+}
+
+/// The body of an AppRole login.
+#[derive(serde::Serialize)]
+struct AppRoleLogin<'a> {
+    role_id: &'a str,
+    secret_id: &'a str,
 }

@@ -237,7 +237,7 @@ impl VaultClient {
             })?;
             data.insert(name.clone(), serde_json::Value::String(text.to_string()));
         }
-        let mut body = serde_json::to_vec(&serde_json::json!({ "data": data }))
+        let mut body = serde_json::to_vec(&KvWrite { data: &data })
             .map_err(|e| VaultError::Invalid(path.to_string(), e.to_string()))?;
         scrub(&mut data);
         let api_path = format!("{mount}/data/{path}");
@@ -300,4 +300,10 @@ fn vault_errors(status: reqwest::StatusCode, body: &[u8]) -> String {
     } else {
         format!("HTTP {}: {}", status.as_u16(), errors.errors.join("; "))
     }
+}
+
+/// The body of a KV version 2 write.
+#[derive(serde::Serialize)]
+struct KvWrite<'a> {
+    data: &'a serde_json::Map<String, serde_json::Value>,
 }

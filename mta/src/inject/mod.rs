@@ -81,7 +81,10 @@ pub fn body_limit(max_message_size: usize) -> usize {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    let body = model::InjectError {
+        error: message.into(),
+    };
+    (status, Json(body)).into_response()
 }
 
 fn unauthorized(message: &str) -> Response {

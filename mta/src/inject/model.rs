@@ -205,6 +205,12 @@ pub struct InjectResponse {
     pub errors: Vec<String>,
 }
 
+/// `{"error"}`: why a request was refused (400, 401, 413, 422, 503).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InjectError {
+    pub error: String,
+}
+
 /// Parses a request body; the error names the field (`content.subject:`).
 pub fn parse(body: &[u8]) -> Result<InjectRequest, String> {
     let mut json = serde_json::Deserializer::from_slice(body);
