@@ -171,7 +171,7 @@ async fn measure(dir: &Path, n: usize, window: u64, fakes_pid: String) -> Measur
     .unwrap();
     let settings = healthd::Settings::load(&config).unwrap();
     let listeners = healthd::Listeners::bind(&settings).await.unwrap();
-    let url = format!("http://{}", listeners.admin.local_addr().unwrap());
+    let url = format!("http://{}", listeners.listen.local_addr().unwrap());
     let control = Control::new();
     let task = tokio::spawn(healthd::run(settings, listeners, control.clone()));
     let client = reqwest::Client::new();

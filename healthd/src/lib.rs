@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fleet::control::Control;
-use fleet::daemon::{Daemon, Service};
+use fleet::daemon::{Daemon, Service, Started};
 use fleet::telemetry::LogFormat;
 use fleet::ConfigError;
 use tokio::net::TcpListener;
@@ -28,30 +28,25 @@ pub use config::Settings;
 
 /// The sockets healthd serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
-    pub admin: TcpListener,
+    /// `listen`: the feed, the Clusters API, the dashboard and the admin
+    /// endpoints.
+    pub listen: TcpListener,
 }
 
 impl Listeners {
     pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
         let addr = settings.node.listen;
-        let admin = TcpListener::bind(addr)
+        let listen = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on HTTP address {addr}: {e}"))?;
-        Ok(Listeners { admin })
+        Ok(Listeners { listen })
     }
 }
 
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
     let config_file = settings.config_file.clone();
-    let drain_file = drain::DrainFile::new(&settings.node.state_file);
-    let drains = drain_file.load().map_err(|e| anyhow::anyhow!(e))?;
-    if !drains.is_empty() {
-        tracing::info!(
-            "drained by earlier admin calls: {}",
-            drains.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
+    let (drain_file, drains) = load_drains(&settings)?;
     let board = board::Board::new(settings.fleet.clone(), drains);
     let metrics = metrics::Metrics::default();
     if settings.node.followers.is_empty() {
@@ -67,13 +62,68 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     fleet::secret::register_metrics(&secrets, &mut service.registry);
     service.admin_tls = listen_tls.as_ref().map(|tls| tls.config.clone());
     service.admin_max_connections = Some(service.live.get().node.max_connections);
+    metrics.register(&mut service.registry);
+    let router = fallback::apply(routes(&service, &board, drain_file));
+    let scheduler = probe_scheduler::ProbeScheduler::new(
+        service.live.clone(),
+        board.clone(),
+        metrics,
+        service.readiness.clone(),
+    );
+    let status_board = board.clone();
+    let started = service.start(
+        listeners.listen,
+        router,
+        {
+            let secrets = secrets.clone();
+            move || Settings::load_with(&config_file, secrets.clone())
+        },
+        move |s: &Settings| status(s, &status_board),
+    );
+    fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
+    if let Some(running) = listen_tls {
+        follow_certificate(&started, running);
+    }
+    let shutdown = started.control.shutdown.clone();
+    started
+        .control
+        .tasks
+        .spawn(board.clone().follow(started.live.clone(), shutdown.clone()));
+    started.control.tasks.spawn(scheduler.run(shutdown));
+    started
+        .until_shutdown(|s: &Settings| s.node.shutdown_grace)
+        .await;
+    Ok(())
+}
+
+/// The state file and the admin drains kept in it by an earlier run.
+fn load_drains(
+    settings: &Settings,
+) -> anyhow::Result<(drain::DrainFile, std::collections::BTreeSet<String>)> {
+    let drain_file = drain::DrainFile::new(&settings.node.state_file);
+    let drains = drain_file.load().map_err(|e| anyhow::anyhow!(e))?;
+    if !drains.is_empty() {
+        tracing::info!(
+            "drained by earlier admin calls: {}",
+            drains.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok((drain_file, drains))
+}
+
+/// The feed, the Clusters API, the admin drains and the dashboard, which
+/// share `max_long_polls` between their long polls.
+fn routes(
+    service: &Service<Settings>,
+    board: &Arc<board::Board>,
+    drain_file: drain::DrainFile,
+) -> axum::Router {
     let long_polls = Arc::new(tokio::sync::Semaphore::new(
         service.live.get().node.max_long_polls,
     ));
-    metrics.register(&mut service.registry);
     let live = service.live.clone();
     let shutdown = service.control.shutdown.clone();
-    let router = feed::routes(feed::FeedState {
+    feed::routes(feed::FeedState {
         board: board.clone(),
         live: live.clone(),
         max_wait: feed::MAX_WAIT,
@@ -95,56 +145,30 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         live.clone(),
         Some(dashboard::JournalFile::beside(&live.get().node.state_file)),
         &service.control.tasks,
-        shutdown.clone(),
+        shutdown,
         long_polls,
-    )));
-    let router = fallback::apply(router);
-    let scheduler = probe_scheduler::ProbeScheduler::new(
-        live.clone(),
-        board.clone(),
-        metrics,
-        service.readiness.clone(),
-    );
-    let status_board = board.clone();
-    let started = service.start(
-        listeners.admin,
-        router,
-        {
-            let secrets = secrets.clone();
-            move || Settings::load_with(&config_file, secrets.clone())
-        },
-        move |s: &Settings| {
-            serde_json::json!({
-                "zone": s.fleet.zone.origin,
-                "clusters": s.fleet.clusters.len(),
-                "mtas": s.fleet.mta_count(),
-                "generation": status_board.generation(),
-                "instance": status_board.instance(),
-                "vault": s.secrets.status(),
-                "certificates": s.listen_tls.iter()
-                    .map(|tls| tls.certificate.status(fleet::certificate::now()))
-                    .collect::<Vec<_>>(),
-            })
-        },
-    );
-    fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
-    if let Some(running) = listen_tls {
-        follow_certificate(&started, running);
-    }
-    started
-        .control
-        .tasks
-        .spawn(board.clone().follow(live.clone(), shutdown.clone()));
-    started.control.tasks.spawn(scheduler.run(shutdown));
-    started
-        .until_shutdown(|s: &Settings| s.node.shutdown_grace)
-        .await;
-    Ok(())
+    )))
+}
+
+/// `/status`: the fleet, the board's generation and instance, Vault and
+/// the HTTPS certificate.
+fn status(s: &Settings, board: &board::Board) -> serde_json::Value {
+    serde_json::json!({
+        "zone": s.fleet.zone.origin,
+        "clusters": s.fleet.clusters.len(),
+        "mtas": s.fleet.mta_count(),
+        "generation": board.generation(),
+        "instance": board.instance(),
+        "vault": s.secrets.status(),
+        "certificates": s.listen_tls.iter()
+            .map(|tls| tls.certificate.status(fleet::certificate::now()))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// The HTTPS listener serves the certificate of each reloaded `[tls]`, and
 /// `/ready` says degraded within 14 days of its expiry.
-fn follow_certificate(started: &fleet::daemon::Started<Settings>, running: fleet::tls::ServerTls) {
+fn follow_certificate(started: &Started<Settings>, running: fleet::tls::ServerTls) {
     let (live, shutdown) = (started.live.clone(), started.control.shutdown.clone());
     started.control.tasks.spawn(fleet::tls::follow_reloads(
         live.clone(),

@@ -60,7 +60,7 @@ async fn start_healthd(dir: &Path, listen: Ipv4Addr, stem: &str) -> (SocketAddr,
     );
     let settings = healthd::Settings::load(&config).unwrap();
     let listeners = healthd::Listeners::bind(&settings).await.unwrap();
-    let addr = listeners.admin.local_addr().unwrap();
+    let addr = listeners.listen.local_addr().unwrap();
     let control = Control::new();
     tokio::spawn(healthd::run(settings, listeners, control.clone()));
     (addr, control)

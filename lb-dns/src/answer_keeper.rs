@@ -14,7 +14,7 @@ use fleet::control::Control;
 use fleet::{Live, WhenAllDown};
 use tokio::sync::watch;
 
-use crate::answers::Answers;
+use crate::answers::{Answers, ClusterSummary};
 use crate::config::Settings;
 use crate::follow::Followers;
 use crate::health::{Health, HealthSource};
@@ -144,17 +144,7 @@ impl AnswerKeeper {
         let mut quiet_clusters = 0;
         let mut seen = HashMap::new();
         for cluster in &answers.clusters {
-            let label = ClusterLabel {
-                cluster: cluster.id.clone(),
-            };
-            self.metrics
-                .cluster_up
-                .get_or_create(&label)
-                .set(cluster.up as i64);
-            self.metrics
-                .cluster_all_down
-                .get_or_create(&label)
-                .set(i64::from(cluster.all_down));
+            self.set_cluster_gauges(cluster);
             // (all down, logged as such)
             let (was, logged) = self
                 .all_down
@@ -176,23 +166,7 @@ impl AnswerKeeper {
                     quiet_clusters += 1;
                 }
             }
-            let mut now_logged = logged && cluster.all_down;
-            if cluster.all_down && !logged && !quiet {
-                now_logged = true;
-                match when_all_down {
-                    WhenAllDown::ServeAll => tracing::warn!(
-                        cluster = %cluster.id,
-                        addresses = cluster.served_v4 + cluster.served_v6,
-                        "no MTA up: failing open, serving every non-drained address"
-                    ),
-                    WhenAllDown::Empty => tracing::warn!(
-                        cluster = %cluster.id,
-                        "no MTA up: answering NODATA (when_all_down = \"empty\")"
-                    ),
-                }
-            } else if !cluster.all_down && was && logged {
-                tracing::info!(cluster = %cluster.id, up = cluster.up, "MTAs up again");
-            }
+            let now_logged = log_all_down_change(cluster, when_all_down, (was, logged), quiet);
             seen.insert(cluster.id.clone(), (cluster.all_down, now_logged));
         }
         if quiet_clusters > 0 {
@@ -210,6 +184,20 @@ impl AnswerKeeper {
             self.metrics.cluster_all_down.remove(&label);
         }
         self.all_down = seen;
+    }
+
+    fn set_cluster_gauges(&self, cluster: &ClusterSummary) {
+        let label = ClusterLabel {
+            cluster: cluster.id.clone(),
+        };
+        self.metrics
+            .cluster_up
+            .get_or_create(&label)
+            .set(cluster.up as i64);
+        self.metrics
+            .cluster_all_down
+            .get_or_create(&label)
+            .set(i64::from(cluster.all_down));
     }
 
     /// Updates the freshness metrics; persists the state when due.
@@ -299,4 +287,33 @@ impl AnswerKeeper {
             }
         }
     }
+}
+
+/// Logs a cluster going all down (unless `quiet`: no health state yet) or
+/// coming back; `was`: all down before, `logged`: and logged as such.
+/// Returns whether its being all down is now logged.
+fn log_all_down_change(
+    cluster: &ClusterSummary,
+    when_all_down: WhenAllDown,
+    (was, logged): (bool, bool),
+    quiet: bool,
+) -> bool {
+    if cluster.all_down && !logged && !quiet {
+        match when_all_down {
+            WhenAllDown::ServeAll => tracing::warn!(
+                cluster = %cluster.id,
+                addresses = cluster.served_v4 + cluster.served_v6,
+                "no MTA up: failing open, serving every non-drained address"
+            ),
+            WhenAllDown::Empty => tracing::warn!(
+                cluster = %cluster.id,
+                "no MTA up: answering NODATA (when_all_down = \"empty\")"
+            ),
+        }
+        return true;
+    }
+    if !cluster.all_down && was && logged {
+        tracing::info!(cluster = %cluster.id, up = cluster.up, "MTAs up again");
+    }
+    logged && cluster.all_down
 }

@@ -181,6 +181,88 @@ impl std::fmt::Debug for crate::dkim::Dkim {
     }
 }
 
+/// The node config with its paths resolved against `config_file`, its
+/// Vault references read through `secrets` and its sections checked.
+fn read_node(config_file: &Path, secrets: &Arc<SecretStore>) -> Result<NodeConfig, ConfigError> {
+    let mut node: NodeConfig = load_toml(config_file)?;
+    if let Some(vault) = &mut node.vault {
+        vault.resolve_paths(config_file);
+    }
+    secrets
+        .configure(node.vault.as_ref())
+        .map_err(|m| problem(config_file, "vault", m))?;
+    node.fleet_file = resolve(config_file, &node.fleet_file);
+    node.spool_dir = resolve(config_file, &node.spool_dir);
+    node.tls.certificate = resolve(config_file, &node.tls.certificate);
+    node.tls.key.resolve_path(config_file);
+    if let Some(admin) = &mut node.admin_token_sha256 {
+        fleet::secret::resolve_text(admin, secrets)
+            .and_then(|()| {
+                fleet::secret::is_sha256_hex(admin)
+                    .then_some(())
+                    .ok_or_else(|| "must be 64 hex digits (a sha256)".to_string())
+            })
+            .map_err(|m| problem(config_file, "admin_token_sha256", m))?;
+    }
+    node.delivery
+        .prepare(config_file)
+        .map_err(|(key, message)| problem(config_file, &key, message))?;
+    node.events
+        .prepare(config_file)
+        .map_err(|(key, message)| problem(config_file, &key, message))?;
+    crate::events::classify::Classifier::load(node.events.bounce_rules.as_deref())
+        .map_err(|message| ConfigError::single(&config_file.display().to_string(), &message))?;
+    Ok(node)
+}
+
+/// This node's cluster: its id and hostname; an error naming `node` when
+/// the fleet has no MTA of that name.
+fn this_cluster(
+    config_file: &Path,
+    node: &NodeConfig,
+    fleet: &Fleet,
+) -> Result<(String, String), ConfigError> {
+    let Some((cluster, _)) = fleet.mta(&node.node) else {
+        return Err(ConfigError {
+            file: config_file.display().to_string(),
+            problems: vec![Problem {
+                line: None,
+                key: "node".into(),
+                message: format!(
+                    "no MTA named `{}` in {}",
+                    node.node,
+                    node.fleet_file.display()
+                ),
+            }],
+        });
+    };
+    Ok((cluster.id.clone(), fleet.hostname(cluster)))
+}
+
+/// The planned stop's lb-dns servers and the SMTP limits the protocol needs.
+fn check_against_fleet(
+    config_file: &Path,
+    node: &NodeConfig,
+    fleet: &Fleet,
+) -> Result<(), ConfigError> {
+    node.planned_stop
+        .servers(fleet)
+        .map_err(|message| ConfigError::single(&config_file.display().to_string(), message))?;
+    if node.smtp.max_line_length < 80 {
+        return Err(ConfigError::single(
+            &config_file.display().to_string(),
+            "smtp.max_line_length must be at least 80",
+        ));
+    }
+    if !(1024..=16 << 20).contains(&node.smtp.max_header_size) {
+        return Err(ConfigError::single(
+            &config_file.display().to_string(),
+            "smtp.max_header_size must be between 1024 and 16777216 octets",
+        ));
+    }
+    Ok(())
+}
+
 fn problem(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         file: file.display().to_string(),
@@ -203,55 +285,13 @@ impl Settings {
         config_file: &Path,
         secrets: Arc<SecretStore>,
     ) -> Result<Settings, ConfigError> {
-        let mut node: NodeConfig = load_toml(config_file)?;
-        if let Some(vault) = &mut node.vault {
-            vault.resolve_paths(config_file);
-        }
-        secrets
-            .configure(node.vault.as_ref())
-            .map_err(|m| problem(config_file, "vault", m))?;
-        node.fleet_file = resolve(config_file, &node.fleet_file);
-        node.spool_dir = resolve(config_file, &node.spool_dir);
-        node.tls.certificate = resolve(config_file, &node.tls.certificate);
-        node.tls.key.resolve_path(config_file);
-        if let Some(admin) = &mut node.admin_token_sha256 {
-            fleet::secret::resolve_text(admin, &secrets)
-                .and_then(|()| {
-                    fleet::secret::is_sha256_hex(admin)
-                        .then_some(())
-                        .ok_or_else(|| "must be 64 hex digits (a sha256)".to_string())
-                })
-                .map_err(|m| problem(config_file, "admin_token_sha256", m))?;
-        }
-        node.delivery
-            .prepare(config_file)
-            .map_err(|(key, message)| problem(config_file, &key, message))?;
-        node.events
-            .prepare(config_file)
-            .map_err(|(key, message)| problem(config_file, &key, message))?;
-        crate::events::classify::Classifier::load(node.events.bounce_rules.as_deref())
-            .map_err(|message| ConfigError::single(&config_file.display().to_string(), &message))?;
+        let node = read_node(config_file, &secrets)?;
         // Keys that cannot be read or parsed fail `--check` and a reload.
         let dkim = crate::dkim::Dkim::load_with(&node.delivery.dkim, &secrets)
             .map_err(|m| problem(config_file, "delivery.dkim", m))?;
         let mut fleet = load_fleet(&node.fleet_file)?;
         resolve_credentials(&mut fleet, &node, &secrets)?;
-        let Some((cluster, _)) = fleet.mta(&node.node) else {
-            return Err(ConfigError {
-                file: config_file.display().to_string(),
-                problems: vec![Problem {
-                    line: None,
-                    key: "node".into(),
-                    message: format!(
-                        "no MTA named `{}` in {}",
-                        node.node,
-                        node.fleet_file.display()
-                    ),
-                }],
-            });
-        };
-        let cluster_id = cluster.id.clone();
-        let hostname = fleet.hostname(cluster);
+        let (cluster_id, hostname) = this_cluster(config_file, &node, &fleet)?;
         let tls =
             crate::tls::TlsConfigs::load(&node.tls, &secrets).map_err(|message| ConfigError {
                 file: config_file.display().to_string(),
@@ -261,21 +301,7 @@ impl Settings {
                     message,
                 }],
             })?;
-        node.planned_stop
-            .servers(&fleet)
-            .map_err(|message| ConfigError::single(&config_file.display().to_string(), message))?;
-        if node.smtp.max_line_length < 80 {
-            return Err(ConfigError::single(
-                &config_file.display().to_string(),
-                "smtp.max_line_length must be at least 80",
-            ));
-        }
-        if !(1024..=16 << 20).contains(&node.smtp.max_header_size) {
-            return Err(ConfigError::single(
-                &config_file.display().to_string(),
-                "smtp.max_header_size must be between 1024 and 16777216 octets",
-            ));
-        }
+        check_against_fleet(config_file, &node, &fleet)?;
         Ok(Settings {
             config_file: config_file.to_path_buf(),
             node,

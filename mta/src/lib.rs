@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fleet::control::Control;
-use fleet::daemon::{Daemon, Service};
+use fleet::daemon::{Daemon, Service, Started};
 use fleet::telemetry::LogFormat;
 use fleet::ConfigError;
 use tokio::net::TcpListener;
@@ -83,96 +83,43 @@ impl Listeners {
 
 /// Serves until `control.shutdown`, reloading on `control`'s requests.
 pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> anyhow::Result<()> {
+    let stores = Stores::open(&settings).await?;
     let config_file = settings.config_file.clone();
-    let spool = spool::Spool::open(&settings.node.spool_dir).await?;
-    let events = events::Events::open(&settings.node.events, &settings.node.node)
-        .map_err(anyhow::Error::msg)?;
     let delivery_config = settings.node.delivery.clone();
     let hello_name = settings.hostname.clone();
     let secrets = settings.secrets.clone();
-    let webhook_metrics = webhook::WebhookMetrics::default();
-    let webhooks = webhook::Webhooks::new(
-        events.log().clone(),
-        settings.node.events.clone(),
-        webhook_metrics.clone(),
-    )
-    .map_err(anyhow::Error::msg)?;
     let mut service = Service::new(control, settings);
-    fleet::secret::register_metrics(&secrets, &mut service.registry);
-    let ingress_metrics = ingress::IngressMetrics::register(&mut service.registry);
-    let egress_metrics = queue::EgressMetrics::default();
-    egress_metrics.register(&mut service.registry);
-    spool.register_metrics(&mut service.registry);
-    events.log().register_metrics(&mut service.registry);
-    webhook_metrics.register(&mut service.registry);
+    let (ingress_metrics, egress_metrics) =
+        register_metrics(&mut service.registry, &secrets, &stores);
     let engine_cell = Arc::new(std::sync::OnceLock::new());
-    let admin_routes = admin::routes(service.live.clone(), engine_cell.clone());
-    let status_hooks = webhooks.clone();
-    let started = service.start(
+    let reload = {
+        let secrets = secrets.clone();
+        move || Settings::load_with(&config_file, secrets.clone())
+    };
+    let started = start_admin(
+        service,
         listeners.admin,
-        admin_routes,
-        {
-            let secrets = secrets.clone();
-            move || Settings::load_with(&config_file, secrets.clone())
-        },
-        {
-            let spool = spool.clone();
-            move |s: &Settings| {
-                serde_json::json!({
-                    "zone": s.fleet.zone.origin,
-                    "clusters": s.fleet.clusters.len(),
-                    "mtas": s.fleet.mta_count(),
-                    "vault": s.secrets.status(),
-                    "spool_quarantined": spool.quarantined(),
-                    "webhooks": status_hooks.status(),
-                    "certificates": [s.tls.certificate.status(fleet::certificate::now())],
-                })
-            }
-        },
+        reload,
+        &stores,
+        engine_cell.clone(),
     );
     fleet::secret::watch(&secrets, started.readiness.clone(), &started.control);
     watch_certificates(&started);
     // Delivery first: the queue is in place before the first client connects.
-    let egress = delivery::start_for_node(
-        spool.clone(),
-        delivery_config,
-        hello_name,
-        events.clone(),
+    let egress_stopped = start_delivery(
+        &started,
+        &stores,
+        (delivery_config, hello_name),
         egress_metrics,
-        started.live.clone(),
+        &engine_cell,
     )?;
-    let _ = engine_cell.set(egress.engine.clone());
-    tokio::spawn(webhooks.clone().follow(
-        started.live.clone(),
-        started.readiness.clone(),
-        started.control.shutdown.clone(),
-    ));
-    egress
-        .engine
-        .egress()
-        .attach_readiness(started.readiness.clone());
-    let shutdown = started.control.shutdown.clone();
-    let live = started.live.clone();
-    let egress_stopped = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        egress.stop(live.get().node.shutdown_grace).await
-    });
-    let ingress = ingress::Ingress::new(
-        started.live.clone(),
-        spool.clone(),
-        started.readiness.clone(),
+    serve_clients(
+        &started,
+        listeners.smtp,
+        listeners.https,
+        &stores,
         ingress_metrics,
-        started.control.clone(),
-        events.clone(),
     );
-    let tasks = &started.control.tasks;
-    tasks.spawn(ingress.clone().watch_spool_health());
-    for listener in listeners.smtp {
-        tasks.spawn(smtp::serve(listener, ingress.clone()));
-    }
-    for listener in listeners.https {
-        tasks.spawn(inject::server::serve(listener, ingress.clone()));
-    }
     started.control.take_planned_stops();
     started.control.tasks.spawn(planned_stop(
         started.live.clone(),
@@ -183,10 +130,153 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
         .until_shutdown(|s: &Settings| s.node.shutdown_grace)
         .await;
     let _ = egress_stopped.await;
-    let closing = spool.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
-    let _ = tokio::task::spawn_blocking(move || events.close()).await;
+    stores.close().await;
     Ok(())
+}
+
+/// What the node keeps on disk and across reloads: the spool, the event
+/// log and the webhooks that follow it.
+struct Stores {
+    spool: Arc<spool::Spool>,
+    events: Arc<events::Events>,
+    webhooks: Arc<webhook::Webhooks>,
+    webhook_metrics: webhook::WebhookMetrics,
+}
+
+impl Stores {
+    async fn open(settings: &Settings) -> anyhow::Result<Stores> {
+        let spool = spool::Spool::open(&settings.node.spool_dir).await?;
+        let events = events::Events::open(&settings.node.events, &settings.node.node)
+            .map_err(anyhow::Error::msg)?;
+        let webhook_metrics = webhook::WebhookMetrics::default();
+        let webhooks = webhook::Webhooks::new(
+            events.log().clone(),
+            settings.node.events.clone(),
+            webhook_metrics.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Stores {
+            spool,
+            events,
+            webhooks,
+            webhook_metrics,
+        })
+    }
+
+    /// Closes the spool, then the event log, each off the runtime.
+    async fn close(self) {
+        let Stores { spool, events, .. } = self;
+        let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+        let _ = tokio::task::spawn_blocking(move || events.close()).await;
+    }
+}
+
+/// Every metric family of the node, in `/metrics` order; returns the
+/// ingress and egress sets for their owners.
+fn register_metrics(
+    registry: &mut prometheus_client::registry::Registry,
+    secrets: &Arc<fleet::secret::SecretStore>,
+    stores: &Stores,
+) -> (ingress::IngressMetrics, queue::EgressMetrics) {
+    fleet::secret::register_metrics(secrets, registry);
+    let ingress_metrics = ingress::IngressMetrics::register(registry);
+    let egress_metrics = queue::EgressMetrics::default();
+    egress_metrics.register(registry);
+    stores.spool.register_metrics(registry);
+    stores.events.log().register_metrics(registry);
+    stores.webhook_metrics.register(registry);
+    (ingress_metrics, egress_metrics)
+}
+
+/// The admin listener (with the admin API once `engine_cell` is filled),
+/// `reload` on request, and `/status`.
+fn start_admin(
+    service: Service<Settings>,
+    admin: TcpListener,
+    reload: impl Fn() -> Result<Settings, ConfigError> + Send + 'static,
+    stores: &Stores,
+    engine_cell: Arc<std::sync::OnceLock<Arc<delivery::Engine>>>,
+) -> Started<Settings> {
+    let admin_routes = admin::routes(service.live.clone(), engine_cell);
+    let (spool, webhooks) = (stores.spool.clone(), stores.webhooks.clone());
+    service.start(admin, admin_routes, reload, move |s: &Settings| {
+        status(s, &spool, &webhooks)
+    })
+}
+
+/// `/status`: the fleet, Vault, the spool's quarantine, the webhooks and
+/// the certificate.
+fn status(s: &Settings, spool: &spool::Spool, webhooks: &webhook::Webhooks) -> serde_json::Value {
+    serde_json::json!({
+        "zone": s.fleet.zone.origin,
+        "clusters": s.fleet.clusters.len(),
+        "mtas": s.fleet.mta_count(),
+        "vault": s.secrets.status(),
+        "spool_quarantined": spool.quarantined(),
+        "webhooks": webhooks.status(),
+        "certificates": [s.tls.certificate.status(fleet::certificate::now())],
+    })
+}
+
+/// Starts delivery and the webhooks; the task returned ends once delivery
+/// has stopped after the shutdown (within the shutdown grace).
+fn start_delivery(
+    started: &Started<Settings>,
+    stores: &Stores,
+    (config, hello_name): (delivery::DeliveryConfig, String),
+    metrics: queue::EgressMetrics,
+    engine_cell: &std::sync::OnceLock<Arc<delivery::Engine>>,
+) -> anyhow::Result<tokio::task::JoinHandle<bool>> {
+    let egress = delivery::start_for_node(
+        stores.spool.clone(),
+        config,
+        hello_name,
+        stores.events.clone(),
+        metrics,
+        started.live.clone(),
+    )?;
+    let _ = engine_cell.set(egress.engine.clone());
+    tokio::spawn(stores.webhooks.clone().follow(
+        started.live.clone(),
+        started.readiness.clone(),
+        started.control.shutdown.clone(),
+    ));
+    egress
+        .engine
+        .egress()
+        .attach_readiness(started.readiness.clone());
+    let shutdown = started.control.shutdown.clone();
+    let live = started.live.clone();
+    Ok(tokio::spawn(async move {
+        shutdown.cancelled().await;
+        egress.stop(live.get().node.shutdown_grace).await
+    }))
+}
+
+/// SMTP and HTTPS injection on their listeners, into the spool.
+fn serve_clients(
+    started: &Started<Settings>,
+    smtp_listeners: Vec<TcpListener>,
+    https_listeners: Vec<TcpListener>,
+    stores: &Stores,
+    metrics: ingress::IngressMetrics,
+) {
+    let ingress = ingress::Ingress::new(
+        started.live.clone(),
+        stores.spool.clone(),
+        started.readiness.clone(),
+        metrics,
+        started.control.clone(),
+        stores.events.clone(),
+    );
+    let tasks = &started.control.tasks;
+    tasks.spawn(ingress.clone().watch_spool_health());
+    for listener in smtp_listeners {
+        tasks.spawn(smtp::serve(listener, ingress.clone()));
+    }
+    for listener in https_listeners {
+        tasks.spawn(inject::server::serve(listener, ingress.clone()));
+    }
 }
 
 /// `/ready` says degraded while the certificate in service is within 14

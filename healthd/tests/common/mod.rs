@@ -201,7 +201,7 @@ impl Healthd {
         fleet::telemetry::init(fleet::telemetry::LogFormat::Human);
         let settings = healthd::Settings::load(config).unwrap();
         let listeners = healthd::Listeners::bind(&settings).await.unwrap();
-        let url = format!("http://{}", listeners.admin.local_addr().unwrap());
+        let url = format!("http://{}", listeners.listen.local_addr().unwrap());
         let daemon = InProcess::spawn(|control| healthd::run(settings, listeners, control));
         Healthd {
             url,

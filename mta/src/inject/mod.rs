@@ -102,30 +102,60 @@ async fn inject(
     request: Request,
 ) -> Response {
     let settings = ingress.live.get();
-    let limits = &settings.node.smtp;
     let via = Via::Http { port: peer.port };
     let listener = via.listener();
+    let principal =
+        match authenticate(&ingress, &settings, peer, &listener, request.headers()).await {
+            Ok(principal) => principal,
+            Err(response) => return response,
+        };
+    if let Err(reason) = ingress.spool_health() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the spool cannot take mail: {reason}"),
+        );
+    }
+    let mut request = match read_request(&ingress, &settings, &listener, request).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match deliver(&ingress, &settings, &mut request, &principal, peer, via).await {
+        Ok((status, response)) => (status, Json(response)).into_response(),
+        Err(refusal) => refused(&ingress, &listener, peer, (&principal, &request), refusal),
+    }
+}
 
-    let Some((username, password)) = basic_credentials(request.headers()) else {
-        return unauthorized("Basic authentication is required");
+/// The account of the request's Basic credentials, unless they are
+/// missing, wrong (answered after `auth_failure_delay`) or their client or
+/// username is blocked for failing too often.
+async fn authenticate(
+    ingress: &Ingress,
+    settings: &Settings,
+    peer: Peer,
+    listener: &str,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
+    let limits = &settings.node.smtp;
+    let Some((username, password)) = basic_credentials(headers) else {
+        return Err(unauthorized("Basic authentication is required"));
     };
     let client = crate::anvil::client_key(peer.addr.ip(), limits.ipv6_client_prefix);
     if let Err(blocked) = ingress
         .anvil
         .check(client, &username, limits.anvil_limits())
     {
-        ingress.metrics.auth_blocked(&listener);
+        ingress.metrics.auth_blocked(listener);
         let mut response = error(StatusCode::TOO_MANY_REQUESTS, blocked.to_string());
         response.headers_mut().insert(
             header::RETRY_AFTER,
             header::HeaderValue::from(blocked.retry_after().as_secs().max(1)),
         );
-        return response;
+        return Err(response);
     }
-    let principal = match ingress.auth.verify(&username, &password).await {
-        Ok(principal) => principal,
+    match ingress.auth.verify(&username, &password).await {
+        Ok(principal) => Ok(principal),
         Err(_) => {
-            ingress.metrics.auth_failure(&listener);
+            ingress.metrics.auth_failure(listener);
             ingress.rejection(crate::ingress::Refused {
                 peer: peer.addr,
                 helo: "",
@@ -140,52 +170,63 @@ async fn inject(
                 .failed(client, &username, limits.anvil_limits());
             tracing::info!(peer = %peer.addr, "HTTP authentication failed");
             tokio::time::sleep(limits.auth_failure_delay).await;
-            return unauthorized("authentication credentials invalid");
+            Err(unauthorized("authentication credentials invalid"))
         }
-    };
-    if let Err(reason) = ingress.spool_health() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the spool cannot take mail: {reason}"),
-        );
     }
+}
+
+/// The request body within `body_limit` (refused at once when its declared
+/// length is far over it), parsed.
+async fn read_request(
+    ingress: &Ingress,
+    settings: &Settings,
+    listener: &str,
+    request: Request,
+) -> Result<model::InjectRequest, Response> {
+    let limits = &settings.node.smtp;
     let limit = body_limit(limits.max_message_size);
+    let too_large = || {
+        ingress.metrics.rejected(listener, "size");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit.saturating_mul(4)) {
-        ingress.metrics.rejected(&listener, "size");
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than {limit} bytes"),
-        );
+        return Err(too_large());
     }
     let expected = declared.unwrap_or(0).min(limit);
     let body = match read_body(request.into_body(), limit, expected, limits.data_timeout).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            ingress.metrics.rejected(&listener, "size");
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {limit} bytes"),
-            );
-        }
+        Err(BodyError::TooLarge) => return Err(too_large()),
         Err(BodyError::Broken(reason)) => {
-            return error(StatusCode::BAD_REQUEST, format!("request body: {reason}"))
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("request body: {reason}"),
+            ))
         }
     };
-    let mut request = match model::parse(&body) {
-        Ok(request) => request,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    drop(body);
-    match deliver(&ingress, &settings, &mut request, &principal, peer, via).await {
-        Ok((status, response)) => (status, Json(response)).into_response(),
-        Err(Refusal::Invalid(message)) => error(StatusCode::BAD_REQUEST, message),
-        Err(Refusal::Policy(policy)) => {
-            ingress.metrics.rejected(&listener, "policy");
+    model::parse(&body).map_err(|message| error(StatusCode::BAD_REQUEST, message))
+}
+
+/// The answer to a request refused as a whole, counted (and a domain rule's
+/// refusal recorded as a Rejection).
+fn refused(
+    ingress: &Ingress,
+    listener: &str,
+    peer: Peer,
+    (principal, request): (&Principal, &model::InjectRequest),
+    refusal: Refusal,
+) -> Response {
+    match refusal {
+        Refusal::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
+        Refusal::Policy(policy) => {
+            ingress.metrics.rejected(listener, "policy");
             let reply = format!("422 {policy}");
             ingress.rejection(crate::ingress::Refused {
                 peer: peer.addr,
@@ -198,12 +239,12 @@ async fn inject(
             });
             error(StatusCode::UNPROCESSABLE_ENTITY, policy.to_string())
         }
-        Err(Refusal::Unprocessable(message)) => {
-            ingress.metrics.rejected(&listener, "policy");
+        Refusal::Unprocessable(message) => {
+            ingress.metrics.rejected(listener, "policy");
             error(StatusCode::UNPROCESSABLE_ENTITY, message)
         }
-        Err(Refusal::TooLarge(message)) => {
-            ingress.metrics.rejected(&listener, "size");
+        Refusal::TooLarge(message) => {
+            ingress.metrics.rejected(listener, "size");
             error(StatusCode::PAYLOAD_TOO_LARGE, message)
         }
     }
@@ -239,17 +280,7 @@ async fn deliver(
     let sender = prepared.sender();
     let (groups, bad) = prepared.plan(limits.max_recipients);
     let mut response = InjectResponse::default();
-    for recipient in bad {
-        response.fail_count += 1;
-        response.failed_recipients.push(recipient.email.clone());
-        let why = crate::policy::check_recipient(&recipient.email)
-            .err()
-            .map_or_else(
-                || "not a valid email address".to_string(),
-                |e| e.to_string(),
-            );
-        response.errors.push(format!("{}: {why}", recipient.email));
-    }
+    fail_invalid(&mut response, &bad);
     let mut in_flight = FuturesUnordered::new();
     let mut in_flight_bytes = 0usize;
     let mut spool_failed = false;
@@ -281,23 +312,8 @@ async fn deliver(
         let size = rendered.data.len();
         last_size = size;
         in_flight_bytes += size;
-        let recipients: Vec<String> = group.recipients.iter().map(|r| r.email.clone()).collect();
-        in_flight.push(async move {
-            let result = ingress
-                .submit(Submission {
-                    principal,
-                    sender,
-                    recipients: &recipients,
-                    data: &rendered.data,
-                    has_message_id: rendered.has_message_id,
-                    has_date: rendered.has_date,
-                    via,
-                    peer: peer.addr,
-                })
-                .await
-                .map(|_| ());
-            (group, size, result)
-        });
+        let submission = (principal, sender, via, peer);
+        in_flight.push(spool_group(ingress, submission, group, rendered));
     }
     while let Some((group, _, result)) = in_flight.next().await {
         spool_failed |= settle(&mut response, group, result);
@@ -308,6 +324,47 @@ async fn deliver(
         StatusCode::OK
     };
     Ok((status, response))
+}
+
+/// Fails the recipients whose address is not valid, each with the reason.
+fn fail_invalid(response: &mut InjectResponse, bad: &[&model::Recipient]) {
+    for recipient in bad {
+        response.fail_count += 1;
+        response.failed_recipients.push(recipient.email.clone());
+        let why = crate::policy::check_recipient(&recipient.email)
+            .err()
+            .map_or_else(
+                || "not a valid email address".to_string(),
+                |e| e.to_string(),
+            );
+        response.errors.push(format!("{}: {why}", recipient.email));
+    }
+}
+
+/// Spools one rendered message for `group`'s recipients; resolves to the
+/// group, the message's size and the spool's answer.
+async fn spool_group<'a>(
+    ingress: &Ingress,
+    (principal, sender, via, peer): (&Principal, &str, Via<'static>, Peer),
+    group: &'a Group<'a>,
+    rendered: build::Rendered,
+) -> (&'a Group<'a>, usize, Result<(), crate::spool::SpoolError>) {
+    let size = rendered.data.len();
+    let recipients: Vec<String> = group.recipients.iter().map(|r| r.email.clone()).collect();
+    let result = ingress
+        .submit(Submission {
+            principal,
+            sender,
+            recipients: &recipients,
+            data: &rendered.data,
+            has_message_id: rendered.has_message_id,
+            has_date: rendered.has_date,
+            via,
+            peer: peer.addr,
+        })
+        .await
+        .map(|_| ());
+    (group, size, result)
 }
 
 /// Counts one spooled group; true when the spool refused it.

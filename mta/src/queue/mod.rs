@@ -215,70 +215,20 @@ impl Scheduler {
             let now = now_ms();
             self.intake(now);
             self.sweep(&dispatch);
-            let mut wake = self
+            let wake = self
                 .heap
                 .peek()
                 .map(|top| Duration::from_millis(top.0.due_ms.saturating_sub(now)));
-            let mut need_slot = false;
-            let mut limited = false;
-            while let Some(&job) = self.ready.front().filter(|_| !held) {
-                let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                    need_slot = true;
-                    break;
-                };
-                if let Some(until) = self.sources_held_until {
-                    let left = until.saturating_duration_since(tokio::time::Instant::now());
-                    if !left.is_zero() {
-                        limited = true;
-                        wake = Some(wake.map_or(left, |w| w.min(left)));
-                        break;
-                    }
-                    self.sources_held_until = None;
-                }
-                let held = match self.throttle.check() {
-                    Ok(()) => match dispatch.source().await {
-                        Ok(via) => {
-                            self.ready.pop_front();
-                            self.head_delayed = false;
-                            dispatch.dispatch(job, slot, via);
-                            continue;
-                        }
-                        Err(hold) => {
-                            let wait = hold.wait + hold.wait / LIMIT_MARGIN_DIVISOR;
-                            self.sources_held_until = Some(tokio::time::Instant::now() + wait);
-                            (wait, Held::Egress(hold.why))
-                        }
-                    },
-                    Err(wait) => (
-                        wait + wait / LIMIT_MARGIN_DIVISOR,
-                        Held::NodeLimit(self.throttle.limit()),
-                    ),
-                };
-                drop(slot);
-                limited = true;
-                let (wait, why) = held;
-                if !self.head_delayed {
-                    self.head_delayed = true;
-                    self.metrics.delayed.inc();
-                    dispatch.delayed(job, wait, why);
-                }
-                wake = Some(wake.map_or(wait, |w| w.min(wait)));
-                break;
-            }
-            self.metrics
-                .scheduled
-                .set((self.heap.len() + self.ready.len()) as i64);
-            self.metrics
-                .rate_limited
-                .set(if limited { self.ready.len() as i64 } else { 0 });
+            let pass = self.dispatch_ready(&dispatch, held, wake).await;
+            self.publish_gauges(pass.limited);
             let sleep = async {
-                match wake {
+                match pass.wake {
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => std::future::pending().await,
                 }
             };
             let slot = async {
-                if need_slot {
+                if pass.need_slot {
                     let _ = self.slots.clone().acquire_owned().await;
                 } else {
                     std::future::pending::<()>().await
@@ -289,18 +239,7 @@ impl Scheduler {
                 _ = shutdown.cancelled() => return,
                 changed = limits.changed.changed(), if limits_open => {
                     if changed.is_ok() {
-                        let (limit, hold) = (limits.current)();
-                        if hold != held {
-                            held = hold;
-                            tracing::warn!(hold, "delivery hold changed");
-                        }
-                        let before = self.throttle.limit();
-                        if self.throttle.set(limit) {
-                            tracing::info!(%before, now = %limit, "delivery rate limit changed");
-                            self.head_delayed = false;
-                        }
-                        // The egress sources may have changed too.
-                        self.sources_held_until = None;
+                        self.apply_limits(&limits, &mut held);
                     } else {
                         // The configuration source is gone: keep the limit.
                         limits_open = false;
@@ -314,6 +253,109 @@ impl Scheduler {
             }
         }
     }
+
+    /// Hands due recipients to `dispatch` while a delivery slot, the rate
+    /// limit and an egress source allow (none while `held`). `wake`: when
+    /// the next recipient in the heap is due.
+    async fn dispatch_ready(
+        &mut self,
+        dispatch: &impl Dispatch,
+        held: bool,
+        mut wake: Option<Duration>,
+    ) -> Pass {
+        let (mut need_slot, mut limited) = (false, false);
+        while let Some(&job) = self.ready.front().filter(|_| !held) {
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                need_slot = true;
+                break;
+            };
+            if let Some(until) = self.sources_held_until {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if !left.is_zero() {
+                    limited = true;
+                    wake = Some(wake.map_or(left, |w| w.min(left)));
+                    break;
+                }
+                self.sources_held_until = None;
+            }
+            let (wait, why) = match self.permit(dispatch).await {
+                Ok(via) => {
+                    self.ready.pop_front();
+                    self.head_delayed = false;
+                    dispatch.dispatch(job, slot, via);
+                    continue;
+                }
+                Err(hold) => hold,
+            };
+            drop(slot);
+            limited = true;
+            if !self.head_delayed {
+                self.head_delayed = true;
+                self.metrics.delayed.inc();
+                dispatch.delayed(job, wait, why);
+            }
+            wake = Some(wake.map_or(wait, |w| w.min(wait)));
+            break;
+        }
+        Pass {
+            wake,
+            need_slot,
+            limited,
+        }
+    }
+
+    /// The rate limit's permit, then an egress source for the recipient at
+    /// the head; else how long it must wait (with a margin) and why.
+    async fn permit(&mut self, dispatch: &impl Dispatch) -> Result<Option<Via>, (Duration, Held)> {
+        match self.throttle.check() {
+            Ok(()) => match dispatch.source().await {
+                Ok(via) => Ok(via),
+                Err(hold) => {
+                    let wait = hold.wait + hold.wait / LIMIT_MARGIN_DIVISOR;
+                    self.sources_held_until = Some(tokio::time::Instant::now() + wait);
+                    Err((wait, Held::Egress(hold.why)))
+                }
+            },
+            Err(wait) => Err((
+                wait + wait / LIMIT_MARGIN_DIVISOR,
+                Held::NodeLimit(self.throttle.limit()),
+            )),
+        }
+    }
+
+    fn publish_gauges(&self, limited: bool) {
+        self.metrics
+            .scheduled
+            .set((self.heap.len() + self.ready.len()) as i64);
+        self.metrics
+            .rate_limited
+            .set(if limited { self.ready.len() as i64 } else { 0 });
+    }
+
+    /// A reload: the hold and the rate limit in force now. The egress
+    /// sources may have changed too, so they are asked again.
+    fn apply_limits(&mut self, limits: &LimitSource, held: &mut bool) {
+        let (limit, hold) = (limits.current)();
+        if hold != *held {
+            *held = hold;
+            tracing::warn!(hold, "delivery hold changed");
+        }
+        let before = self.throttle.limit();
+        if self.throttle.set(limit) {
+            tracing::info!(%before, now = %limit, "delivery rate limit changed");
+            self.head_delayed = false;
+        }
+        self.sources_held_until = None;
+    }
+}
+
+/// What one pass over the due recipients left: when to look again, whether
+/// it waits for a delivery slot, and whether the rate limit or the egress
+/// sources held it back.
+struct Pass {
+    wake: Option<Duration>,
+    need_slot: bool,
+    limited: bool,
 }
 
 #[cfg(test)]

@@ -234,24 +234,7 @@ impl<'a> Session<'a> {
             Ok(request) => request,
             Err(error) => return self.error(conn, &syntax_reply(error)),
         };
-        let plaintext_bounce = self.on_bounce_port()
-            && self.ctx.settings.node.bounces.allow_plaintext
-            && matches!(
-                request,
-                Request::Mail { .. } | Request::Rcpt { .. } | Request::Data
-            );
-        if !self.tls
-            && !plaintext_bounce
-            && !matches!(
-                request,
-                Request::Ehlo { .. }
-                    | Request::Helo { .. }
-                    | Request::StartTls
-                    | Request::Noop { .. }
-                    | Request::Rset
-                    | Request::Quit
-            )
-        {
+        if self.needs_tls_first(&request) {
             return self.error(conn, "530 5.7.0 Must issue a STARTTLS command first");
         }
         match request {
@@ -311,6 +294,29 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Before STARTTLS only the greeting, STARTTLS itself, NOOP, RSET and
+    /// QUIT are taken (and a bounce's transaction where
+    /// `bounces.allow_plaintext` lets it in on the bounce port).
+    fn needs_tls_first(&self, request: &Request<std::borrow::Cow<'_, str>>) -> bool {
+        let plaintext_bounce = self.on_bounce_port()
+            && self.ctx.settings.node.bounces.allow_plaintext
+            && matches!(
+                request,
+                Request::Mail { .. } | Request::Rcpt { .. } | Request::Data
+            );
+        !self.tls
+            && !plaintext_bounce
+            && !matches!(
+                request,
+                Request::Ehlo { .. }
+                    | Request::Helo { .. }
+                    | Request::StartTls
+                    | Request::Noop { .. }
+                    | Request::Rset
+                    | Request::Quit
+            )
+    }
+
     fn ehlo<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, host: &str) {
         self.helo = Some(host.to_string());
         self.transaction = None;
@@ -334,53 +340,13 @@ impl<'a> Session<'a> {
         mechanism: u64,
         initial: String,
     ) -> Next {
-        if self.helo.is_none() {
-            return self.error(conn, "503 5.5.1 Send EHLO first");
+        if let Some(reply) = self.auth_out_of_sequence() {
+            return self.error(conn, reply);
         }
-        if self.principal.is_some() {
-            return self.error(conn, "503 5.5.1 Already authenticated");
-        }
-        if self.transaction.is_some() {
-            return self.error(
-                conn,
-                "503 5.5.1 AUTH is not allowed during a mail transaction",
-            );
-        }
-        let initial = if initial == "=" {
-            String::new()
-        } else {
-            initial
+        let (username, password) = match self.credentials(conn, mechanism, initial).await {
+            Ok(credentials) => credentials,
+            Err(next) => return next,
         };
-        let credentials = match mechanism {
-            AUTH_PLAIN => {
-                let response = match initial.is_empty() {
-                    true => self.challenge(conn, "334 ").await,
-                    false => Ok(initial),
-                };
-                response.map(|r| decode_plain(&r))
-            }
-            AUTH_LOGIN => self.login(conn, initial).await,
-            _ => {
-                return self.error(
-                    conn,
-                    "504 5.5.4 Unrecognized authentication type: PLAIN and LOGIN are offered",
-                )
-            }
-        };
-        let credentials = match credentials {
-            Ok(Some(credentials)) => credentials,
-            Ok(None) => {
-                return self.error(conn, "501 5.5.2 Cannot decode the authentication response")
-            }
-            Err(Challenge::Cancelled) => {
-                return self.error(conn, "501 5.7.0 Authentication cancelled")
-            }
-            Err(Challenge::Gone(error)) => {
-                self.farewell(conn, &error);
-                return Next::Close;
-            }
-        };
-        let (username, password) = credentials;
         let client = crate::anvil::client_key(self.ctx.peer.ip(), self.limits().ipv6_client_prefix);
         let anvil = self.limits().anvil_limits();
         if let Err(blocked) = self.ctx.ingress.anvil.check(client, &username, anvil) {
@@ -400,30 +366,96 @@ impl<'a> Session<'a> {
                 conn.reply("235 2.7.0 Authentication successful");
                 Next::Continue
             }
-            Err(_) => {
-                self.ctx.ingress.metrics.auth_failure(&self.ctx.listener());
-                self.refused(
-                    Some(&username),
-                    "",
-                    "",
-                    "535 5.7.8 Authentication credentials invalid",
-                );
-                self.ctx.ingress.anvil.failed(client, &username, anvil);
-                self.auth_failures += 1;
-                tracing::info!(peer = %self.ctx.peer, failures = self.auth_failures, "authentication failed");
-                tokio::time::sleep(self.limits().auth_failure_delay).await;
-                if self.auth_failures >= self.limits().max_auth_failures {
-                    conn.reply("535 5.7.8 Authentication credentials invalid");
-                    conn.reply(&format!(
-                        "421 4.7.0 {} Too many authentication failures, closing connection",
-                        self.hostname()
-                    ));
-                    return Next::Close;
-                }
-                conn.reply("535 5.7.8 Authentication credentials invalid");
-                Next::Continue
+            Err(_) => self.auth_failed(conn, &username, (client, anvil)).await,
+        }
+    }
+
+    /// Why AUTH cannot be taken now, as the reply.
+    fn auth_out_of_sequence(&self) -> Option<&'static str> {
+        if self.helo.is_none() {
+            Some("503 5.5.1 Send EHLO first")
+        } else if self.principal.is_some() {
+            Some("503 5.5.1 Already authenticated")
+        } else if self.transaction.is_some() {
+            Some("503 5.5.1 AUTH is not allowed during a mail transaction")
+        } else {
+            None
+        }
+    }
+
+    /// The username and password by PLAIN or LOGIN (asking for them when
+    /// the command did not carry them); else what the session does next.
+    async fn credentials<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        mechanism: u64,
+        initial: String,
+    ) -> Result<(String, String), Next> {
+        let initial = if initial == "=" {
+            String::new()
+        } else {
+            initial
+        };
+        let credentials = match mechanism {
+            AUTH_PLAIN => {
+                let response = match initial.is_empty() {
+                    true => self.challenge(conn, "334 ").await,
+                    false => Ok(initial),
+                };
+                response.map(|r| decode_plain(&r))
+            }
+            AUTH_LOGIN => self.login(conn, initial).await,
+            _ => {
+                return Err(self.error(
+                    conn,
+                    "504 5.5.4 Unrecognized authentication type: PLAIN and LOGIN are offered",
+                ))
+            }
+        };
+        match credentials {
+            Ok(Some(credentials)) => Ok(credentials),
+            Ok(None) => {
+                Err(self.error(conn, "501 5.5.2 Cannot decode the authentication response"))
+            }
+            Err(Challenge::Cancelled) => {
+                Err(self.error(conn, "501 5.7.0 Authentication cancelled"))
+            }
+            Err(Challenge::Gone(error)) => {
+                self.farewell(conn, &error);
+                Err(Next::Close)
             }
         }
+    }
+
+    /// Counts a failed AUTH (here and across connections), answers it after
+    /// `auth_failure_delay`, and closes past `max_auth_failures`.
+    async fn auth_failed<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        username: &str,
+        (client, anvil): (std::net::IpAddr, crate::anvil::Limits),
+    ) -> Next {
+        self.ctx.ingress.metrics.auth_failure(&self.ctx.listener());
+        self.refused(
+            Some(username),
+            "",
+            "",
+            "535 5.7.8 Authentication credentials invalid",
+        );
+        self.ctx.ingress.anvil.failed(client, username, anvil);
+        self.auth_failures += 1;
+        tracing::info!(peer = %self.ctx.peer, failures = self.auth_failures, "authentication failed");
+        tokio::time::sleep(self.limits().auth_failure_delay).await;
+        if self.auth_failures >= self.limits().max_auth_failures {
+            conn.reply("535 5.7.8 Authentication credentials invalid");
+            conn.reply(&format!(
+                "421 4.7.0 {} Too many authentication failures, closing connection",
+                self.hostname()
+            ));
+            return Next::Close;
+        }
+        conn.reply("535 5.7.8 Authentication credentials invalid");
+        Next::Continue
     }
 
     async fn login<S: AsyncRead + AsyncWrite + Unpin>(
