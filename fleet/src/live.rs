@@ -151,6 +151,18 @@ impl<T> Live<T> {
     }
 }
 
+/// Waits for the next change on `changes`: `false` once `shutdown` is
+/// cancelled or the sender is gone, when the loop that follows it ends.
+pub async fn next_change<T>(
+    changes: &mut watch::Receiver<T>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        changed = changes.changed() => changed.is_ok(),
+    }
+}
+
 /// Reloads `live` with `load` on every reload request until shutdown.
 /// Start-up-only keys are compared with the values the daemon started with.
 pub async fn reload_on_request<T: Reloadable>(

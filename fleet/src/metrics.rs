@@ -52,6 +52,14 @@ pub fn encode(registry: &Registry, accept: Option<&str>) -> Result<(&'static str
     }
 }
 
+/// What a scraper without `Accept` reads of the families `register` adds
+/// to a registry with `prefix` (for tests of what a daemon exports).
+pub fn scrape(prefix: &str, register: impl FnOnce(&mut Registry)) -> Result<String, String> {
+    let mut registry = registry(prefix);
+    register(&mut registry);
+    encode(&registry, None).map(|(_, text)| text)
+}
+
 /// Whether an `Accept` header prefers OpenMetrics to the classic text format
 /// (Prometheus sends both, OpenMetrics with the higher `q`).
 pub fn wants_openmetrics(accept: &str) -> bool {

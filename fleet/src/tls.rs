@@ -109,11 +109,7 @@ pub async fn follow_reloads<S: Send + Sync + 'static>(
     tls_of: impl Fn(&S) -> Option<ServerTls> + Send,
 ) {
     let mut reloads = live.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = reloads.changed() => if changed.is_err() { return },
-        }
+    while crate::live::next_change(&mut reloads, &shutdown).await {
         if let Some(newer) = tls_of(&live.get()) {
             running.take_certificate_of(&newer);
         }

@@ -197,15 +197,7 @@ impl Board {
         // A reload between `Board::new` and here is not missed; the same
         // fleet again changes nothing.
         self.apply_fleet(live.get().fleet.clone());
-        loop {
-            tokio::select! {
-                changed = reloads.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                _ = shutdown.cancelled() => return,
-            }
+        while fleet::live::next_change(&mut reloads, &shutdown).await {
             self.apply_fleet(live.get().fleet.clone());
         }
     }

@@ -159,9 +159,7 @@ mod tests {
     /// Before any probe, every counter whose labels are known is there at 0.
     #[test]
     fn known_label_sets_start_at_zero() {
-        let mut registry = fleet::metrics::registry("healthd");
-        Metrics::default().register(&mut registry);
-        let (_, text) = fleet::metrics::encode(&registry, None).unwrap();
+        let text = fleet::metrics::scrape("healthd", |r| Metrics::default().register(r)).unwrap();
         for line in [
             r#"healthd_transitions_total{from="up",to="down"} 0"#,
             r#"healthd_transitions_total{from="unknown",to="up"} 0"#,

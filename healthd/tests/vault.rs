@@ -30,14 +30,12 @@ async fn token_hashes_come_from_vault_and_a_missing_one_names_its_reference() {
     .await
     .unwrap();
     let configs = ExampleConfigs::relocated([127, 7, 7]).unwrap();
-    let token_file = bao.token_file().unwrap();
+    let vault = bao.vault_table().unwrap();
     configs
         .edit("healthd.toml", |doc| {
             doc["admin_token_sha256"] = value("vault:secret/data/unmta/healthd#admin_token_sha256");
             doc["followers"][0]["token_sha256"] = value("vault:secret/data/unmta/healthd#lb_dns_1");
-            doc["vault"] = toml_edit::table();
-            doc["vault"]["address"] = value(bao.address());
-            doc["vault"]["token_file"] = value(token_file.display().to_string());
+            doc["vault"] = vault;
         })
         .unwrap();
     configs
@@ -100,17 +98,14 @@ async fn the_feed_tls_key_comes_from_vault() {
         .await
         .unwrap();
     std::fs::remove_file(&key_file).unwrap();
-    let token_file = bao.token_file().unwrap();
+    let vault = bao.vault_table().unwrap();
     let tls = |reference: &'static str| {
-        let (certificate, token_file) = (dir.join("healthd.pem"), token_file.clone());
-        let address = bao.address().to_string();
+        let (certificate, vault) = (dir.join("healthd.pem"), vault.clone());
         move |doc: &mut toml_edit::DocumentMut| {
             doc["tls"] = toml_edit::table();
             doc["tls"]["certificate"] = value(certificate.display().to_string());
             doc["tls"]["key"] = value(reference);
-            doc["vault"] = toml_edit::table();
-            doc["vault"]["address"] = value(address);
-            doc["vault"]["token_file"] = value(token_file.display().to_string());
+            doc["vault"] = vault;
         }
     };
     configs

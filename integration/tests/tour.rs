@@ -34,14 +34,15 @@ async fn tour_resolve_send_every_way_deliver_stop_and_reuse() -> anyhow::Result<
     assert_eq!(info.cluster.smtp_ports, vec![10587, 10025, 12587]);
     assert_eq!(info.cluster.rate_limit, "unlimited");
     let output = cluster.output();
-    for printed in [
-        "Connection Details",
-        "dig @127.5.1.1 -p 5300",
-        "swaks --server",
-        "curl --cacert",
-    ] {
-        assert!(output.contains(printed), "not printed: {printed}\n{output}");
-    }
+    fleet::testkit::assert_contains_all(
+        &output,
+        &[
+            "Connection Details",
+            "dig @127.5.1.1 -p 5300",
+            "swaks --server",
+            "curl --cacert",
+        ],
+    );
 
     // The hostname resolves through lb-dns to the three MTAs.
     let mut expected = cluster.mta_addresses();

@@ -46,13 +46,14 @@ fn assert_no_secret_files(cluster: &Cluster) {
         "{fleet}"
     );
     let mta = read(cluster, "mta-1.toml");
-    for reference in [
-        "key = \"vault:secret/data/unmta/dkim/yourdomain.test#private_key\"",
-        "key = \"vault:secret/data/unmta/dkim/yourdomain.test/r1#private_key\"",
-        "key = \"vault:secret/data/unmta/tls/cluster-key#private_key\"",
-    ] {
-        assert!(mta.contains(reference), "no {reference} in\n{mta}");
-    }
+    fleet::testkit::assert_contains_all(
+        &mta,
+        &[
+            "key = \"vault:secret/data/unmta/dkim/yourdomain.test#private_key\"",
+            "key = \"vault:secret/data/unmta/dkim/yourdomain.test/r1#private_key\"",
+            "key = \"vault:secret/data/unmta/tls/cluster-key#private_key\"",
+        ],
+    );
     assert!(read(cluster, "lb-dns.toml").contains("healthd_token = \"vault:"));
     assert!(read(cluster, "healthd.toml").contains("token_sha256 = \"vault:"));
 }
@@ -136,14 +137,15 @@ async fn vault_cluster_accepts_signs_and_rotates_from_openbao_only() -> anyhow::
 
     // /metrics counts reads per reference, never a value.
     let text = metrics(&cluster, "mta-1").await;
-    for line in [
+    fleet::testkit::assert_contains_all(
+        &text,
+        &[
         "mta_vault_secret_reads_total{reference=\"vault:secret/data/unmta/dkim/yourdomain.test#private_key\",result=\"ok\"}",
         "mta_vault_secret_seconds_since_success{reference=\"vault:secret/data/unmta/tls/cluster-key#private_key\"}",
         "mta_vault_degraded 0",
         "mta_vault_logins_total{method=\"token\"} 0",
-    ] {
-        assert!(text.contains(line), "no {line} in\n{text}");
-    }
+        ],
+    );
     assert!(!text.contains("PRIVATE KEY") && !text.contains("$argon2"));
 
     // A new hash written only to OpenBao: after a reload the new password

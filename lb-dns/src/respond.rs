@@ -184,7 +184,14 @@ impl Responder {
         match limited {
             Verdict::Answer => Some(reply),
             Verdict::Drop => None,
-            Verdict::Slip => Some(slip(packet, &q, reply.rcode, cookie.as_ref(), out)),
+            Verdict::Slip => Some(header_only(
+                packet,
+                &q,
+                reply.rcode,
+                Bare::Slip,
+                cookie.as_ref(),
+                out,
+            )),
         }
     }
 
@@ -201,7 +208,7 @@ impl Responder {
             (Transport::Udp, None) => 512,
             (Transport::Udp, Some(e)) => usize::from(e.payload.clamp(512, EDNS_PAYLOAD)),
         };
-        let mut error = |rcode| error(packet, q, rcode, cookie, out);
+        let mut error = |rcode| header_only(packet, q, rcode, Bare::Error, cookie, out);
         if q.edns.is_some_and(|e| e.version > 0) {
             return error(wire::RCODE_BADVERS);
         }
@@ -289,25 +296,25 @@ fn answer_key(q: &Query, rcode: u16) -> u64 {
     h.finish() | 1
 }
 
-/// An error reply: the question as asked, the OPT if the query had one.
-fn error(
-    packet: &[u8],
-    q: &Query,
-    rcode: u16,
-    cookie: Option<&CookieReply>,
-    out: &mut [u8],
-) -> Reply {
-    header_only(packet, q, rcode, false, cookie, out)
+/// A reply of the question alone (and the OPT if the query had one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bare {
+    /// An error reply: the question as asked.
+    Error,
+    /// RRL's slip: the question and TC, nothing else, so a real client
+    /// retries over TCP.
+    Slip,
 }
 
 fn header_only(
     packet: &[u8],
     q: &Query,
     rcode: u16,
-    tc: bool,
+    bare: Bare,
     cookie: Option<&CookieReply>,
     out: &mut [u8],
 ) -> Reply {
+    let tc = bare == Bare::Slip;
     let ar = u16::from(q.edns.is_some());
     let aa = tc && matches!(rcode, wire::RCODE_NOERROR | wire::RCODE_NXDOMAIN);
     write_header(out, q, aa, tc, rcode, [1, 0, 0, ar]);
@@ -322,16 +329,4 @@ fn header_only(
         rcode,
         truncated: tc,
     }
-}
-
-/// RRL's slip: the question and TC, nothing else, so a real client retries
-/// over TCP.
-fn slip(
-    packet: &[u8],
-    q: &Query,
-    rcode: u16,
-    cookie: Option<&CookieReply>,
-    out: &mut [u8],
-) -> Reply {
-    header_only(packet, q, rcode, true, cookie, out)
 }

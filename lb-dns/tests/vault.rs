@@ -15,13 +15,11 @@ async fn lb_dns_reads_its_feed_token_from_vault() {
     .await
     .unwrap();
     let configs = ExampleConfigs::relocated([127, 7, 8]).unwrap();
-    let token_file = bao.token_file().unwrap();
+    let vault = bao.vault_table().unwrap();
     configs
         .edit("lb-dns.toml", |doc| {
             doc["healthd_token"] = value("vault:secret/data/unmta/lb-dns-1#healthd_token");
-            doc["vault"] = toml_edit::table();
-            doc["vault"]["address"] = value(bao.address());
-            doc["vault"]["token_file"] = value(token_file.display().to_string());
+            doc["vault"] = vault;
         })
         .unwrap();
     let settings = lb_dns::Settings::load(&configs.path("lb-dns.toml")).unwrap();

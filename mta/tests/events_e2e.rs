@@ -237,23 +237,23 @@ async fn every_event_type_reaches_the_webhook_signed_with_the_documented_fields(
     assert_eq!(relay.response.code, 550);
 
     // The webhook's state is visible.
-    let status = status(net).await;
-    let hook = &status["service"]["webhooks"][0];
-    assert_eq!(hook["name"], "test", "{status}");
+    let hook = webhook_status(net).await;
+    assert_eq!(hook["name"], "test", "{hook}");
     assert!(
         hook["sent"].as_u64().unwrap() >= events.len() as u64,
-        "{status}"
+        "{hook}"
     );
     let (_, metrics) = fleet::testkit::process::http_get(&format!("{}/metrics", admin(net)))
         .await
         .unwrap();
-    for name in [
-        "mta_webhook_sent_events_total{webhook=\"test\"}",
-        "mta_webhook_backlog_events{webhook=\"test\"}",
-        "mta_bounces_received_total{kind=\"unparseable\"} 1",
-    ] {
-        assert!(metrics.contains(name), "{name} not in /metrics");
-    }
+    fleet::testkit::assert_contains_all(
+        &metrics,
+        &[
+            "mta_webhook_sent_events_total{webhook=\"test\"}",
+            "mta_webhook_backlog_events{webhook=\"test\"}",
+            "mta_bounces_received_total{kind=\"unparseable\"} 1",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -276,18 +276,10 @@ async fn a_webhook_down_while_the_mta_is_killed_still_gets_every_event() {
     }
     sink.wait_for(10, LIMIT).await.unwrap();
     // Nothing listens at the webhook's address: POSTs fail and retry.
-    fleet::testkit::process::eventually(
-        LIMIT,
-        "the webhook is failing with a backlog",
-        || async move {
-            let status = status(net).await;
-            let hook = &status["service"]["webhooks"][0];
-            hook["failures"].as_u64().unwrap_or(0) > 0
-                && hook["backlog"].as_u64().unwrap_or(0) >= 20
-        },
-    )
-    .await
-    .unwrap();
+    until_webhook(net, "the webhook is failing with a backlog", |hook| {
+        hook["failures"].as_u64().unwrap_or(0) > 0 && hook["backlog"].as_u64().unwrap_or(0) >= 20
+    })
+    .await;
     // The node says so on /ready (healthd's dashboard shows it), still 200.
     let ready = format!("{}/ready", admin(net));
     fleet::testkit::process::eventually(LIMIT, "/ready says the webhook is failing", || {
@@ -378,20 +370,11 @@ async fn an_https_webhook_gets_events_only_from_a_trusted_certificate() {
     let _node = start_node(&configs, net).await;
     let id = submit(net, &["ok-tls@example.test"], "over https").await;
     sink.wait_for(1, LIMIT).await.unwrap();
-    fleet::testkit::process::eventually(
-        LIMIT,
-        "the untrusted receiver is refused",
-        || async move {
-            let status = status(net).await;
-            let error = status["service"]["webhooks"][0]["last_error"]
-                .as_str()
-                .unwrap_or("")
-                .to_lowercase();
-            error.contains("certificate")
-        },
-    )
-    .await
-    .unwrap();
+    until_webhook(net, "the untrusted receiver is refused", |hook| {
+        let error = hook["last_error"].as_str().unwrap_or("");
+        error.to_lowercase().contains("certificate")
+    })
+    .await;
     assert!(
         impostor.events().is_empty(),
         "an untrusted receiver got events"

@@ -142,8 +142,7 @@ fn python_domains(files: &[std::path::PathBuf]) -> Vec<String> {
 #[tokio::test]
 async fn from_forms_over_smtp_and_http() {
     assert!(VALID.len() + HOSTILE.len() + CONTROL.len() >= 40);
-    let fixture = Fixture::new(90, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(90, "").await;
     let mut raw = Raw::authenticated(&fixture).await;
     let refused = HOSTILE
         .iter()

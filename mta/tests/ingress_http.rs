@@ -42,8 +42,7 @@ fn error_of(value: &Value) -> &str {
 
 #[tokio::test]
 async fn the_seed_example_gets_200_and_is_spooled() {
-    let fixture = Fixture::new(40, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(40, "").await;
     let (status, body) = post(&fixture, seed_example().to_string()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
@@ -74,8 +73,7 @@ async fn the_seed_example_gets_200_and_is_spooled() {
 
 #[tokio::test]
 async fn builder_with_everything_and_per_recipient_substitutions() {
-    let fixture = Fixture::new(41, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(41, "").await;
     let request = json!({
         "envelope_sender": "bounces@yourdomain.com",
         "recipients": [
@@ -146,8 +144,7 @@ async fn builder_with_everything_and_per_recipient_substitutions() {
 
 #[tokio::test]
 async fn malformed_json_gets_400() {
-    let fixture = Fixture::new(42, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(42, "").await;
     for body in ["{", "not json", "[]", "{\"envelope_sender\": 5}"] {
         let (status, value) = post(&fixture, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {value}");
@@ -160,8 +157,7 @@ async fn malformed_json_gets_400() {
 
 #[tokio::test]
 async fn missing_and_unknown_fields_get_400_naming_them() {
-    let fixture = Fixture::new(43, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(43, "").await;
     let cases = [
         (
             json!({"envelope_sender": "b@yourdomain.com", "content": "x"}),
@@ -204,14 +200,12 @@ async fn missing_and_unknown_fields_get_400_naming_them() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {value}");
         assert!(error_of(&value).contains(field), "{field} named in {value}");
     }
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn crlf_can_never_add_a_header() {
-    let fixture = Fixture::new(44, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(44, "").await;
     let mut request = seed_example();
     request["content"]["subject"] = json!("Hello\r\nBcc: victim@example.com");
     let (status, value) = post(&fixture, request.to_string()).await;
@@ -268,8 +262,7 @@ async fn crlf_can_never_add_a_header() {
 
 #[tokio::test]
 async fn a_twenty_megabyte_body_gets_413() {
-    let fixture = Fixture::new(45, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(45, "").await;
     let mut request = seed_example();
     request["content"]["text_body"] = json!("x".repeat(20 * 1024 * 1024));
     let (status, value) = post(&fixture, request.to_string()).await;
@@ -288,8 +281,7 @@ async fn a_twenty_megabyte_body_gets_413() {
 
 #[tokio::test]
 async fn bad_credentials_get_401_with_www_authenticate() {
-    let fixture = Fixture::new(46, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(46, "").await;
     for credentials in [
         None,
         Some((USER, "wrong")),
@@ -312,14 +304,12 @@ async fn bad_credentials_get_401_with_www_authenticate() {
         let challenge = response.headers()["www-authenticate"].to_str().unwrap();
         assert!(challenge.starts_with("Basic realm="), "{challenge}");
     }
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn domain_rules_get_422() {
-    let fixture = Fixture::new(47, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(47, "").await;
     let mut sender = seed_example();
     sender["envelope_sender"] = json!("bounces@evil.example");
     let mut from = seed_example();
@@ -361,8 +351,7 @@ async fn domain_rules_get_422() {
 
 #[tokio::test]
 async fn live_and_ready_on_the_https_listener() {
-    let fixture = Fixture::new(48, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(48, "").await;
     let client = fixture.http();
     let live = client.get(fixture.https_url("/live")).send().await.unwrap();
     assert_eq!(live.status(), StatusCode::OK);
@@ -379,8 +368,7 @@ async fn live_and_ready_on_the_https_listener() {
 async fn an_unwritable_spool_gives_503_ready_503_and_smtp_451() {
     // A read-only bind mount: in a mount namespace of its own.
     fleet::in_own_namespace!();
-    let fixture = Fixture::new(49, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(49, "").await;
     let (status, _) = post(&fixture, seed_example().to_string()).await;
     assert_eq!(status, StatusCode::OK);
 

@@ -23,11 +23,11 @@ async fn noop_until_refused(raw: &mut Raw) -> Reply {
 
 #[tokio::test]
 async fn busy_sessions_end_at_the_pre_auth_and_session_deadlines() {
-    let fixture = Fixture::new(
+    let (fixture, node) = Fixture::started(
         92,
         "pre_auth_timeout = \"700ms\"\nsession_timeout = \"1500ms\"",
-    );
-    let node = fixture.start().await;
+    )
+    .await;
     let mut raw = Raw::secure(&fixture).await;
     let reply = noop_until_refused(&mut raw).await;
     assert_eq!(reply.code, 421, "{reply:?}");
@@ -46,8 +46,7 @@ async fn busy_sessions_end_at_the_pre_auth_and_session_deadlines() {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off() {
-    let fixture = Fixture::new(93, "command_timeout = \"500ms\"");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(93, "command_timeout = \"500ms\"").await;
     let stream = tokio::net::TcpStream::connect(fixture.smtp_addr())
         .await
         .unwrap();
@@ -69,8 +68,7 @@ async fn a_client_that_never_reads_is_cut_off() {
 
 #[tokio::test]
 async fn a_silent_starttls_handshake_is_dropped_quickly() {
-    let fixture = Fixture::new(94, "tls_handshake_timeout = \"300ms\"");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(94, "tls_handshake_timeout = \"300ms\"").await;
     let mut raw = Raw::connect(fixture.smtp_addr()).await;
     assert_eq!(raw.reply().await.code, 220);
     assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
@@ -83,11 +81,11 @@ async fn a_silent_starttls_handshake_is_dropped_quickly() {
 
 #[tokio::test]
 async fn auth_failures_are_limited_per_address_and_per_username() {
-    let fixture = Fixture::new(
+    let (fixture, node) = Fixture::started(
         95,
         "auth_failure_limit = 3\nauth_failure_window = \"60s\"\nmax_auth_failures = 10",
-    );
-    let node = fixture.start().await;
+    )
+    .await;
     let guesser: IpAddr = "127.1.95.50".parse().unwrap();
     let other: IpAddr = "127.1.95.51".parse().unwrap();
     let third: IpAddr = "127.1.95.52".parse().unwrap();

@@ -44,8 +44,7 @@ fn spooled_subjects(messages: &[mta::spool::StoredMessage]) -> Vec<String> {
 
 #[tokio::test]
 async fn lettre_sends_over_starttls_with_auth_and_the_message_is_spooled() {
-    let fixture = Fixture::new(1, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(1, "").await;
     let mailer = fixture.lettre(Some((USER, PASSWORD)));
     let response = mailer
         .send(email("Sender <sender@yourdomain.com>", "first"))
@@ -78,8 +77,7 @@ async fn lettre_sends_over_starttls_with_auth_and_the_message_is_spooled() {
 
 #[tokio::test]
 async fn message_id_and_date_are_added_only_where_missing() {
-    let fixture = Fixture::new(2, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(2, "").await;
     let mut raw = Raw::authenticated(&fixture).await;
     let reply = transaction(&mut raw, message("bare").as_bytes()).await;
     assert_eq!(reply.code, 250, "{reply:?}");
@@ -111,8 +109,7 @@ async fn message_id_and_date_are_added_only_where_missing() {
 
 #[tokio::test]
 async fn without_starttls_everything_but_the_basics_gets_530() {
-    let fixture = Fixture::new(3, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(3, "").await;
 
     // lettre without TLS: MAIL is refused.
     let plain = fixture.lettre_with(None, Tls::None);
@@ -157,14 +154,12 @@ async fn without_starttls_everything_but_the_basics_gets_530() {
     assert_eq!(quit.code, 221);
     assert!(quit.first().starts_with("2.0.0"));
     assert!(raw.closed().await);
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn auth_before_tls_is_refused() {
-    let fixture = Fixture::new(4, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(4, "").await;
     let mut raw = Raw::connect(fixture.smtp_addr()).await;
     raw.reply().await;
     raw.cmd("EHLO client.example").await;
@@ -182,14 +177,12 @@ async fn auth_before_tls_is_refused() {
         .send(email("sender@yourdomain.com", "x"))
         .await
         .is_err());
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn mail_without_auth_gets_530_no_open_relay() {
-    let fixture = Fixture::new(5, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(5, "").await;
     let anonymous = fixture.lettre(None);
     let error = anonymous
         .send(email("sender@yourdomain.com", "relay"))
@@ -209,14 +202,12 @@ async fn mail_without_auth_gets_530_no_open_relay() {
         (530, "5.7.0 Authentication required")
     );
     assert_eq!(raw.cmd("RCPT TO:<rcpt@example.com>").await.code, 503);
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn wrong_password_and_unknown_user_get_the_same_535_then_421() {
-    let fixture = Fixture::new(6, "max_auth_failures = 3");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(6, "max_auth_failures = 3").await;
     let error = fixture
         .lettre(Some((USER, "wrong")))
         .send(email("sender@yourdomain.com", "x"))
@@ -248,22 +239,19 @@ async fn wrong_password_and_unknown_user_get_the_same_535_then_421() {
 
 #[tokio::test]
 async fn a_credential_of_another_cluster_is_refused() {
-    let fixture = Fixture::new(7, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(7, "").await;
     let error = fixture
         .lettre(Some((OTHER_USER, OTHER_PASSWORD)))
         .send(email("someone@beta.example.org", "x"))
         .await
         .unwrap_err();
     assert_eq!(code(&error), Some(535), "{error}");
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn auth_login_works_and_verified_credentials_follow_reloads() {
-    let fixture = Fixture::new(8, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(8, "").await;
     let mut raw = Raw::secure(&fixture).await;
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -323,8 +311,7 @@ async fn auth_login_works_and_verified_credentials_follow_reloads() {
 
 #[tokio::test]
 async fn disallowed_sender_domains_get_550() {
-    let fixture = Fixture::new(9, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(9, "").await;
     let mailer = fixture.lettre(Some((USER, PASSWORD)));
     // MAIL FROM in another domain, and in a cluster domain this credential
     // may not use.
@@ -352,14 +339,12 @@ async fn disallowed_sender_domains_get_550() {
         reply.lines,
         ["550 5.7.1 sender domain `evil.example` is not allowed for this credential"]
     );
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn a_message_without_from_is_refused() {
-    let fixture = Fixture::new(10, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(10, "").await;
     let mailer = fixture.lettre(Some((USER, PASSWORD)));
     let error = mailer
         .send_raw(
@@ -373,14 +358,12 @@ async fn a_message_without_from_is_refused() {
         error.to_string().contains("From: header is required"),
         "{error}"
     );
-    node.stop().await;
-    assert!(fixture.spooled().await.is_empty());
+    fixture.stop_with_nothing_spooled(node).await;
 }
 
 #[tokio::test]
 async fn ten_megabytes_pass_and_one_byte_more_gets_552() {
-    let fixture = Fixture::new(11, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(11, "").await;
     const MAX: usize = 10 * 1024 * 1024;
     let mut raw = Raw::authenticated(&fixture).await;
     assert!(raw
@@ -460,8 +443,7 @@ fn sized_message(size: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn bare_lf_and_overlong_lines_are_refused_clearly() {
-    let fixture = Fixture::new(12, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(12, "").await;
     let mut raw = Raw::authenticated(&fixture).await;
 
     // A bare LF in DATA, shaped like SMTP smuggling: it ends nothing.
@@ -503,8 +485,7 @@ async fn bare_lf_and_overlong_lines_are_refused_clearly() {
 
 #[tokio::test]
 async fn commands_pipelined_behind_starttls_are_discarded() {
-    let fixture = Fixture::new(13, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(13, "").await;
     let mut raw = Raw::connect(fixture.smtp_addr()).await;
     raw.reply().await;
     // The CVE-2011-0411 shape: plaintext commands after STARTTLS, in the
@@ -530,8 +511,7 @@ async fn commands_pipelined_behind_starttls_are_discarded() {
 
 #[tokio::test]
 async fn pipelining_rset_and_several_transactions_per_connection() {
-    let fixture = Fixture::new(14, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(14, "").await;
     let mut raw = Raw::authenticated(&fixture).await;
     for marker in ["one", "two"] {
         raw.send(
@@ -572,8 +552,7 @@ async fn pipelining_rset_and_several_transactions_per_connection() {
 
 #[tokio::test]
 async fn too_many_recipients_get_452() {
-    let fixture = Fixture::new(15, "max_recipients = 2");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(15, "max_recipients = 2").await;
     let mut raw = Raw::authenticated(&fixture).await;
     assert_eq!(raw.cmd("MAIL FROM:<sender@yourdomain.com>").await.code, 250);
     assert_eq!(raw.cmd("RCPT TO:<a@example.com>").await.code, 250);
@@ -585,8 +564,7 @@ async fn too_many_recipients_get_452() {
 
 #[tokio::test]
 async fn connection_caps_answer_421_and_close() {
-    let fixture = Fixture::new(16, "max_connections_per_ip = 2");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(16, "max_connections_per_ip = 2").await;
     let mut first = Raw::connect(fixture.smtp_addr()).await;
     let mut second = Raw::connect(fixture.smtp_addr()).await;
     assert_eq!(first.reply().await.code, 220);
@@ -614,8 +592,7 @@ async fn connection_caps_answer_421_and_close() {
 
 #[tokio::test]
 async fn idle_clients_time_out_with_421() {
-    let fixture = Fixture::new(17, "command_timeout = \"300ms\"");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(17, "command_timeout = \"300ms\"").await;
     let mut raw = Raw::connect(fixture.smtp_addr()).await;
     assert_eq!(raw.reply().await.code, 220);
     let reply = raw.reply().await;
@@ -626,8 +603,7 @@ async fn idle_clients_time_out_with_421() {
 
 #[tokio::test]
 async fn shutdown_tells_connected_clients_421() {
-    let fixture = Fixture::new(18, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(18, "").await;
     let mut plain = Raw::connect(fixture.smtp_addr()).await;
     plain.reply().await;
     let mut secure = Raw::authenticated(&fixture).await;
@@ -646,8 +622,7 @@ async fn shutdown_tells_connected_clients_421() {
 
 #[tokio::test]
 async fn every_smtp_port_serves() {
-    let fixture = Fixture::new(19, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(19, "").await;
     for port in SMTP_PORTS {
         let mut raw = Raw::connect(std::net::SocketAddr::new(fixture.ip.into(), port)).await;
         assert_eq!(raw.reply().await.code, 220, "port {port}");
@@ -708,8 +683,7 @@ async fn the_session_runs_on_an_in_memory_pipe() {
 
 #[tokio::test]
 async fn a_new_certificate_is_served_after_a_reload() {
-    let fixture = Fixture::new(21, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(21, "").await;
     let old_ca = fixture.ca_pem.clone();
     // A new CA and certificate in place of the old files, then SIGHUP.
     let ca = fleet::testkit::LocalCa::new("second test CA").unwrap();
@@ -742,8 +716,7 @@ async fn a_new_certificate_is_served_after_a_reload() {
 
 #[tokio::test]
 async fn ingress_metrics_on_the_admin_listener() {
-    let fixture = Fixture::new(22, "");
-    let node = fixture.start().await;
+    let (fixture, node) = Fixture::started(22, "").await;
     let mut raw = Raw::authenticated(&fixture).await;
     assert_eq!(
         transaction(&mut raw, message("m").as_bytes()).await.code,
@@ -755,13 +728,14 @@ async fn ingress_metrics_on_the_admin_listener() {
         .text()
         .await
         .unwrap();
-    for line in [
-        "mta_ingress_messages_total{listener=\"smtp:10587\"} 1",
-        "mta_ingress_connections_total{listener=\"smtp:10587\"} 1",
-        "mta_ingress_tls_handshakes_total{listener=\"smtp:10587\",result=\"ok\"} 1",
-    ] {
-        assert!(metrics.contains(line), "{line} in\n{metrics}");
-    }
+    fleet::testkit::assert_contains_all(
+        &metrics,
+        &[
+            "mta_ingress_messages_total{listener=\"smtp:10587\"} 1",
+            "mta_ingress_connections_total{listener=\"smtp:10587\"} 1",
+            "mta_ingress_tls_handshakes_total{listener=\"smtp:10587\",result=\"ok\"} 1",
+        ],
+    );
     assert!(metrics.contains("mta_ingress_bytes_total{listener=\"smtp:10587\"}"));
     node.stop().await;
 }

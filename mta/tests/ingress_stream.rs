@@ -105,8 +105,8 @@ async fn send_message(raw: &mut Raw, data: &[u8]) -> Reply {
 
 #[tokio::test]
 async fn streamed_messages_keep_every_rule_of_data() {
-    let fixture = Fixture::new(62, "max_header_size = 4096\nmax_message_size = 1048576");
-    let node = fixture.start().await;
+    let (fixture, node) =
+        Fixture::started(62, "max_header_size = 4096\nmax_message_size = 1048576").await;
     let mut raw = Raw::authenticated(&fixture).await;
     // Over the size limit while streaming: 552, the connection goes on.
     let reply = send_message(&mut raw, &big_message(1_500_000)).await;

@@ -511,7 +511,9 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
     let (_, text) = http_get(&format!("http://{}/metrics", node.admin))
         .await
         .unwrap();
-    for line in [
+    fleet::testkit::assert_contains_all(
+        &text,
+        &[
         "mta_vault_secret_reads_total{reference=\"vault:secret/data/tls/cluster#private_key\",result=\"ok\"} ",
         "mta_vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"ok\"} ",
         "mta_vault_secret_reads_total{reference=\"vault:secret/data/egress/socks#password\",result=\"unreachable\"} 0",
@@ -519,9 +521,8 @@ async fn the_tls_key_and_a_socks5_password_come_from_vault_and_show_on_metrics()
         "mta_vault_secret_version{reference=\"vault:secret/data/tls/cluster#private_key\"} 1",
         "mta_vault_degraded 0",
         "mta_vault_logins_total{method=\"token\"} 0",
-    ] {
-        assert!(text.contains(line), "no `{line}` in\n{text}");
-    }
+        ],
+    );
     assert!(
         !text.contains("pw-from-vault") && !text.contains("PRIVATE KEY"),
         "{text}"

@@ -138,6 +138,15 @@ impl Bao {
         self.write_file("root-token", &self.root_token)
     }
 
+    /// The `[vault]` table of a daemon that reads from this server with
+    /// its root token (in a file, as daemons take it).
+    pub fn vault_table(&self) -> anyhow::Result<toml_edit::Item> {
+        let mut table = toml_edit::Table::new();
+        table["address"] = toml_edit::value(self.address());
+        table["token_file"] = toml_edit::value(self.token_file()?.display().to_string());
+        Ok(toml_edit::Item::Table(table))
+    }
+
     fn write_file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(name);
         std::fs::write(&path, text)?;
@@ -235,26 +244,29 @@ impl Bao {
             })),
         )
         .await?;
-        let role_id = self
-            .api(
-                reqwest::Method::GET,
-                &format!("auth/approle/role/{role}/role-id"),
-                None,
-            )
-            .await?;
-        let secret_id = self
-            .api(
-                reqwest::Method::POST,
-                &format!("auth/approle/role/{role}/secret-id"),
-                None,
-            )
-            .await?;
-        let role_id = role_id["data"]["role_id"].as_str().unwrap_or_default();
-        let secret_id = secret_id["data"]["secret_id"].as_str().unwrap_or_default();
         Ok((
-            self.write_file(&format!("{role}.role-id"), role_id)?,
-            self.write_file(&format!("{role}.secret-id"), secret_id)?,
+            self.approle_id_file(reqwest::Method::GET, role, "role-id")
+                .await?,
+            self.approle_id_file(reqwest::Method::POST, role, "secret-id")
+                .await?,
         ))
+    }
+
+    /// Asks `auth/approle/role/{role}/{what}` (`role-id` or `secret-id`)
+    /// and writes the id it gives to the file `{role}.{what}`.
+    async fn approle_id_file(
+        &self,
+        method: reqwest::Method,
+        role: &str,
+        what: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let answer = self
+            .api(method, &format!("auth/approle/role/{role}/{what}"), None)
+            .await?;
+        let id = answer["data"][what.replace('-', "_")]
+            .as_str()
+            .unwrap_or_default();
+        self.write_file(&format!("{role}.{what}"), id)
     }
 
     /// Kills the server (its in-memory secrets are gone with it).

@@ -22,3 +22,15 @@ pub use fleet_toml::FleetToml;
 pub use in_process::InProcess;
 pub use pki::LocalCa;
 pub use sink::{Behaviour, Received, Sink, SinkConfig};
+
+/// Asserts that `text` contains each of `parts`; a failure names every part
+/// missing, then the whole text.
+#[track_caller]
+pub fn assert_contains_all(text: &str, parts: &[&str]) {
+    let missing: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|part| !text.contains(part))
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+}

@@ -128,15 +128,7 @@ impl Journal {
         journal.publish(snapshot.generation);
         let following = journal.clone();
         tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                    _ = shutdown.cancelled() => return,
-                }
+            while fleet::live::next_change(&mut changes, &shutdown).await {
                 let snapshot = board.snapshot();
                 if following.take(&snapshot) {
                     if let Some(file) = &file {

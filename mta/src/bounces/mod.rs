@@ -165,9 +165,7 @@ mod metrics_tests {
 
     #[test]
     fn every_kind_is_counted_from_zero() {
-        let mut registry = fleet::metrics::registry("mta");
-        BounceMetrics::default().register(&mut registry);
-        let (_, text) = fleet::metrics::encode(&registry, None).unwrap();
+        let text = fleet::metrics::scrape("mta", |r| BounceMetrics::default().register(r)).unwrap();
         for kind in ["dsn", "arf", "unparseable"] {
             let line = format!("mta_bounces_received_total{{kind=\"{kind}\"}} 0\n");
             assert!(text.contains(&line), "no `{line}` in\n{text}");

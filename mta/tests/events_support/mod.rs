@@ -301,3 +301,25 @@ pub async fn status(net: u8) -> serde_json::Value {
         .expect("the admin listener answers");
     serde_json::from_str(&body).unwrap()
 }
+
+/// The first webhook's entry in the node's `/status` (null without one).
+pub async fn webhook_status(net: u8) -> serde_json::Value {
+    let status = status(net).await;
+    status
+        .pointer("/service/webhooks/0")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits (up to [`LIMIT`]) until the first webhook's `/status` entry
+/// `shows` what the test waits for, `what` in words.
+pub async fn until_webhook(net: u8, what: &str, shows: impl Fn(&serde_json::Value) -> bool) {
+    let shows = &shows;
+    eventually(
+        LIMIT,
+        what,
+        || async move { shows(&webhook_status(net).await) },
+    )
+    .await
+    .unwrap();
+}

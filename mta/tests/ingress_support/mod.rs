@@ -161,6 +161,20 @@ auth_failure_delay = "10ms"
         .unwrap();
     }
 
+    /// [`Fixture::new`], then [`Fixture::start`]: the fixture and its node.
+    pub async fn started(n: u8, smtp: &str) -> (Fixture, Running) {
+        let fixture = Fixture::new(n, smtp);
+        let node = fixture.start().await;
+        (fixture, node)
+    }
+
+    /// Stops `node` and checks that nothing reached the spool (a test of
+    /// what the node refuses).
+    pub async fn stop_with_nothing_spooled(&self, node: Running) {
+        node.stop().await;
+        assert!(self.spooled().await.is_empty(), "something was spooled");
+    }
+
     /// Starts the node in this process.
     pub async fn start(&self) -> Running {
         let settings = mta::Settings::load(&self.config()).unwrap();

@@ -20,6 +20,26 @@ fn message(id: &str) -> Message {
         .unwrap()
 }
 
+/// Reads lines up to and including the last line of a `code` reply.
+async fn until_reply(
+    stream: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    code: &str,
+) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let last = format!("{code} ");
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        assert!(!line.is_empty(), "closed before a {code} reply: {lines:?}");
+        let done = line.starts_with(&last);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
 fn transport(addr: SocketAddr, tls: Tls) -> AsyncSmtpTransport<Tokio1Executor> {
     AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
         .port(addr.port())
@@ -170,13 +190,7 @@ async fn speaks_pipelined_smtp_and_drops_plaintext_after_starttls() {
         .write_all(b"EHLO t\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n")
         .await
         .unwrap();
-    loop {
-        line.clear();
-        stream.read_line(&mut line).await.unwrap();
-        if line.starts_with("220 ") {
-            break;
-        }
-    }
+    until_reply(&mut stream, "220").await;
     // Finish the handshake: the pipelined MAIL must have been dropped, so
     // RCPT gets "MAIL first".
     let mut roots = rustls::RootCertStore::empty();
@@ -197,14 +211,11 @@ async fn speaks_pipelined_smtp_and_drops_plaintext_after_starttls() {
         .write_all(b"EHLO t\r\nRCPT TO:<c@d.test>\r\n")
         .await
         .unwrap();
-    loop {
-        line.clear();
-        tls.read_line(&mut line).await.unwrap();
-        assert!(!line.contains("STARTTLS"), "STARTTLS offered twice");
-        if line.starts_with("250 ") {
-            break;
-        }
-    }
+    let ehlo = until_reply(&mut tls, "250").await;
+    assert!(
+        !ehlo.iter().any(|l| l.contains("STARTTLS")),
+        "STARTTLS offered twice: {ehlo:?}"
+    );
     line.clear();
     tls.read_line(&mut line).await.unwrap();
     assert!(line.starts_with("503 "), "{line}");
