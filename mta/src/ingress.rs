@@ -138,7 +138,7 @@ impl Ingress {
                 );
             }
             Err(error) => {
-                self.metrics.rejected(&listener, "spool");
+                self.metrics.rejected(&listener, Rejected::Spool);
                 tracing::error!(peer = %submission.peer, "spool refused a message: {error}");
             }
         }
@@ -512,6 +512,45 @@ impl Drop for ConnectionPermit {
 
 type Labels = Vec<(String, String)>;
 
+/// Why a message was refused: the `reason` of
+/// `mta_ingress_messages_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The sender or a recipient breaks the domain rules.
+    Policy,
+    /// Mail without AUTH to anything but the bounce domain.
+    Relay,
+    /// Over `max_message_size` or `max_header_size`.
+    Size,
+    /// The spool could not store it.
+    Spool,
+    /// Bad line endings, a line too long, control characters.
+    Syntax,
+}
+
+impl Rejected {
+    /// The reasons an SMTP listener refuses for.
+    pub const SMTP: [Rejected; 5] = [
+        Rejected::Policy,
+        Rejected::Relay,
+        Rejected::Size,
+        Rejected::Spool,
+        Rejected::Syntax,
+    ];
+    /// The reasons the HTTPS listener refuses for.
+    pub const HTTP: [Rejected; 3] = [Rejected::Policy, Rejected::Size, Rejected::Spool];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejected::Policy => "policy",
+            Rejected::Relay => "relay",
+            Rejected::Size => "size",
+            Rejected::Spool => "spool",
+            Rejected::Syntax => "syntax",
+        }
+    }
+}
+
 /// Ingress metrics, by listener (`smtp:587`, `https:443`).
 #[derive(Clone, Default)]
 pub struct IngressMetrics {
@@ -535,8 +574,10 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 impl IngressMetrics {
-    pub fn register(registry: &mut Registry) -> IngressMetrics {
+    /// Registers the families, each labelled counter of `listeners` at 0.
+    pub fn register(registry: &mut Registry, listeners: &crate::Listeners) -> IngressMetrics {
         let metrics = IngressMetrics::default();
+        metrics.at_zero(listeners);
         metrics.bounces.register(registry);
         let registry = registry.sub_registry_with_prefix("ingress");
         registry.register(
@@ -582,6 +623,50 @@ impl IngressMetrics {
         metrics
     }
 
+    /// Every counter whose labels are known at start exists from then on
+    /// at 0: by listener, cap, TLS result and refusal reason.
+    fn at_zero(&self, listeners: &crate::Listeners) {
+        use fleet::metrics::at_zero;
+        let name = |scheme: &str, listener: &TcpListener| {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+            format!("{scheme}:{port}")
+        };
+        let smtp = listeners
+            .smtp
+            .iter()
+            .map(|l| (name("smtp", l), &Rejected::SMTP[..]));
+        let https = listeners
+            .https
+            .iter()
+            .map(|l| (name("https", l), &Rejected::HTTP[..]));
+        for (listener, reasons) in smtp.chain(https) {
+            let one = || [labels(&[("listener", &listener)])];
+            for family in [
+                &self.connections,
+                &self.auth_failures,
+                &self.auth_blocked,
+                &self.messages,
+                &self.bytes,
+            ] {
+                at_zero(family.clone(), one());
+            }
+            let pairs = |key: &str, values: &[&str]| {
+                values
+                    .iter()
+                    .map(|value| labels(&[("listener", &listener), (key, value)]))
+                    .collect::<Vec<_>>()
+            };
+            let caps = [CapHit::Total.label(), CapHit::PerIp.label()];
+            at_zero(self.refused.clone(), pairs("cap", &caps));
+            at_zero(
+                self.tls_handshakes.clone(),
+                pairs("result", &["ok", "error"]),
+            );
+            let reasons: Vec<&str> = reasons.iter().map(|r| r.label()).collect();
+            at_zero(self.rejected.clone(), pairs("reason", &reasons));
+        }
+    }
+
     pub fn connection(&self, listener: &str) {
         self.connections
             .get_or_create(&labels(&[("listener", listener)]))
@@ -619,9 +704,12 @@ impl IngressMetrics {
         self.bytes.get_or_create(&key).inc_by(bytes);
     }
 
-    pub fn rejected(&self, listener: &str, reason: &str) {
+    pub fn rejected(&self, listener: &str, reason: Rejected) {
         self.rejected
-            .get_or_create(&labels(&[("listener", listener), ("reason", reason)]))
+            .get_or_create(&labels(&[
+                ("listener", listener),
+                ("reason", reason.label()),
+            ]))
             .inc();
     }
 }

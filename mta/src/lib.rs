@@ -90,7 +90,7 @@ pub async fn run(settings: Settings, listeners: Listeners, control: Control) -> 
     let secrets = settings.secrets.clone();
     let mut service = Service::new(control, settings);
     let (ingress_metrics, egress_metrics) =
-        register_metrics(&mut service.registry, &secrets, &stores);
+        register_metrics(&mut service.registry, &secrets, &stores, &listeners);
     let engine_cell = Arc::new(std::sync::OnceLock::new());
     let reload = {
         let secrets = secrets.clone();
@@ -171,15 +171,17 @@ impl Stores {
     }
 }
 
-/// Every metric family of the node, in `/metrics` order; returns the
-/// ingress and egress sets for their owners.
+/// Every metric family of the node, in `/metrics` order (ingress counters
+/// at 0 for every listener); returns the ingress and egress sets for their
+/// owners.
 fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
     secrets: &Arc<fleet::secret::SecretStore>,
     stores: &Stores,
+    listeners: &Listeners,
 ) -> (ingress::IngressMetrics, queue::EgressMetrics) {
     fleet::secret::register_metrics(secrets, registry);
-    let ingress_metrics = ingress::IngressMetrics::register(registry);
+    let ingress_metrics = ingress::IngressMetrics::register(registry, listeners);
     let egress_metrics = queue::EgressMetrics::default();
     egress_metrics.register(registry);
     stores.spool.register_metrics(registry);

@@ -34,3 +34,14 @@ pub fn assert_contains_all(text: &str, parts: &[&str]) {
         .collect();
     assert!(missing.is_empty(), "missing {missing:?} in:\n{text}");
 }
+
+/// The value of the sample `series` (name and labels, as exported) in a
+/// `/metrics` text; fails naming the series when it is missing.
+#[track_caller]
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}

@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::config::Settings;
-use crate::ingress::{Ingress, Submission, Via};
+use crate::ingress::{Ingress, Rejected, Submission, Via};
 use build::{Group, Refusal, RenderError};
 use model::InjectResponse;
 
@@ -186,7 +186,7 @@ async fn read_request(
     let limits = &settings.node.smtp;
     let limit = body_limit(limits.max_message_size);
     let too_large = || {
-        ingress.metrics.rejected(listener, "size");
+        ingress.metrics.rejected(listener, Rejected::Size);
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the request body is larger than {limit} bytes"),
@@ -226,7 +226,7 @@ fn refused(
     match refusal {
         Refusal::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
         Refusal::Policy(policy) => {
-            ingress.metrics.rejected(listener, "policy");
+            ingress.metrics.rejected(listener, Rejected::Policy);
             let reply = format!("422 {policy}");
             ingress.rejection(crate::ingress::Refused {
                 peer: peer.addr,
@@ -240,11 +240,11 @@ fn refused(
             error(StatusCode::UNPROCESSABLE_ENTITY, policy.to_string())
         }
         Refusal::Unprocessable(message) => {
-            ingress.metrics.rejected(listener, "policy");
+            ingress.metrics.rejected(listener, Rejected::Policy);
             error(StatusCode::UNPROCESSABLE_ENTITY, message)
         }
         Refusal::TooLarge(message) => {
-            ingress.metrics.rejected(listener, "size");
+            ingress.metrics.rejected(listener, Rejected::Size);
             error(StatusCode::PAYLOAD_TOO_LARGE, message)
         }
     }

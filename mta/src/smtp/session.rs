@@ -22,7 +22,7 @@ use super::conn::{Conn, Deadline, Line, ReadError};
 use super::data::{self, Data, DataLimits, Received};
 use crate::auth::Principal;
 use crate::config::Settings;
-use crate::ingress::{Ingress, Submission, Via};
+use crate::ingress::{Ingress, Rejected, Submission, Via};
 use crate::policy;
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -527,7 +527,7 @@ impl<'a> Session<'a> {
             self.ctx
                 .ingress
                 .metrics
-                .rejected(&self.ctx.listener(), "policy");
+                .rejected(&self.ctx.listener(), Rejected::Policy);
             let reply = format!("550 5.7.1 {error}");
             let credential = principal.username.clone();
             self.refused(Some(&credential), &sender, "", &reply);
@@ -602,7 +602,7 @@ impl<'a> Session<'a> {
                 self.ctx
                     .ingress
                     .metrics
-                    .rejected(&self.ctx.listener(), "relay");
+                    .rejected(&self.ctx.listener(), Rejected::Relay);
                 self.refused(None, &sender, &recipient, &reply);
                 conn.reply(&reply);
                 return Next::Continue;
@@ -778,7 +778,7 @@ impl<'a> Session<'a> {
         self.ctx
             .ingress
             .metrics
-            .rejected(&self.ctx.listener(), "policy");
+            .rejected(&self.ctx.listener(), Rejected::Policy);
         let reply = format!("550 5.7.1 {error}");
         let rcpt = transaction.recipients.first().map_or("", String::as_str);
         let credential = self.principal.as_ref().map(|p| p.username.as_str());
@@ -816,38 +816,38 @@ impl<'a> Session<'a> {
         );
         let (reason, reply) = match data {
             Data::Message(_) => return Next::Continue,
-            Data::TooBig => ("size", too_big),
+            Data::TooBig => (Rejected::Size, too_big),
             Data::Abandoned => {
-                metrics.rejected(&listener, "size");
+                metrics.rejected(&listener, Rejected::Size);
                 conn.reply(&too_big);
                 conn.reply(&format!("421 4.7.0 {} closing connection", self.hostname()));
                 return Next::Close;
             }
             Data::HeaderTooBig => (
-                "size",
+                Rejected::Size,
                 format!(
                     "552 5.3.4 Message header section exceeds the maximum of {} octets",
                     self.limits().max_header_size
                 ),
             ),
             Data::LineTooLong => (
-                "syntax",
+                Rejected::Syntax,
                 format!(
                     "550 5.6.0 Message has a line longer than {} octets (RFC 5321 4.5.3.1.6)",
                     self.limits().max_line_length
                 ),
             ),
             Data::BareNewline => (
-                "syntax",
+                Rejected::Syntax,
                 "550 5.6.0 Message has a bare CR or LF: lines must end with CRLF (RFC 5321 2.3.8)"
                     .to_string(),
             ),
             Data::Control(at) => (
-                "syntax",
+                Rejected::Syntax,
                 format!("550 5.6.0 Message has a NUL or another control character at byte {at}: only TAB is allowed"),
             ),
             Data::Unstored(error) => {
-                metrics.rejected(&listener, "spool");
+                metrics.rejected(&listener, Rejected::Spool);
                 tracing::error!(peer = %self.ctx.peer, "spool refused a message: {error}");
                 conn.reply("451 4.3.0 Temporary failure: the message could not be stored, try again later");
                 return Next::Continue;
