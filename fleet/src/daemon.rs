@@ -112,6 +112,14 @@ pub struct Service<S> {
     pub admin_max_connections: Option<usize>,
 }
 
+/// `/status`: what the last reloads did (`config`) and the daemon's own
+/// report (`service`, a struct of each daemon's).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport<T> {
+    pub config: crate::live::ReloadStatus,
+    pub service: T,
+}
+
 impl<S: crate::live::Reloadable + Send + Sync + 'static> Service<S> {
     /// Every metric registered in `registry` is named
     /// `<S::METRICS_PREFIX>_…` (`lb_dns`, `healthd`, `mta`).
@@ -131,12 +139,12 @@ impl<S: crate::live::Reloadable + Send + Sync + 'static> Service<S> {
 
     /// Serves the admin listener (with `extra` routes merged in) and reloads
     /// the settings with `load` on SIGHUP. Register every metric first.
-    pub fn start(
+    pub fn start<T: serde::Serialize>(
         self,
         admin: tokio::net::TcpListener,
         extra: axum::Router,
         load: impl Fn() -> Result<S, ConfigError> + Send + 'static,
-        status: impl Fn(&S) -> serde_json::Value + Send + Sync + 'static,
+        status: impl Fn(&S) -> T + Send + Sync + 'static,
     ) -> Started<S> {
         let Service {
             control,
@@ -151,10 +159,11 @@ impl<S: crate::live::Reloadable + Send + Sync + 'static> Service<S> {
             readiness: readiness.clone(),
             registry: std::sync::Arc::new(registry),
             status: std::sync::Arc::new(move || {
-                serde_json::json!({
-                    "config": status_live.status(),
-                    "service": status(&status_live.get()),
-                })
+                let report = StatusReport {
+                    config: status_live.status(),
+                    service: status(&status_live.get()),
+                };
+                serde_json::to_value(report).unwrap_or_default()
             }),
         };
         let router = crate::admin::admin_router(state).merge(extra);

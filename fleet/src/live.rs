@@ -60,7 +60,7 @@ impl StartupOnly {
 }
 
 /// What the last reloads did, for `/status` and the logs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ReloadStatus {
     /// Seconds since the Unix epoch when the serving configuration was loaded.
     pub loaded_at: u64,

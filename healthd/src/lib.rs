@@ -152,18 +152,33 @@ fn routes(
 
 /// `/status`: the fleet, the board's generation and instance, Vault and
 /// the HTTPS certificate.
-fn status(s: &Settings, board: &board::Board) -> serde_json::Value {
-    serde_json::json!({
-        "zone": s.fleet.zone.origin,
-        "clusters": s.fleet.clusters.len(),
-        "mtas": s.fleet.mta_count(),
-        "generation": board.generation(),
-        "instance": board.instance(),
-        "vault": s.secrets.status(),
-        "certificates": s.listen_tls.iter()
+fn status(s: &Settings, board: &board::Board) -> Status {
+    Status {
+        zone: s.fleet.zone.origin.clone(),
+        clusters: s.fleet.clusters.len(),
+        mtas: s.fleet.mta_count(),
+        generation: board.generation(),
+        instance: board.instance().to_string(),
+        vault: s.secrets.status(),
+        certificates: s
+            .listen_tls
+            .iter()
             .map(|tls| tls.certificate.status(fleet::certificate::now()))
-            .collect::<Vec<_>>(),
-    })
+            .collect(),
+    }
+}
+
+/// `/status`'s report of this healthd.
+#[derive(Debug, serde::Serialize)]
+struct Status {
+    zone: String,
+    clusters: usize,
+    mtas: usize,
+    /// The fleet feed's generation and this run's instance id.
+    generation: u64,
+    instance: String,
+    vault: fleet::secret::StoreStatus,
+    certificates: Vec<fleet::certificate::CertificateStatus>,
 }
 
 /// The HTTPS listener serves the certificate of each reloaded `[tls]`, and

@@ -206,21 +206,45 @@ fn register_rrl(rrl: &rrl::Rrl, registry: &mut prometheus_client::registry::Regi
 
 /// `/status`: the zone, its serial, what each cluster answers and the
 /// health feeds.
-fn status(s: &Settings, answers: &Answers, health: &Health) -> serde_json::Value {
-    serde_json::json!({
-        "zone": s.fleet.zone.origin,
-        "serial": answers.serial,
-        "clusters": answers.clusters.iter().map(|c| serde_json::json!({
-            "id": c.id,
-            "up": c.up,
-            "all_down": c.all_down,
-            "served_ipv4": c.served_v4,
-            "served_ipv6": c.served_v6,
-        })).collect::<Vec<_>>(),
-        "mtas": s.fleet.mta_count(),
-        "health": health.report(),
-        "vault": s.secrets.status(),
-    })
+#[derive(Debug, serde::Serialize)]
+struct Status {
+    zone: String,
+    serial: u32,
+    clusters: Vec<ClusterStatus>,
+    mtas: usize,
+    health: health::HealthReport,
+    vault: fleet::secret::StoreStatus,
+}
+
+/// What one cluster name answers now.
+#[derive(Debug, serde::Serialize)]
+struct ClusterStatus {
+    id: String,
+    up: usize,
+    all_down: bool,
+    served_ipv4: usize,
+    served_ipv6: usize,
+}
+
+fn status(s: &Settings, answers: &Answers, health: &Health) -> Status {
+    Status {
+        zone: s.fleet.zone.origin.clone(),
+        serial: answers.serial,
+        clusters: answers
+            .clusters
+            .iter()
+            .map(|c| ClusterStatus {
+                id: c.id.clone(),
+                up: c.up,
+                all_down: c.all_down,
+                served_ipv4: c.served_v4,
+                served_ipv6: c.served_v6,
+            })
+            .collect(),
+        mtas: s.fleet.mta_count(),
+        health: health.report(),
+        vault: s.secrets.status(),
+    }
 }
 
 /// The DNS side once the service is up: a thread per UDP socket and a task

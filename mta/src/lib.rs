@@ -208,16 +208,29 @@ fn start_admin(
 
 /// `/status`: the fleet, Vault, the spool's quarantine, the webhooks and
 /// the certificate.
-fn status(s: &Settings, spool: &spool::Spool, webhooks: &webhook::Webhooks) -> serde_json::Value {
-    serde_json::json!({
-        "zone": s.fleet.zone.origin,
-        "clusters": s.fleet.clusters.len(),
-        "mtas": s.fleet.mta_count(),
-        "vault": s.secrets.status(),
-        "spool_quarantined": spool.quarantined(),
-        "webhooks": webhooks.status(),
-        "certificates": [s.tls.certificate.status(fleet::certificate::now())],
-    })
+fn status(s: &Settings, spool: &spool::Spool, webhooks: &webhook::Webhooks) -> Status {
+    Status {
+        zone: s.fleet.zone.origin.clone(),
+        clusters: s.fleet.clusters.len(),
+        mtas: s.fleet.mta_count(),
+        vault: s.secrets.status(),
+        spool_quarantined: spool.quarantined().to_vec(),
+        webhooks: webhooks.status(),
+        certificates: vec![s.tls.certificate.status(fleet::certificate::now())],
+    }
+}
+
+/// `/status`'s report of this node.
+#[derive(Debug, serde::Serialize)]
+struct Status {
+    zone: String,
+    clusters: usize,
+    mtas: usize,
+    vault: fleet::secret::StoreStatus,
+    /// Spool bytes recovery could not trust, moved aside.
+    spool_quarantined: Vec<spool::Quarantined>,
+    webhooks: Vec<webhook::HookStatus>,
+    certificates: Vec<fleet::certificate::CertificateStatus>,
 }
 
 /// Starts delivery and the webhooks; the task returned ends once delivery
