@@ -7,6 +7,7 @@
 //! 4xx, timeouts and unreachable hosts: retried with exponential backoff and
 //! jitter until the maximum age. 5xx, null MX, no such domain: bounced.
 
+mod attempt;
 pub mod config;
 pub mod dsn;
 pub mod egress;
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fleet::RateLimit;
-use lettre::address::{Address, Envelope};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,8 +32,8 @@ use crate::queue::{Dispatch, Held, LimitSource, Requeue, Scheduler};
 use crate::spool::{now_ms, Job, Spool, StoredMessage};
 pub use config::DeliveryConfig;
 use egress::{Egress, Hold, Via};
-use route::{NoRoute, Router};
-use smtp::{Connector, Reply};
+use route::Router;
+use smtp::Connector;
 
 /// Where an attempt went and what it got: what its events report.
 #[derive(Debug, Clone, Default)]
@@ -298,216 +298,143 @@ impl Engine {
         self.events.emit(event);
     }
 
+    /// One attempt for `job`, start to end: its message read back, sent,
+    /// and the outcome settled.
     async fn deliver(self: Arc<Self>, mut job: Job, via: Option<Via>) {
         // This attempt keeps the setup it starts with, whatever a reload
         // swaps in meanwhile.
         let setup = self.setup();
         self.metrics.in_flight.inc();
         let _loaded = self.load_budget(&job).await;
-        let message = match self.spool.load(&job).await {
-            Ok(message) => message,
-            Err(error) => {
-                // The record cannot be read back: retry a few times (an I/O
-                // error may pass), then give up loudly.
-                job.attempts += 1;
-                if job.attempts >= 5 {
-                    tracing::error!("giving up on a spooled recipient: {error}");
-                    self.metrics.permanent.inc();
-                    self.spool.done(&job);
-                } else {
-                    tracing::warn!("{error}; retrying");
-                    job.due_ms = now_ms() + 1000 * job.attempts as u64;
-                    self.requeue.push(job);
-                }
-                self.metrics.in_flight.dec();
-                return;
-            }
-        };
-        let started = Instant::now();
-        let outcome = self.attempt(&setup, &message, &job, via.as_ref()).await;
-        self.metrics
-            .attempt_seconds
-            .observe(started.elapsed().as_secs_f64());
-        if let Outcome::SourceDown(why) = outcome {
-            if let Some(via) = &via {
-                self.egress.source_failed(via, &why);
-            }
-            // Due as it was: the queue gives it another source at once.
-            self.requeue.push(job);
-            self.metrics.in_flight.dec();
-            return;
-        }
-        job.attempts = job.attempts.saturating_add(1);
-        match outcome {
-            Outcome::Delivered(reached) => {
-                self.spool.done(&job);
-                self.metrics.delivered.inc();
-                self.metrics
-                    .delivery_seconds
-                    .observe(now_ms().saturating_sub(message.received_ms) as f64 / 1000.0);
-                self.event(EventKind::Delivery, &message, &job, reached);
-            }
-            Outcome::Permanent(reached) => {
-                self.spool.done(&job);
-                self.metrics.permanent.inc();
-                let why = reached.text.clone();
-                self.event(EventKind::Bounce, &message, &job, reached);
-                self.notify_sender(&setup, &message, &job, EventKind::Bounce, &why)
-                    .await;
-            }
-            Outcome::Transient(mut reached) => {
-                let now = now_ms();
-                let expires = message
-                    .received_ms
-                    .saturating_add(setup.config.max_age.as_millis() as u64);
-                if now >= expires {
-                    self.spool.done(&job);
-                    self.metrics.expired.inc();
-                    reached.text = format!(
-                        "expired after {} attempts in {}; last: {}",
-                        job.attempts,
-                        words(Duration::from_millis(
-                            now.saturating_sub(message.received_ms)
-                        )),
-                        reached.text
-                    );
-                    let why = reached.text.clone();
-                    self.event(EventKind::Expiration, &message, &job, reached);
-                    self.notify_sender(&setup, &message, &job, EventKind::Expiration, &why)
-                        .await;
-                } else {
-                    let wait = backoff(
-                        setup.config.retry_initial,
-                        setup.config.retry_max,
-                        job.attempts,
-                    );
-                    // The last attempt is at the maximum age, not beyond.
-                    job.due_ms = (now + wait.as_millis() as u64).min(expires);
-                    self.metrics.transient.inc();
-                    self.spool.reschedule(&job);
-                    self.event(EventKind::TransientFailure, &message, &job, reached);
-                    self.requeue.push(job);
-                }
-            }
-            Outcome::SourceDown(_) => unreachable!("handled above"),
+        if let Some(message) = self.load_or_retry(&mut job).await {
+            let started = Instant::now();
+            let outcome = self.attempt(&setup, &message, &job, via.as_ref()).await;
+            self.metrics
+                .attempt_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.settle(&setup, &message, job, via.as_ref(), outcome)
+                .await;
         }
         self.metrics.in_flight.dec();
     }
 
-    async fn attempt(
+    /// The job's message from the spool. A record that cannot be read back
+    /// is retried a few times (an I/O error may pass), then given up loudly.
+    async fn load_or_retry(&self, job: &mut Job) -> Option<StoredMessage> {
+        let error = match self.spool.load(job).await {
+            Ok(message) => return Some(message),
+            Err(error) => error,
+        };
+        job.attempts += 1;
+        if job.attempts >= 5 {
+            tracing::error!("giving up on a spooled recipient: {error}");
+            self.metrics.permanent.inc();
+            self.spool.done(job);
+        } else {
+            tracing::warn!("{error}; retrying");
+            job.due_ms = now_ms() + 1000 * job.attempts as u64;
+            self.requeue.push(*job);
+        }
+        None
+    }
+
+    /// What an attempt's outcome does to its job: out of the spool
+    /// (delivered, bounced), back to the queue, or retried later; and the
+    /// event that says so.
+    async fn settle(
+        &self,
+        setup: &Setup,
+        message: &StoredMessage,
+        job: Job,
+        via: Option<&Via>,
+        outcome: Outcome,
+    ) {
+        // Attempts that reached the destination are counted.
+        let counted = Job {
+            attempts: job.attempts.saturating_add(1),
+            ..job
+        };
+        match outcome {
+            Outcome::SourceDown(why) => {
+                if let Some(via) = via {
+                    self.egress.source_failed(via, &why);
+                }
+                // Due as it was: the queue gives it another source at once.
+                self.requeue.push(job);
+            }
+            Outcome::Delivered(reached) => {
+                self.spool.done(&counted);
+                self.metrics.delivered.inc();
+                self.metrics
+                    .delivery_seconds
+                    .observe(now_ms().saturating_sub(message.received_ms) as f64 / 1000.0);
+                self.event(EventKind::Delivery, message, &counted, reached);
+            }
+            Outcome::Permanent(reached) => {
+                self.metrics.permanent.inc();
+                self.given_up(setup, message, &counted, EventKind::Bounce, reached)
+                    .await;
+            }
+            Outcome::Transient(reached) => {
+                self.retry_or_expire(setup, message, counted, reached).await
+            }
+        }
+    }
+
+    /// A transient failure: tried again after a backoff, or, at the
+    /// message's maximum age, expired.
+    async fn retry_or_expire(
+        &self,
+        setup: &Setup,
+        message: &StoredMessage,
+        mut job: Job,
+        mut reached: Reached,
+    ) {
+        let now = now_ms();
+        let expires = message
+            .received_ms
+            .saturating_add(setup.config.max_age.as_millis() as u64);
+        if now >= expires {
+            self.metrics.expired.inc();
+            reached.text = format!(
+                "expired after {} attempts in {}; last: {}",
+                job.attempts,
+                words(Duration::from_millis(
+                    now.saturating_sub(message.received_ms)
+                )),
+                reached.text
+            );
+            return self
+                .given_up(setup, message, &job, EventKind::Expiration, reached)
+                .await;
+        }
+        let wait = backoff(
+            setup.config.retry_initial,
+            setup.config.retry_max,
+            job.attempts,
+        );
+        // The last attempt is at the maximum age, not beyond.
+        job.due_ms = (now + wait.as_millis() as u64).min(expires);
+        self.metrics.transient.inc();
+        self.spool.reschedule(&job);
+        self.event(EventKind::TransientFailure, message, &job, reached);
+        self.requeue.push(job);
+    }
+
+    /// A recipient that is not tried again: out of the spool, its `kind`
+    /// event, and a DSN to the sender.
+    async fn given_up(
         &self,
         setup: &Setup,
         message: &StoredMessage,
         job: &Job,
-        via: Option<&Via>,
-    ) -> Outcome {
-        let permanent = |text: String| Outcome::Permanent(Reached::here(text));
-        let Some(recipient) = message.recipients.get(job.rcpt as usize) else {
-            return permanent("the spool record has no such recipient".into());
-        };
-        let Some(domain) = crate::policy::domain_of(recipient) else {
-            return permanent(format!("550 5.1.3 `{recipient}` has no domain"));
-        };
-        let Ok(to) = recipient.parse::<Address>() else {
-            return permanent(format!("550 5.1.3 `{recipient}` is not a valid address"));
-        };
-        let return_path = self.return_path(message, job);
-        let from = if return_path.is_empty() {
-            None
-        } else {
-            match return_path.parse::<Address>() {
-                Ok(from) => Some(from),
-                Err(_) => {
-                    return permanent(format!(
-                        "550 5.1.7 the envelope sender `{}` is not a valid address",
-                        message.sender
-                    ))
-                }
-            }
-        };
-        let envelope = match Envelope::new(from, vec![to]) {
-            Ok(envelope) => envelope,
-            Err(e) => return permanent(format!("550 5.1.3 {e}")),
-        };
-        let targets = match setup.router.plan(domain).await {
-            Ok(targets) => targets,
-            Err(NoRoute::Permanent(text)) => return permanent(text),
-            Err(NoRoute::Transient(text)) => return Outcome::Transient(Reached::here(text)),
-        };
-        // Signing (RSA above all) takes a millisecond of CPU: off the
-        // async workers.
-        let signature = if setup.dkim.is_empty() {
-            None
-        } else {
-            let (dkim, body) = (setup.dkim.clone(), message.data.clone());
-            tokio::task::spawn_blocking(move || dkim.sign(&body))
-                .await
-                .unwrap_or_else(|e| Some(Err(format!("the signing task failed: {e}"))))
-        };
-        let signed;
-        let data: &[u8] = match signature {
-            None => &message.data,
-            Some(Ok(header)) => {
-                let mut with = Vec::with_capacity(header.len() + message.data.len());
-                with.extend_from_slice(header.as_bytes());
-                with.extend_from_slice(&message.data);
-                signed = with;
-                &signed
-            }
-            Some(Err(error)) => {
-                tracing::warn!(id = %job.id(), "DKIM signing failed, sending unsigned: {error}");
-                &message.data
-            }
-        };
-        let tls = setup
-            .config
-            .route_starttls
-            .get(&domain.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(setup.config.starttls);
-        let mut last = None;
-        for target in &targets {
-            for addr in &target.addrs {
-                let reply = setup
-                    .connector
-                    .send(*addr, &target.host, &envelope, data, via, tls)
-                    .await;
-                if let Some(via) = via {
-                    if !matches!(reply, Reply::SourceDown(_)) {
-                        self.egress.source_worked(via);
-                    }
-                }
-                let host = Some(target.host.clone());
-                let peer = Some(addr.to_string());
-                let reached = |code, text| Reached {
-                    host: host.clone(),
-                    peer: peer.clone(),
-                    code,
-                    text,
-                    egress_pool: via.map(|v| v.pool.to_string()),
-                    egress_source: via.map(|v| v.source.name.to_string()),
-                };
-                match reply {
-                    Reply::Accepted { code, text } => {
-                        return Outcome::Delivered(reached(code, text))
-                    }
-                    Reply::Permanent { code, text } => {
-                        return Outcome::Permanent(reached(code, text))
-                    }
-                    Reply::Transient { code, text } => {
-                        return Outcome::Transient(reached(code, text))
-                    }
-                    Reply::Unreachable(text) => {
-                        tracing::debug!(host = %target.host, %addr, "unreachable: {text}");
-                        last = Some(reached(0, text));
-                    }
-                    Reply::SourceDown(text) => return Outcome::SourceDown(text),
-                }
-            }
-        }
-        Outcome::Transient(
-            last.unwrap_or_else(|| Reached::here("no address to deliver to".to_string())),
-        )
+        kind: EventKind,
+        reached: Reached,
+    ) {
+        self.spool.done(job);
+        let why = reached.text.clone();
+        self.event(kind, message, job, reached);
+        self.notify_sender(setup, message, job, kind, &why).await;
     }
 
     /// A DSN to the envelope sender, when configured and there is one.

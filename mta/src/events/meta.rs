@@ -1,7 +1,14 @@
 //! An event's `meta` from the message itself: From:, Subject:, and the
 //! customer's `X-Meta-<name>: <value>` headers.
 
+use std::sync::LazyLock;
+
 use fleet::event::Meta;
+use memchr::memmem::Finder;
+
+/// The searchers, built once (building one costs more than a short search).
+static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n"));
 
 /// At most this many metadata entries and this long a value are kept.
 const MAX_METADATA: usize = 32;
@@ -49,7 +56,8 @@ pub fn of_message(data: &[u8], cluster: &str, credential: &str) -> Meta {
 
 /// The message's header section (up to and including the blank line).
 fn header_block(data: &[u8]) -> &[u8] {
-    memchr::memmem::find(data, b"\r\n\r\n")
+    BLANK_LINE
+        .find(data)
         .map(|at| &data[..at + 4])
         .unwrap_or(&data[..data.len().min(64 << 10)])
 }
@@ -96,7 +104,7 @@ fn fields(head: &[u8]) -> impl Iterator<Item = Field<'_>> {
         // A field ends at a CRLF not followed by a space or tab.
         let mut end = 0;
         let found = loop {
-            match memchr::memmem::find(&rest[end..], b"\r\n") {
+            match CRLF.find(&rest[end..]) {
                 Some(at) => {
                     end += at;
                     if !matches!(rest.get(end + 2), Some(b' ' | b'\t')) {

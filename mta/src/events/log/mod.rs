@@ -97,10 +97,21 @@ fn parse_line(line: &[u8]) -> Result<(u64, Event), String> {
     Ok((seq, event))
 }
 
+/// Appends the line of event `seq` to `out`: the JSON is written in place
+/// (no buffer of its own), then its checksum filled in before it.
 fn encode_line(seq: u64, event: &Event, out: &mut Vec<u8>) {
-    let json = serde_json::to_vec(event).unwrap_or_default();
-    let _ = write!(out, "{seq:016x} {:08x} ", crc32fast::hash(&json));
-    out.extend_from_slice(&json);
+    let start = out.len();
+    let _ = write!(out, "{seq:016x} 00000000 ");
+    let json = out.len();
+    if serde_json::to_writer(&mut *out, event).is_err() {
+        // An event always serializes; were it not to, no torn line stays.
+        out.truncate(start);
+        return;
+    }
+    let crc = crc32fast::hash(&out[json..]);
+    for (i, digit) in out[json - 9..json - 1].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(crc >> (28 - 4 * i)) as usize & 0xf];
+    }
     out.push(b'\n');
 }
 

@@ -30,10 +30,16 @@ use super::{encode_line, segment_name, segments, LogSettings, Metrics};
 const SEGMENT_AGE: Duration = Duration::from_secs(3600);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
 const MAX_GROUP: usize = 8192;
-/// The event log syncs at most this often: events wait up to this long to
-/// be committed (and sent to webhooks), and the disk sees a few dozen
-/// event-log syncs a second instead of one per spool commit.
-pub const COMMIT_EVERY: Duration = Duration::from_millis(10);
+/// The write buffer is kept for the next write up to this size: one
+/// Reception line or a few thousand events, without a fresh allocation
+/// (and fresh pages to fault in) for every write.
+const KEEP_BUF: usize = 4 << 20;
+/// The event log syncs at most this often: under a steady stream events
+/// wait up to this long to be committed (and sent to webhooks, which batch
+/// for longer anyway); an event after a quiet spell is synced at once.
+/// Every sync is a journal commit that the spool's own sync, the one an
+/// acknowledgement waits for, queues behind: at most 20 a second.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(50);
 
 /// What the log's thread is handed.
 // Moved once through the channel; a box would cost an allocation per event.
@@ -61,6 +67,8 @@ pub(super) struct LogFile {
     retired: Vec<File>,
     /// Events written since the last sync, published by the next one.
     unsynced: Vec<Event>,
+    /// The lines of the last write, kept for the next (up to [`KEEP_BUF`]).
+    buf: Vec<u8>,
     metrics: Metrics,
 }
 
@@ -88,6 +96,7 @@ impl LogFile {
             active: None,
             retired: Vec::new(),
             unsynced: Vec::new(),
+            buf: Vec::new(),
             metrics,
         }
     }
@@ -99,12 +108,18 @@ impl LogFile {
             return;
         }
         let (first, next) = (self.next, self.next + batch.len() as u64);
-        let mut buf = Vec::with_capacity(batch.len() * 768);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
         for (seq, event) in (first..next).zip(batch.iter_mut()) {
             event.event_id = format!("{}-{seq:016x}", self.settings.node);
             encode_line(seq, event, &mut buf);
         }
-        if let Err(error) = self.append(first, &buf) {
+        let written = self.append(first, &buf);
+        let len = buf.len();
+        if buf.capacity() <= KEEP_BUF {
+            self.buf = buf;
+        }
+        if let Err(error) = written {
             self.metrics.write_errors.inc();
             tracing::error!(
                 "cannot write {} events to the event log {}: {error}",
@@ -114,7 +129,7 @@ impl LogFile {
             return;
         }
         self.next = next;
-        self.metrics.bytes.inc_by(buf.len() as i64);
+        self.metrics.bytes.inc_by(len as i64);
         self.unsynced.append(&mut batch);
     }
 
