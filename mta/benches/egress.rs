@@ -91,6 +91,43 @@ fn write_node(dir: &Path, ca: &LocalCa, sink: SocketAddr, signing: Signing) -> P
     let issued = ca.issue(&[HOSTNAME, &ip(11).to_string()]).unwrap();
     std::fs::write(dir.join("cert.pem"), &issued.cert_pem).unwrap();
     std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
+    write_fleet(dir);
+    let config = dir.join("mta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+fleet_file = "fleet.toml"
+node = "mta-1"
+spool_dir = "spool"
+admin_listen = "{admin}:0"
+shutdown_grace = "10s"
+
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+
+[smtp]
+max_connections_per_ip = 1000
+
+[delivery]
+nameservers = ["{ns}:53"]
+routes = {{ "sink.test" = "{sink}" }}
+allow_networks = ["127.0.0.0/8"]
+"#,
+            admin = ip(1),
+            ns = ip(54),
+        ),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&dkim_tables(dir, signing));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The fleet file: one cluster, its one MTA on 127.2.200.11.
+fn write_fleet(dir: &Path) {
     let hash = fleet::password::hash_password("bench-secret").unwrap();
     std::fs::write(
         dir.join("fleet.toml"),
@@ -124,34 +161,10 @@ domains = ["yourdomain.com"]
         ),
     )
     .unwrap();
-    let config = dir.join("mta.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-fleet_file = "fleet.toml"
-node = "mta-1"
-spool_dir = "spool"
-admin_listen = "{admin}:0"
-shutdown_grace = "10s"
+}
 
-[tls]
-certificate = "cert.pem"
-key = "key.pem"
-
-[smtp]
-max_connections_per_ip = 1000
-
-[delivery]
-nameservers = ["{ns}:53"]
-routes = {{ "sink.test" = "{sink}" }}
-allow_networks = ["127.0.0.0/8"]
-"#,
-            admin = ip(1),
-            ns = ip(54),
-        ),
-    )
-    .unwrap();
+/// The `[[delivery.dkim]]` tables for `signing`, with their keys written.
+fn dkim_tables(dir: &Path, signing: Signing) -> String {
     let (rsa, ed) = write_dkim_keys(dir);
     let key = |path: &Path, selector: &str, algorithm: &str| {
         format!(
@@ -159,15 +172,11 @@ allow_networks = ["127.0.0.0/8"]
             path.display()
         )
     };
-    let keys = match signing {
+    match signing {
         Signing::None => String::new(),
         Signing::Rsa => key(&rsa, "rsa", "rsa-sha256"),
         Signing::Dual => key(&rsa, "rsa", "rsa-sha256") + &key(&ed, "ed", "ed25519-sha256"),
-    };
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&keys);
-    std::fs::write(&config, text).unwrap();
-    config
+    }
 }
 
 /// Which DKIM keys the node of the end-to-end run signs with.

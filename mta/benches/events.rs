@@ -93,28 +93,66 @@ async fn run(messages: usize, hook: Option<SocketAddr>, count: Arc<AtomicU64>) -
     );
     let stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = hook {
-        let sender = Sender {
-            hook: fleet::Webhook {
-                name: "bench".into(),
-                url: format!("http://{addr}/hook"),
-                events: None,
-                secret: "bench-secret-0123456789".into(),
-                batch_size: 500,
-                linger: Duration::from_millis(100),
-            },
-            log: events.log().clone(),
-            client: reqwest::Client::new(),
-            config: events_config.clone(),
-            status: Arc::new(parking_lot::Mutex::new(HookStatus::default())),
-            metrics: WebhookMetrics::default(),
-            label: HookLabel {
-                webhook: "bench".into(),
-            },
-            readiness: None,
-        };
-        tokio::spawn(sender.run(stop.clone()));
+        spawn_webhook(addr, &events, &events_config, stop.clone());
     }
     let started = Instant::now();
+    let total = accept_all(&spool, &events, messages).await;
+    let accepted = started.elapsed();
+    sink.wait_for(total, Duration::from_secs(900))
+        .await
+        .unwrap();
+    let delivered = started.elapsed();
+    let during = count.load(Ordering::Relaxed);
+    let drained_after = match hook {
+        // Each message's Reception and Delivery.
+        Some(_) => drained(&count, 2 * total as u64)
+            .await
+            .then(|| started.elapsed().saturating_sub(delivered)),
+        None => None,
+    };
+    stop.cancel();
+    handle.stop(Duration::from_secs(10)).await;
+    spool.close();
+    Run {
+        accepted_per_s: total as f64 / accepted.as_secs_f64(),
+        delivered_per_s: total as f64 / delivered.as_secs_f64(),
+        webhook_per_s_during: during as f64 / delivered.as_secs_f64(),
+        drained_after,
+    }
+}
+
+/// A webhook sender posting the log's events to `addr` until `stop`.
+fn spawn_webhook(
+    addr: SocketAddr,
+    events: &Arc<Events>,
+    events_config: &EventsConfig,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let sender = Sender {
+        hook: fleet::Webhook {
+            name: "bench".into(),
+            url: format!("http://{addr}/hook"),
+            events: None,
+            secret: "bench-secret-0123456789".into(),
+            batch_size: 500,
+            linger: Duration::from_millis(100),
+        },
+        log: events.log().clone(),
+        client: reqwest::Client::new(),
+        config: events_config.clone(),
+        status: Arc::new(parking_lot::Mutex::new(HookStatus::default())),
+        metrics: WebhookMetrics::default(),
+        label: HookLabel {
+            webhook: "bench".into(),
+        },
+        readiness: None,
+    };
+    tokio::spawn(sender.run(stop));
+}
+
+/// 256 writers accept `messages` (rounded down to a multiple of 256) into
+/// the spool, each with its Reception; returns how many.
+async fn accept_all(spool: &Arc<Spool>, events: &Arc<Events>, messages: usize) -> usize {
     let workers = 256;
     let per = messages / workers;
     let mut tasks = Vec::new();
@@ -134,33 +172,16 @@ async fn run(messages: usize, hook: Option<SocketAddr>, count: Arc<AtomicU64>) -
     for t in tasks {
         t.await.unwrap();
     }
-    let accepted = started.elapsed();
-    let total = per * workers;
-    sink.wait_for(total, Duration::from_secs(900))
-        .await
-        .unwrap();
-    let delivered = started.elapsed();
-    let during = count.load(Ordering::Relaxed);
-    let mut drained_after = None;
-    if hook.is_some() {
-        let want = 2 * total as u64;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while count.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if count.load(Ordering::Relaxed) >= want {
-            drained_after = Some(started.elapsed().saturating_sub(delivered));
-        }
+    per * workers
+}
+
+/// Whether the receiver has counted `want` events within 5 minutes.
+async fn drained(count: &AtomicU64, want: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while count.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.cancel();
-    handle.stop(Duration::from_secs(10)).await;
-    spool.close();
-    Run {
-        accepted_per_s: total as f64 / accepted.as_secs_f64(),
-        delivered_per_s: total as f64 / delivered.as_secs_f64(),
-        webhook_per_s_during: during as f64 / delivered.as_secs_f64(),
-        drained_after,
-    }
+    count.load(Ordering::Relaxed) >= want
 }
 
 fn main() {

@@ -44,79 +44,89 @@ fn main() {
         assert_eq!(transaction(&mut raw, &body(0, 0)).await.code, 250);
         drop(raw);
 
-        let total = connections * per_connection;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for c in 0..connections {
-            let fixture = &fixture;
-            tasks.push(async move {
-                let mut raw = Raw::authenticated(fixture).await;
-                for m in 0..per_connection {
-                    raw.send(
-                        b"MAIL FROM:<sender@yourdomain.com> SIZE=4096\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n",
-                    )
-                    .await;
-                    for expected in [250, 250, 354] {
-                        assert_eq!(raw.reply().await.code, expected);
-                    }
-                    let mut data = body(c, m);
-                    data.extend_from_slice(b".\r\n");
-                    raw.send(&data).await;
-                    let reply = raw.reply().await;
-                    assert_eq!(reply.code, 250, "{reply:?}");
-                }
-                raw.cmd("QUIT").await;
-            });
-        }
-        futures_util::future::join_all(tasks).await;
-        report(
-            &format!(
-                "smtp: {total} messages of {SIZE} B, {connections} connections \
-                 (STARTTLS+AUTH each) x {per_connection} pipelined transactions"
-            ),
-            total,
-            started.elapsed(),
-        );
-
-        let total = http_clients * per_client;
-        let started = Instant::now();
-        let client = fixture.http();
-        let url = fixture.https_url("/api/inject/v1");
-        let mut tasks = Vec::new();
-        for c in 0..http_clients {
-            let (client, url) = (client.clone(), url.clone());
-            tasks.push(async move {
-                for m in 0..per_client {
-                    let request = serde_json::json!({
-                        "envelope_sender": "bounces@yourdomain.com",
-                        "recipients": ["rcpt@example.com"],
-                        "content": {
-                            "from": "sender@yourdomain.com",
-                            "subject": format!("http {c} {m}"),
-                            "text_body": text(SIZE - 600),
-                        }
-                    });
-                    let response = client
-                        .post(&url)
-                        .basic_auth(USER, Some(PASSWORD))
-                        .json(&request)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status(), 200);
-                }
-            });
-        }
-        futures_util::future::join_all(tasks).await;
-        report(
-            &format!(
-                "http: {total} messages of ~{SIZE} B, {http_clients} clients (keep-alive) x {per_client} requests"
-            ),
-            total,
-            started.elapsed(),
-        );
+        smtp_round(&fixture, connections, per_connection).await;
+        http_round(&fixture, http_clients, per_client).await;
         node.stop().await;
     });
+}
+
+/// `connections` clients at once, each with STARTTLS and AUTH, then
+/// `per_connection` pipelined transactions.
+async fn smtp_round(fixture: &Fixture, connections: usize, per_connection: usize) {
+    let total = connections * per_connection;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        tasks.push(async move {
+            let mut raw = Raw::authenticated(fixture).await;
+            for m in 0..per_connection {
+                raw.send(
+                    b"MAIL FROM:<sender@yourdomain.com> SIZE=4096\r\nRCPT TO:<rcpt@example.com>\r\nDATA\r\n",
+                )
+                .await;
+                for expected in [250, 250, 354] {
+                    assert_eq!(raw.reply().await.code, expected);
+                }
+                let mut data = body(c, m);
+                data.extend_from_slice(b".\r\n");
+                raw.send(&data).await;
+                let reply = raw.reply().await;
+                assert_eq!(reply.code, 250, "{reply:?}");
+            }
+            raw.cmd("QUIT").await;
+        });
+    }
+    futures_util::future::join_all(tasks).await;
+    report(
+        &format!(
+            "smtp: {total} messages of {SIZE} B, {connections} connections \
+             (STARTTLS+AUTH each) x {per_connection} pipelined transactions"
+        ),
+        total,
+        started.elapsed(),
+    );
+}
+
+/// `http_clients` keep-alive clients at once, each posting `per_client`
+/// one-recipient injections.
+async fn http_round(fixture: &Fixture, http_clients: usize, per_client: usize) {
+    let total = http_clients * per_client;
+    let started = Instant::now();
+    let client = fixture.http();
+    let url = fixture.https_url("/api/inject/v1");
+    let mut tasks = Vec::new();
+    for c in 0..http_clients {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(async move {
+            for m in 0..per_client {
+                let request = serde_json::json!({
+                    "envelope_sender": "bounces@yourdomain.com",
+                    "recipients": ["rcpt@example.com"],
+                    "content": {
+                        "from": "sender@yourdomain.com",
+                        "subject": format!("http {c} {m}"),
+                        "text_body": text(SIZE - 600),
+                    }
+                });
+                let response = client
+                    .post(&url)
+                    .basic_auth(USER, Some(PASSWORD))
+                    .json(&request)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        });
+    }
+    futures_util::future::join_all(tasks).await;
+    report(
+        &format!(
+            "http: {total} messages of ~{SIZE} B, {http_clients} clients (keep-alive) x {per_client} requests"
+        ),
+        total,
+        started.elapsed(),
+    );
 }
 
 fn report(what: &str, messages: usize, elapsed: Duration) {

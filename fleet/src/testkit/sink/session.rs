@@ -108,23 +108,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "EHLO" => {
                 helo = argument.trim().to_string();
                 transaction = None;
-                let mut lines = vec![
-                    format!("sink.test greets {helo}"),
-                    "PIPELINING".into(),
-                    "8BITMIME".into(),
-                    "SMTPUTF8".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    format!("SIZE {MAX_SIZE}"),
-                ];
-                if shared.tls.is_some() && !tls {
-                    lines.push("STARTTLS".into());
-                }
-                let last = lines.len() - 1;
-                let text: String = lines
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
-                    .collect();
+                let text = ehlo_reply(&helo, shared.tls.is_some() && !tls);
                 reply(&mut conn, &text).await?;
             }
             "HELO" => {
@@ -157,22 +141,10 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 }
                 None => reply(&mut conn, "501 5.5.4 syntax: MAIL FROM:<address>\r\n").await?,
             },
-            "RCPT" => match (transaction.as_mut(), path(argument, "TO:")) {
-                (None, _) => reply(&mut conn, "503 5.5.1 MAIL first\r\n").await?,
-                (Some(_), None) => {
-                    reply(&mut conn, "501 5.5.4 syntax: RCPT TO:<address>\r\n").await?
-                }
-                (Some(_), Some(_)) if shared.behaviour == Behaviour::Reject => {
-                    reply(&mut conn, "550 5.1.1 rejected by the test sink\r\n").await?
-                }
-                (Some(t), Some(rcpt)) => match shared.recipient_answer(&rcpt) {
-                    Some(answer) => reply(&mut conn, &answer).await?,
-                    None => {
-                        t.rcpt_to.push(rcpt);
-                        reply(&mut conn, "250 2.1.5 recipient ok\r\n").await?;
-                    }
-                },
-            },
+            "RCPT" => {
+                let answer = rcpt(shared, transaction.as_mut(), argument);
+                reply(&mut conn, &answer).await?;
+            }
             "DATA" => {
                 let Some(t) = transaction.take().filter(|t| !t.rcpt_to.is_empty()) else {
                     reply(&mut conn, "554 5.5.1 no valid recipients\r\n").await?;
@@ -196,6 +168,45 @@ async fn session(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             }
             _ => reply(&mut conn, "500 5.5.2 command not recognised\r\n").await?,
         }
+    }
+}
+
+/// The multi-line EHLO answer, offering STARTTLS when `starttls`.
+fn ehlo_reply(helo: &str, starttls: bool) -> String {
+    let mut lines = vec![
+        format!("sink.test greets {helo}"),
+        "PIPELINING".into(),
+        "8BITMIME".into(),
+        "SMTPUTF8".into(),
+        "ENHANCEDSTATUSCODES".into(),
+        format!("SIZE {MAX_SIZE}"),
+    ];
+    if starttls {
+        lines.push("STARTTLS".into());
+    }
+    let last = lines.len() - 1;
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }))
+        .collect()
+}
+
+/// The answer to `RCPT <argument>`; a taken recipient joins `transaction`.
+fn rcpt(shared: &Shared, transaction: Option<&mut Transaction>, argument: &str) -> String {
+    match (transaction, path(argument, "TO:")) {
+        (None, _) => "503 5.5.1 MAIL first\r\n".into(),
+        (Some(_), None) => "501 5.5.4 syntax: RCPT TO:<address>\r\n".into(),
+        (Some(_), Some(_)) if shared.behaviour == Behaviour::Reject => {
+            "550 5.1.1 rejected by the test sink\r\n".into()
+        }
+        (Some(t), Some(rcpt)) => match shared.recipient_answer(&rcpt) {
+            Some(answer) => answer,
+            None => {
+                t.rcpt_to.push(rcpt);
+                "250 2.1.5 recipient ok\r\n".into()
+            }
+        },
     }
 }
 
