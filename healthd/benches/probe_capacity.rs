@@ -155,7 +155,12 @@ fn idle_seconds() -> f64 {
     fields.get(3).copied().unwrap_or(0.0) / 100.0
 }
 
-async fn measure(dir: &Path, n: usize, window: u64, fakes_pid: String) -> Measured {
+/// healthd in this process probing the `n` fakes every second; its URL,
+/// its control and its task.
+async fn start_healthd(
+    dir: &Path,
+    n: usize,
+) -> (String, Control, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let run_dir = dir.join(format!("run-{n}"));
     std::fs::create_dir_all(&run_dir).unwrap();
     std::fs::write(run_dir.join("fleet.toml"), fleet_toml(n)).unwrap();
@@ -174,6 +179,11 @@ async fn measure(dir: &Path, n: usize, window: u64, fakes_pid: String) -> Measur
     let url = format!("http://{}", listeners.listen.local_addr().unwrap());
     let control = Control::new();
     let task = tokio::spawn(healthd::run(settings, listeners, control.clone()));
+    (url, control, task)
+}
+
+async fn measure(dir: &Path, n: usize, window: u64, fakes_pid: String) -> Measured {
+    let (url, control, task) = start_healthd(dir, n).await;
     let client = reqwest::Client::new();
 
     // Warm up: every MTA up, then a few seconds of steady state.
