@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fleet::event::Event;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -54,7 +54,9 @@ pub struct EventLog {
     file: Arc<Mutex<LogFile>>,
     /// Set while the thread has been asked to commit what was written.
     asked: Arc<AtomicBool>,
-    tx: Mutex<Option<Sender<Msg>>>,
+    /// Shared by the writers (a Reception being written does not hold up
+    /// a delivery's event); taken by `close`, which so waits for them.
+    tx: RwLock<Option<Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     committed: watch::Receiver<u64>,
     subscribers: broadcast::Sender<Arc<Event>>,
@@ -202,7 +204,7 @@ impl EventLog {
             dir: dir.to_path_buf(),
             file,
             asked,
-            tx: Mutex::new(Some(tx)),
+            tx: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             committed,
             subscribers,
@@ -212,7 +214,7 @@ impl EventLog {
 
     /// Queues `event` for the next group commit.
     pub fn append(&self, event: Event) {
-        if let Some(tx) = self.tx.lock().as_ref() {
+        if let Some(tx) = self.tx.read().as_ref() {
             let _ = tx.send(Msg::Event(event));
         }
     }
@@ -223,7 +225,7 @@ impl EventLog {
     /// One `write` under a lock, no `fdatasync`: cheap enough for the
     /// ingress to call before it acknowledges a message.
     pub fn record(&self, events: Vec<Event>) {
-        let tx = self.tx.lock();
+        let tx = self.tx.read();
         let Some(tx) = tx.as_ref() else {
             return;
         };
@@ -248,7 +250,7 @@ impl EventLog {
 
     /// Commits what is queued and stops the writer.
     pub fn close(&self) {
-        drop(self.tx.lock().take());
+        drop(self.tx.write().take());
         if let Some(handle) = self.writer.lock().take() {
             let _ = handle.join();
         }

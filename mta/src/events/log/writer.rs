@@ -30,6 +30,8 @@ use super::{encode_line, segment_name, segments, LogSettings, Metrics};
 const SEGMENT_AGE: Duration = Duration::from_secs(3600);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
 const MAX_GROUP: usize = 8192;
+/// Events the log's thread encodes and writes per turn of the file lock.
+const WRITE_CHUNK: usize = 32;
 /// The write buffer is kept for the next write up to this size: one
 /// Reception line or a few thousand events, without a fresh allocation
 /// (and fresh pages to fault in) for every write.
@@ -240,7 +242,16 @@ impl Committer {
                     .then(|| rx.try_recv().ok())
                     .flatten();
             }
-            self.file.lock().write(batch);
+            // A few events per lock: an ingress writing its Reception (on
+            // an async worker) waits for one chunk, never for the group.
+            let mut batch = batch.into_iter();
+            loop {
+                let chunk: Vec<Event> = batch.by_ref().take(WRITE_CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                self.file.lock().write(chunk);
+            }
             self.sync();
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                 self.housekeeping();
