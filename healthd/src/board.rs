@@ -1,7 +1,7 @@
-//! The health of the whole fleet, shared by the scheduler (which writes
+//! The health of the whole fleet, shared by the probe scheduler (which writes
 //! probe results), the feed, the Clusters API and the drain calls. The
 //! board follows the settings itself ([`Board::follow`]): a reloaded fleet
-//! changes its MTAs, and the scheduler hears of changed targets from it.
+//! changes its MTAs, and the probe scheduler hears of changed targets from it.
 //! `generation` moves only when something a consumer needs changes: a
 //! shown state, an address, a weight, membership.
 
@@ -101,7 +101,7 @@ impl Record {
     }
 }
 
-/// What the scheduler must start and stop after a fleet change.
+/// What the probe scheduler must start and stop after a fleet change.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub added: Vec<(u64, String, ProbeTarget)>,
