@@ -189,11 +189,8 @@ async fn measure(dir: &Path, n: usize, window: u64, fakes_pid: String) -> Measur
     // Warm up: every MTA up, then a few seconds of steady state.
     let start = Instant::now();
     loop {
-        let feed: fleet::feed::FleetHealth = client
-            .get(format!("{url}/v1/fleet"))
-            .send()
+        let feed: fleet::feed::FleetHealth = get(&client, format!("{url}/v1/fleet"))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -260,12 +257,14 @@ struct Scrape {
     lag: Vec<(f64, f64)>,
 }
 
+/// The answer to a GET of `url` (any status).
+async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
+    client.get(url).send().await.unwrap()
+}
+
 async fn scrape(client: &reqwest::Client, url: &str) -> Scrape {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
+    let text = get(client, format!("{url}/metrics"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

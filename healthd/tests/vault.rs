@@ -29,13 +29,11 @@ async fn token_hashes_come_from_vault_and_a_missing_one_names_its_reference() {
     )
     .await
     .unwrap();
-    let configs = ExampleConfigs::relocated([127, 7, 7]).unwrap();
-    let vault = bao.vault_table().unwrap();
+    let configs = ExampleConfigs::relocated_with_vault([127, 7, 7], &bao, "healthd.toml").unwrap();
     configs
         .edit("healthd.toml", |doc| {
             doc["admin_token_sha256"] = value("vault:secret/data/unmta/healthd#admin_token_sha256");
             doc["followers"][0]["token_sha256"] = value("vault:secret/data/unmta/healthd#lb_dns_1");
-            doc["vault"] = vault;
         })
         .unwrap();
     configs
@@ -86,7 +84,7 @@ async fn token_hashes_come_from_vault_and_a_missing_one_names_its_reference() {
 #[tokio::test]
 async fn the_feed_tls_key_comes_from_vault() {
     let bao = Bao::start("127.7.7.2", 8200).await.unwrap();
-    let configs = ExampleConfigs::relocated([127, 7, 7]).unwrap();
+    let configs = ExampleConfigs::relocated_with_vault([127, 7, 7], &bao, "healthd.toml").unwrap();
     let dir = configs.path("feed-tls");
     fleet::testkit::LocalCa::new("feed test CA")
         .unwrap()
@@ -98,14 +96,12 @@ async fn the_feed_tls_key_comes_from_vault() {
         .await
         .unwrap();
     std::fs::remove_file(&key_file).unwrap();
-    let vault = bao.vault_table().unwrap();
     let tls = |reference: &'static str| {
-        let (certificate, vault) = (dir.join("healthd.pem"), vault.clone());
+        let certificate = dir.join("healthd.pem");
         move |doc: &mut toml_edit::DocumentMut| {
             doc["tls"] = toml_edit::table();
             doc["tls"]["certificate"] = value(certificate.display().to_string());
             doc["tls"]["key"] = value(reference);
-            doc["vault"] = vault;
         }
     };
     configs

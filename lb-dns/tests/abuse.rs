@@ -19,14 +19,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_prefix_is_limited_and_slipped_while_another_client_is_answered() {
-    let spec = FleetSpec::standard();
-    let lb = LbDns::start_with(
-        "127.4.50.1",
-        &spec,
-        &[],
-        "[rrl]\nresponses_per_second = 5\nslip = 2\n",
-    )
-    .await;
+    let lb =
+        LbDns::standard_with("127.4.50.1", "[rrl]\nresponses_per_second = 5\nslip = 2\n").await;
     let name = cluster("a1b2c3d4");
     let flood = UdpSocket::bind("127.4.51.3:0").await.unwrap();
     const SENT: usize = 60;
@@ -92,11 +86,8 @@ async fn closed(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connections_are_capped_closing_the_idlest_and_stalled_ones_are_closed() {
-    let spec = FleetSpec::standard();
-    let lb = LbDns::start_with(
+    let lb = LbDns::standard_with(
         "127.4.52.1",
-        &spec,
-        &[],
         "max_connections = 3\ntcp_idle_timeout = \"1s\"\n",
     )
     .await;

@@ -14,12 +14,10 @@ async fn lb_dns_reads_its_feed_token_from_vault() {
     )
     .await
     .unwrap();
-    let configs = ExampleConfigs::relocated([127, 7, 8]).unwrap();
-    let vault = bao.vault_table().unwrap();
+    let configs = ExampleConfigs::relocated_with_vault([127, 7, 8], &bao, "lb-dns.toml").unwrap();
     configs
         .edit("lb-dns.toml", |doc| {
             doc["healthd_token"] = value("vault:secret/data/unmta/lb-dns-1#healthd_token");
-            doc["vault"] = vault;
         })
         .unwrap();
     let settings = lb_dns::Settings::load(&configs.path("lb-dns.toml")).unwrap();

@@ -29,6 +29,21 @@ fn at(net: u8, last: u8, port: u16) -> SocketAddr {
     SocketAddr::new(ip(net, last).into(), port)
 }
 
+/// Dante on `net`.2:1080 asking for `unmta`/`s3cret` and sending from
+/// `out(net, 11)`, and HAProxy on `net`.3:5000; both listening.
+async fn password_socks_and_haproxy(net: u8) -> (ProxyProcess, ProxyProcess) {
+    let socks = proxies::dante(
+        at(net, 2, 1080),
+        out(net, 11).into(),
+        Some(("unmta", "s3cret")),
+    );
+    let haproxy = proxies::haproxy(at(net, 3, 5000));
+    (
+        started(socks.unwrap()).await,
+        started(haproxy.unwrap()).await,
+    )
+}
+
 async fn started(mut proxy: ProxyProcess) -> ProxyProcess {
     proxy
         .wait_listening(LIMIT)
@@ -85,16 +100,7 @@ async fn socks5_with_and_without_a_password_haproxy_and_a_local_address_each_car
     let sink = sink(net, 25, Behaviour::Accept).await;
     let _plain =
         started(proxies::dante(at(net, 1, 1080), out(net, 10).into(), None).unwrap()).await;
-    let _auth = started(
-        proxies::dante(
-            at(net, 2, 1080),
-            out(net, 11).into(),
-            Some(("unmta", "s3cret")),
-        )
-        .unwrap(),
-    )
-    .await;
-    let _haproxy = started(proxies::haproxy(at(net, 3, 5000)).unwrap()).await;
+    let (_auth, _haproxy) = password_socks_and_haproxy(net).await;
     let sources = [
         source("socks", out(net, 10), &format!("  socks5 = \"{}\"", at(net, 1, 1080))),
         source(
@@ -151,15 +157,12 @@ async fn socks5_with_and_without_a_password_haproxy_and_a_local_address_each_car
         );
         assert_eq!(m.helo, format!("{name}.yourdomain.com"));
     }
-    let attempts = egress.metrics.sources.attempts.clone();
-    let mut text = String::new();
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register("a", "a", attempts);
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    assert!(
-        text.contains("pool=\"shared\",source=\"socks\"} 20"),
-        "{text}"
-    );
+    let socks = mta::delivery::egress::metrics::SourceLabels {
+        pool: "shared".into(),
+        source: "socks".into(),
+    };
+    let attempts = egress.metrics.sources.attempts.get_or_create(&socks).get();
+    assert_eq!(attempts, 20, "attempts over the shared pool's socks source");
     egress.stop().await;
 }
 
@@ -171,16 +174,7 @@ async fn refusing_and_absent_sources_are_taken_out_and_their_mail_goes_over_the_
     fleet::in_own_namespace!();
     let net = 41;
     let sink = sink(net, 25, Behaviour::Accept).await;
-    let _auth = started(
-        proxies::dante(
-            at(net, 2, 1080),
-            out(net, 11).into(),
-            Some(("unmta", "s3cret")),
-        )
-        .unwrap(),
-    )
-    .await;
-    let _haproxy = started(proxies::haproxy(at(net, 3, 5000)).unwrap()).await;
+    let (_auth, _haproxy) = password_socks_and_haproxy(net).await;
     let sources = [
         source(
             "wrong-password",

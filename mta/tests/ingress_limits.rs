@@ -69,8 +69,7 @@ async fn a_client_that_never_reads_is_cut_off() {
 #[tokio::test]
 async fn a_silent_starttls_handshake_is_dropped_quickly() {
     let (fixture, node) = Fixture::started(94, "tls_handshake_timeout = \"300ms\"").await;
-    let mut raw = Raw::connect(fixture.smtp_addr()).await;
-    assert_eq!(raw.reply().await.code, 220);
+    let mut raw = Raw::greeted(fixture.smtp_addr()).await;
     assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
     assert_eq!(raw.cmd("STARTTLS").await.code, 220);
     let started = Instant::now();
@@ -147,12 +146,7 @@ async fn auth_failures_are_limited_per_address_and_per_username() {
         .unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
 
-    let metrics = reqwest::get(format!("http://{}/metrics", node.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     // Counted where they were refused (the series exist at 0 from start).
     let smtp = format!("smtp:{}", SMTP_PORTS[0]);
     let https = format!("https:{HTTPS_PORT}");

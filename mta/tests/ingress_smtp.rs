@@ -160,8 +160,7 @@ async fn without_starttls_everything_but_the_basics_gets_530() {
 #[tokio::test]
 async fn auth_before_tls_is_refused() {
     let (fixture, node) = Fixture::started(4, "").await;
-    let mut raw = Raw::connect(fixture.smtp_addr()).await;
-    raw.reply().await;
+    let mut raw = Raw::greeted(fixture.smtp_addr()).await;
     raw.cmd("EHLO client.example").await;
     for command in [
         format!("AUTH PLAIN {}", plain(USER, PASSWORD)),
@@ -486,8 +485,7 @@ async fn bare_lf_and_overlong_lines_are_refused_clearly() {
 #[tokio::test]
 async fn commands_pipelined_behind_starttls_are_discarded() {
     let (fixture, node) = Fixture::started(13, "").await;
-    let mut raw = Raw::connect(fixture.smtp_addr()).await;
-    raw.reply().await;
+    let mut raw = Raw::greeted(fixture.smtp_addr()).await;
     // The CVE-2011-0411 shape: plaintext commands after STARTTLS, in the
     // same packet, that a careless server would run inside TLS.
     raw.send(
@@ -577,24 +575,18 @@ async fn connection_caps_answer_421_and_close() {
     // A slot frees when a client leaves.
     first.cmd("QUIT").await;
     assert!(first.closed().await);
-    let mut attempts = 0;
-    loop {
-        let mut again = Raw::connect(fixture.smtp_addr()).await;
-        if again.reply().await.code == 220 {
-            break;
-        }
-        attempts += 1;
-        assert!(attempts < 100, "the slot was never freed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    fleet::testkit::process::eventually(LIMIT, "the slot is freed for a new client", || async {
+        Raw::connect(fixture.smtp_addr()).await.reply().await.code == 220
+    })
+    .await
+    .unwrap();
     node.stop().await;
 }
 
 #[tokio::test]
 async fn idle_clients_time_out_with_421() {
     let (fixture, node) = Fixture::started(17, "command_timeout = \"300ms\"").await;
-    let mut raw = Raw::connect(fixture.smtp_addr()).await;
-    assert_eq!(raw.reply().await.code, 220);
+    let mut raw = Raw::greeted(fixture.smtp_addr()).await;
     let reply = raw.reply().await;
     assert_eq!((reply.code, &reply.first()[..5]), (421, "4.4.2"));
     assert!(raw.closed().await);
@@ -604,8 +596,7 @@ async fn idle_clients_time_out_with_421() {
 #[tokio::test]
 async fn shutdown_tells_connected_clients_421() {
     let (fixture, node) = Fixture::started(18, "").await;
-    let mut plain = Raw::connect(fixture.smtp_addr()).await;
-    plain.reply().await;
+    let mut plain = Raw::greeted(fixture.smtp_addr()).await;
     let mut secure = Raw::authenticated(&fixture).await;
     node.shutdown();
     for raw in [&mut plain, &mut secure] {
@@ -694,8 +685,7 @@ async fn a_new_certificate_is_served_after_a_reload() {
     let new_ca = ca.cert_pem();
     let mut attempts = 0;
     loop {
-        let mut raw = Raw::connect(fixture.smtp_addr()).await;
-        raw.reply().await;
+        let mut raw = Raw::greeted(fixture.smtp_addr()).await;
         raw.cmd("EHLO x").await;
         assert_eq!(raw.cmd("STARTTLS").await.code, 220);
         if raw.try_tls(&new_ca).await.is_some() {
@@ -706,8 +696,7 @@ async fn a_new_certificate_is_served_after_a_reload() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     // The old CA no longer verifies it.
-    let mut raw = Raw::connect(fixture.smtp_addr()).await;
-    raw.reply().await;
+    let mut raw = Raw::greeted(fixture.smtp_addr()).await;
     raw.cmd("EHLO x").await;
     raw.cmd("STARTTLS").await;
     assert!(raw.try_tls(&old_ca).await.is_none());
@@ -717,14 +706,6 @@ async fn a_new_certificate_is_served_after_a_reload() {
 #[tokio::test]
 async fn ingress_metrics_on_the_admin_listener() {
     let (fixture, node) = Fixture::started(22, "").await;
-    let scrape = || async {
-        reqwest::get(format!("http://{}/metrics", node.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     // Before any traffic every labelled counter whose labels are known is
     // there at 0, on every listener.
     let mut listeners = SMTP_PORTS.map(|port| format!("smtp:{port}")).to_vec();
@@ -764,13 +745,13 @@ async fn ingress_metrics_on_the_admin_listener() {
         }
     }
     let zeros: Vec<&str> = zeros.iter().map(String::as_str).collect();
-    fleet::testkit::assert_contains_all(&scrape().await, &zeros);
+    fleet::testkit::assert_contains_all(&node.metrics().await, &zeros);
     let mut raw = Raw::authenticated(&fixture).await;
     assert_eq!(
         transaction(&mut raw, message("m").as_bytes()).await.code,
         250
     );
-    let metrics = scrape().await;
+    let metrics = node.metrics().await;
     fleet::testkit::assert_contains_all(
         &metrics,
         &[

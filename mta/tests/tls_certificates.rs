@@ -87,8 +87,7 @@ async fn start(fixture: &Fixture) -> DaemonProcess {
 /// SMTP: banner, EHLO, STARTTLS with the strict client, EHLO; the
 /// connection and the leaf the server presented.
 async fn smtp(fixture: &Fixture) -> (Raw, (String, i64)) {
-    let mut raw = Raw::connect(fixture.smtp_addr()).await;
-    assert_eq!(raw.reply().await.code, 220);
+    let mut raw = Raw::greeted(fixture.smtp_addr()).await;
     assert_eq!(raw.cmd("EHLO client.example").await.code, 250);
     assert_eq!(raw.cmd("STARTTLS").await.code, 220);
     let (mut raw, leaf) = raw

@@ -21,6 +21,19 @@ pub fn repo_configs() -> PathBuf {
 }
 
 impl ExampleConfigs {
+    /// [`ExampleConfigs::relocated`], with the daemon config `file`
+    /// reading its secrets from `bao` (`[vault]` with the root token).
+    pub fn relocated_with_vault(
+        base: [u8; 3],
+        bao: &super::Bao,
+        file: &str,
+    ) -> anyhow::Result<ExampleConfigs> {
+        let configs = Self::relocated(base)?;
+        let vault = bao.vault_table()?;
+        configs.edit(file, |doc| doc["vault"] = vault)?;
+        Ok(configs)
+    }
+
     /// Copies `configs/` (files and `tls/`) and rewrites every address to
     /// `base.x` (MTAs from `.11`, DNS on `.53`, admin and HTTP listeners on
     /// `.1`) and every port to an unprivileged one. `tls/` gets a fresh

@@ -231,31 +231,17 @@ mod tests {
 
     use super::*;
 
-    const FLEET: &str = r#"
-[zone]
-origin = "unmta.net"
-primary_ns = "ns1.unmta.net"
-hostmaster = "hostmaster.unmta.net"
-nameservers = [ { name = "ns1.unmta.net", ipv4 = "192.0.2.53" } ]
-
-[ports]
-smtp = [587]
-https = 443
-
-[[clusters]]
-id = "a1"
-domains = ["a.example"]
-  [[clusters.mtas]]
-  name = "mta-1"
-  ipv4 = "192.0.2.1"
-
-[[clusters]]
-id = "b2"
-domains = ["b.example"]
-  [[clusters.mtas]]
-  name = "mta-2"
-  ipv4 = "192.0.2.2"
-"#;
+    /// Two clusters of one MTA each.
+    fn two_clusters() -> fleet::Fleet {
+        let text = fleet::testkit::FleetToml::new("192.0.2.53")
+            .ports(&[587], 443)
+            .cluster("a1", &["a.example"])
+            .mta("mta-1", "192.0.2.1")
+            .cluster("b2", &["b.example"])
+            .mta("mta-2", "192.0.2.2")
+            .to_string();
+        fleet::parse_fleet(&text, "fleet.toml").unwrap()
+    }
 
     fn id(board: &Board, name: &str) -> u64 {
         board
@@ -268,7 +254,7 @@ domains = ["b.example"]
 
     #[tokio::test]
     async fn writes_down_each_change_of_a_shown_state_per_cluster() {
-        let fleet = fleet::parse_fleet(FLEET, "fleet.toml").unwrap();
+        let fleet = two_clusters();
         let board = Board::new(fleet, BTreeSet::new());
         let shutdown = CancellationToken::new();
         let journal = Journal::start(board.clone(), None, &TaskTracker::new(), shutdown.clone());
@@ -300,7 +286,7 @@ domains = ["b.example"]
     async fn transitions_survive_a_restart_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = JournalFile::beside(&dir.path().join("var/state.json"));
-        let fleet = fleet::parse_fleet(FLEET, "fleet.toml").unwrap();
+        let fleet = two_clusters();
         let board = Board::new(fleet.clone(), BTreeSet::new());
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -333,10 +319,7 @@ domains = ["b.example"]
         assert_eq!(before[0].to, MtaState::Down);
 
         std::fs::write(file.path(), "{ not json").unwrap();
-        let board = Board::new(
-            fleet::parse_fleet(FLEET, "fleet.toml").unwrap(),
-            BTreeSet::new(),
-        );
+        let board = Board::new(two_clusters(), BTreeSet::new());
         let damaged = Journal::start(
             board,
             Some(file),

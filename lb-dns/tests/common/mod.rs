@@ -292,6 +292,11 @@ impl LbDns {
         lb
     }
 
+    /// [`LbDns::start_with`] the standard fleet and no feed.
+    pub async fn standard_with(ip: &str, extra: &str) -> LbDns {
+        LbDns::start_with(ip, &FleetSpec::standard(), &[], extra).await
+    }
+
     /// Starts lb-dns with its files in `dir` (kept by the caller).
     pub async fn start_in(dir: &Path, ip: &str, spec: &FleetSpec, feeds: &[String]) -> LbDns {
         let config = write_config(dir, ip, spec, feeds);

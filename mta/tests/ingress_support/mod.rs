@@ -269,6 +269,16 @@ pub struct Running {
 }
 
 impl Running {
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Starts the shutdown a SIGTERM starts.
     pub fn shutdown(&self) {
         self.daemon.shutdown();
@@ -322,6 +332,14 @@ impl Raw {
         Raw {
             stream: BufReader::new(Box::new(stream)),
         }
+    }
+
+    /// Connects and reads the greeting, which must be a 220.
+    pub async fn greeted(addr: SocketAddr) -> Raw {
+        let mut raw = Raw::connect(addr).await;
+        let greeting = raw.reply().await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        raw
     }
 
     /// Connects from `source` (a loopback address of the test's range).
