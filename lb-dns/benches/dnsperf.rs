@@ -450,30 +450,12 @@ fn main() {
         println!("dnsperf bench: run with `cargo bench -p lb-dns --bench dnsperf`");
         return;
     }
-    for tool in ["dnsperf", "gdnsd"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            println!("dnsperf bench skipped: `{tool}` is not installed (Debian package {tool})");
-            return;
-        }
+    if let Some(tool) = ["dnsperf", "gdnsd"].into_iter().find(|t| !installed(t)) {
+        println!("dnsperf bench skipped: `{tool}` is not installed (Debian package {tool})");
+        return;
     }
-    let seconds: u64 = std::env::var("DNSPERF_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let rounds: usize = std::env::var("DNSPERF_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let udp_sockets: usize = std::env::var("DNSPERF_LB_UDP_SOCKETS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let seconds = setting("DNSPERF_SECONDS", 5) as u64;
+    let rounds = setting("DNSPERF_ROUNDS", 3);
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -483,8 +465,49 @@ fn main() {
     let feed_thread = std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
     drop(feed_thread);
 
-    std::fs::write(dir.path().join("fleet.toml"), fleet_toml()).unwrap();
-    let config = dir.path().join("lb-dns.toml");
+    let mut lb = start_lb_dns(dir.path(), setting("DNSPERF_LB_UDP_SOCKETS", 2));
+    let gd = start_gdnsd(dir.path(), setting("DNSPERF_GDNSD_UDP_THREADS", 2));
+    let queries = query_file(dir.path());
+    let rounds = Rounds::run((lb.0.id(), gd.0.id()), &queries, seconds, rounds.max(1));
+    rounds.print();
+    let half = (rounds.lb.peak.qps / 2.0) as u64;
+    let run = dnsperf(LB_DNS, &queries, seconds, Some(half));
+    print_run(&format!("lb-dns  -Q {half}"), &run);
+    let run_gd = dnsperf(GDNSD, &queries, seconds, Some(half));
+    print_run(&format!("gdnsd   -Q {half}"), &run_gd);
+    println!(
+        "\nat 50% of lb-dns's peak: lb-dns lost {} of {} queries{}",
+        run.lost,
+        run.sent,
+        if run.lost == 0 { " (none)" } else { "" }
+    );
+    std::io::stdout().flush().unwrap();
+    if let Ok(Some(status)) = lb.0.try_wait() {
+        panic!("lb-dns exited under load: {status}");
+    }
+    assert_eq!(run.lost, 0, "lb-dns lost queries at 50% of its peak");
+}
+
+fn installed(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A number from the environment, or `default`.
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// lb-dns on [`LB_DNS`], answering from a fresh feed (not failing open).
+fn start_lb_dns(dir: &Path, udp_sockets: usize) -> Killed {
+    std::fs::write(dir.join("fleet.toml"), fleet_toml()).unwrap();
+    let config = dir.join("lb-dns.toml");
     std::fs::write(
         &config,
         format!(
@@ -503,7 +526,6 @@ fn main() {
         .expect("lb-dns starts");
     let mut lb = Killed(lb);
     wait_answering(LB_DNS, MTAS, &mut lb.0, "lb-dns");
-    // Up from the feed, not failing open: the status says fresh.
     let start = Instant::now();
     loop {
         let status = Command::new("curl")
@@ -512,7 +534,7 @@ fn main() {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         if status.contains("\"stale\":false") {
-            break;
+            return lb;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
@@ -520,12 +542,10 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
 
-    let gdnsd_threads: usize = std::env::var("DNSPERF_GDNSD_UDP_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let gdnsd_dir = gdnsd_config(dir.path(), gdnsd_threads);
+fn start_gdnsd(dir: &Path, udp_threads: usize) -> Killed {
+    let gdnsd_dir = gdnsd_config(dir, udp_threads);
     let gd = Command::new("gdnsd")
         .arg("-c")
         .arg(&gdnsd_dir)
@@ -536,26 +556,5 @@ fn main() {
         .expect("gdnsd starts");
     let mut gd = Killed(gd);
     wait_answering(GDNSD, MTAS, &mut gd.0, "gdnsd");
-
-    let queries = query_file(dir.path());
-    let rounds = Rounds::run((lb.0.id(), gd.0.id()), &queries, seconds, rounds.max(1));
-    rounds.print();
-    let best_lb = rounds.lb.peak.clone();
-
-    let half = (best_lb.qps / 2.0) as u64;
-    let run = dnsperf(LB_DNS, &queries, seconds, Some(half));
-    print_run(&format!("lb-dns  -Q {half}"), &run);
-    let run_gd = dnsperf(GDNSD, &queries, seconds, Some(half));
-    print_run(&format!("gdnsd   -Q {half}"), &run_gd);
-    println!(
-        "\nat 50% of lb-dns's peak: lb-dns lost {} of {} queries{}",
-        run.lost,
-        run.sent,
-        if run.lost == 0 { " (none)" } else { "" }
-    );
-    std::io::stdout().flush().unwrap();
-    if let Ok(Some(status)) = lb.0.try_wait() {
-        panic!("lb-dns exited under load: {status}");
-    }
-    assert_eq!(run.lost, 0, "lb-dns lost queries at 50% of its peak");
+    gd
 }
