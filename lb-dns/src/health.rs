@@ -285,11 +285,14 @@ impl Health {
                 ),
                 (source, Some(age)) => format!(
                     "stale: every healthd feed is unreachable ({why}); answering from the last \
-                     known state ({}, {age:.0}s old)",
+                     known state ({}, {} old)",
                     match source {
                         HealthSource::StateFile => "from the state file",
                         _ => "from the feeds",
-                    }
+                    },
+                    fleet::clock::words(
+                        Duration::try_from_secs_f64(age.round()).unwrap_or_default()
+                    )
                 ),
             }
         };

@@ -46,7 +46,8 @@ pub fn verify(
     let timestamp = timestamp.ok_or("the signature header has no t=<unix seconds>")?;
     if now.abs_diff(timestamp) > tolerance_secs {
         return Err(format!(
-            "the timestamp {timestamp} is more than {tolerance_secs}s from now"
+            "the timestamp {timestamp} is more than {} from now",
+            fleet::clock::words(std::time::Duration::from_secs(tolerance_secs))
         ));
     }
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
