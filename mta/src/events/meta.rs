@@ -17,8 +17,9 @@ const MAX_VALUE: usize = 1024;
 /// `meta` for a message of `cluster` submitted with `credential`.
 ///
 /// One pass over the header section: only the From: and Subject: fields
-/// go through mail-parser (for RFC 2047 words and address syntax), so a
-/// message's Received:, Date: and other fields cost nothing here.
+/// are read, and only when they are not written plainly (RFC 2047 words,
+/// quoting, comments, folds) do they go through mail-parser, so a message's
+/// Received:, Date: and other fields cost nothing here.
 pub fn of_message(data: &[u8], cluster: &str, credential: &str) -> Meta {
     let mut meta = Meta {
         cluster: cluster.to_string(),
@@ -29,8 +30,7 @@ pub fn of_message(data: &[u8], cluster: &str, credential: &str) -> Meta {
     for field in fields(header_block(data)) {
         let name = field.name();
         if name.eq_ignore_ascii_case(b"from") || name.eq_ignore_ascii_case(b"subject") {
-            picked.extend_from_slice(field.raw);
-            picked.extend_from_slice(b"\r\n");
+            picked.push(field);
         } else if x_metas < MAX_METADATA {
             // The first MAX_METADATA such fields; a repeated name, the last.
             if let Some((key, value)) = x_meta(&field) {
@@ -39,19 +39,76 @@ pub fn of_message(data: &[u8], cluster: &str, credential: &str) -> Meta {
             }
         }
     }
-    if picked.is_empty() {
-        return meta;
-    }
-    picked.extend_from_slice(b"\r\n");
-    if let Some(message) = mail_parser::MessageParser::default().parse_headers(&picked[..]) {
-        meta.from = message
-            .from()
-            .and_then(|from| from.first())
-            .and_then(|addr| addr.address())
-            .map(str::to_string);
-        meta.subject = message.subject().map(|s| clip(s.trim()));
-    }
+    (meta.from, meta.subject) = plain(&picked).unwrap_or_else(|| parsed(&picked));
     meta
+}
+
+/// From:'s address and the Subject: through mail-parser.
+fn parsed(picked: &[Field<'_>]) -> (Option<String>, Option<String>) {
+    let mut head = Vec::new();
+    for field in picked {
+        head.extend_from_slice(field.raw);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let Some(message) = mail_parser::MessageParser::default().parse_headers(&head[..]) else {
+        return (None, None);
+    };
+    let from = message
+        .from()
+        .and_then(|from| from.first())
+        .and_then(|addr| addr.address())
+        .map(str::to_string);
+    (from, message.subject().map(|s| clip(s.trim())))
+}
+
+/// From:'s address and the Subject: when each is there at most once and
+/// written plainly, as mail-parser would read them; else `None`.
+fn plain(picked: &[Field<'_>]) -> Option<(Option<String>, Option<String>)> {
+    let (mut from, mut subject) = (None, None);
+    for field in picked {
+        let value = plain_value(field)?;
+        if field.name().eq_ignore_ascii_case(b"from") {
+            if from.replace(plain_address(value)?).is_some() {
+                return None;
+            }
+        } else if subject.replace(clip(value)).is_some() {
+            return None;
+        }
+    }
+    Some((from, subject))
+}
+
+/// A field's value when it is one line of printable ASCII without an
+/// encoded word, trimmed and not empty.
+fn plain_value<'a>(field: &Field<'a>) -> Option<&'a str> {
+    let raw = field.raw;
+    let value = &raw[memchr::memchr(b':', raw)? + 1..];
+    let printable = value.iter().all(|b| (0x20..0x7f).contains(b));
+    if !printable || value.windows(2).any(|w| w == b"=?") {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?.trim();
+    (!value.is_empty()).then_some(value)
+}
+
+/// The address of `addr@domain`, `<addr@domain>` or `Name <addr@domain>`
+/// with a name of letters, digits, spaces, `-` and `_`; anything else (a
+/// quoted name, comments, groups, several addresses) is left to mail-parser.
+fn plain_address(value: &str) -> Option<String> {
+    let (name, addr) = match value.split_once('<') {
+        Some((name, rest)) => (name, rest.strip_suffix('>')?),
+        None => ("", value),
+    };
+    let name_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'-' | b'_'));
+    let addr_ok = addr
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"@.!#$%&'*+/=?^_`{|}~-".contains(&b));
+    let (local, domain) = addr.split_once('@')?;
+    let one_at = !domain.contains('@') && !local.is_empty() && !domain.is_empty();
+    (name_ok && addr_ok && one_at).then(|| addr.to_string())
 }
 
 /// The message's header section (up to and including the blank line).
@@ -160,6 +217,39 @@ mod tests {
             Some("42 and more")
         );
         assert!(!meta.metadata.contains_key("body"));
+    }
+
+    #[test]
+    fn plain_fields_read_as_mail_parser_reads_them() {
+        let cases = [
+            "From: App <app@example.com>\r\nSubject: bench 12\r\n",
+            "From: app@example.com\r\nSubject:   two  spaces  inside \r\n",
+            "From: <a.b+c@sub.example.com>\r\n",
+            "Subject: only a subject\r\n",
+            "From: Jane_Doe-2 <j@example.org>\r\nSubject:\r\n",
+            "From: \"Quoted, Name\" <q@example.com>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n",
+            "From: a@example.com (comment)\r\n",
+            "From: a@example.com, b@example.com\r\n",
+            "From: Group: a@example.com;\r\n",
+            "From: App <app@example.com>\r\nFrom: Other <o@example.com>\r\n",
+            "From: no-at-sign\r\nSubject: tab\there\r\n",
+            "From: App <app@example.com> trailing\r\n",
+        ];
+        for case in cases {
+            let data = format!("{case}\r\nbody\r\n");
+            let picked: Vec<Field<'_>> = fields(header_block(data.as_bytes()))
+                .filter(|f| {
+                    let name = f.name();
+                    name.eq_ignore_ascii_case(b"from") || name.eq_ignore_ascii_case(b"subject")
+                })
+                .collect();
+            let meta = of_message(data.as_bytes(), "c", "");
+            assert_eq!((meta.from, meta.subject), parsed(&picked), "{case:?}");
+        }
+        // The bench's and most messages' fields take the plain path.
+        let plain_case = "From: App <app@example.com>\r\nSubject: bench 12\r\n\r\n";
+        let picked: Vec<Field<'_>> = fields(header_block(plain_case.as_bytes())).collect();
+        assert!(plain(&picked).is_some());
     }
 
     #[test]
