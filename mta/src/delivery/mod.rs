@@ -399,7 +399,7 @@ impl Engine {
             reached.text = format!(
                 "expired after {} attempts in {}; last: {}",
                 job.attempts,
-                words(Duration::from_millis(
+                fleet::clock::words(Duration::from_millis(
                     now.saturating_sub(message.received_ms)
                 )),
                 reached.text
@@ -525,24 +525,12 @@ impl Engine {
         let text = match why {
             Held::NodeLimit(limit) => format!(
                 "held by the node's rate limit {limit}: next permit in {}",
-                words(wait)
+                fleet::clock::words(wait)
             ),
-            Held::Egress(why) => format!("{why}: next try in {}", words(wait)),
+            Held::Egress(why) => format!("{why}: next try in {}", fleet::clock::words(wait)),
         };
         self.event(EventKind::Delayed, &message, &job, Reached::here(text));
     }
-}
-
-/// A wait or an age as people read it, by humantime: to the millisecond
-/// under a minute (`850ms`, `12s 345ms`), to the second from then on
-/// (`2m 5s`, `1day 3h 4m`).
-fn words(d: Duration) -> String {
-    let d = if d >= Duration::from_secs(60) {
-        Duration::from_secs(d.as_secs())
-    } else {
-        Duration::from_millis(d.as_millis() as u64)
-    };
-    humantime::format_duration(d).to_string()
 }
 
 impl Dispatch for Arc<Engine> {
@@ -663,18 +651,5 @@ impl EngineHandle {
         let events = self.engine.events.clone();
         let _ = tokio::task::spawn_blocking(move || events.close()).await;
         finished
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_and_ages_read_as_humantime_writes_them() {
-        assert_eq!(words(Duration::from_nanos(850_123_456)), "850ms");
-        assert_eq!(words(Duration::from_millis(12_345)), "12s 345ms");
-        assert_eq!(words(Duration::from_millis(125_678)), "2m 5s");
-        assert_eq!(words(Duration::from_secs(97_440)), "1day 3h 4m");
     }
 }
