@@ -242,8 +242,9 @@ impl Event {
     }
 }
 
-/// The destination domain of `address` (lower case), or empty.
-pub fn domain_of(address: &str) -> String {
+/// The queue an event names for a recipient: its domain in lower case
+/// (empty without one), as the hosted service's events do.
+pub fn queue_of(address: &str) -> String {
     address
         .rsplit_once('@')
         .map(|(_, d)| d.to_ascii_lowercase())

@@ -83,7 +83,7 @@ fn feed() -> FleetHealth {
         clusters: (0..CLUSTERS)
             .map(|c| ClusterHealth {
                 id: cluster_id(c),
-                hostname: format!("c-{}.{ORIGIN}", cluster_id(c)),
+                hostname: fleet::model::cluster_hostname(&cluster_id(c), ORIGIN),
                 mtas: (0..MTAS)
                     .map(|m| MtaHealth {
                         name: format!("m-{c}-{m}"),

@@ -162,7 +162,7 @@ impl Ingress {
             event.envelope_sender = submission.sender.to_string();
             event.sender = submission.sender.to_string();
             event.recipient = recipient.clone();
-            event.queue = fleet::event::domain_of(recipient);
+            event.queue = fleet::event::queue_of(recipient);
             event.peer_address = Some(PeerAddress {
                 name: submission.via.helo().to_string(),
                 addr: submission.peer.to_string(),
@@ -187,7 +187,7 @@ impl Ingress {
         event.sender = refused.sender.to_string();
         event.envelope_sender = refused.sender.to_string();
         event.recipient = refused.recipient.to_string();
-        event.queue = fleet::event::domain_of(refused.recipient);
+        event.queue = fleet::event::queue_of(refused.recipient);
         event.peer_address = Some(PeerAddress {
             name: refused.helo.to_string(),
             addr: refused.peer.to_string(),

@@ -59,7 +59,7 @@ impl ExampleConfigs {
             if let Some(clusters) = doc["clusters"].as_array_of_tables_mut() {
                 for cluster in clusters.iter_mut() {
                     if let Some(id) = cluster["id"].as_str() {
-                        names.push(format!("c-{id}.{origin}"));
+                        names.push(crate::model::cluster_hostname(id, &origin));
                     }
                     if let Some(mtas) = cluster["mtas"].as_array_of_tables_mut() {
                         for mta in mtas.iter_mut() {

@@ -54,7 +54,7 @@ impl Secrets {
     }
 
     pub fn hostname(&self) -> String {
-        format!("c-{}.{ORIGIN}", self.cluster_id)
+        fleet::model::cluster_hostname(&self.cluster_id, ORIGIN)
     }
 }
 

@@ -127,7 +127,7 @@ impl FleetSpec {
                 .iter()
                 .map(|(id, mtas)| ClusterHealth {
                     id: id.clone(),
-                    hostname: format!("c-{id}.{ORIGIN}"),
+                    hostname: fleet::model::cluster_hostname(id, ORIGIN),
                     mtas: mtas
                         .iter()
                         .map(|m| MtaHealth {

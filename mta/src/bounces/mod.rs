@@ -120,7 +120,7 @@ pub fn receive(events: &Events, metrics: &BounceMetrics, inbound: Inbound<'_>) -
                 let mut event = base(EventType::Oob);
                 event.id.clone_from(&verp_id);
                 event.sender = format!("{verp_id}@{}", inbound.bounce_domain);
-                event.queue = fleet::event::domain_of(&failed.recipient);
+                event.queue = fleet::event::queue_of(&failed.recipient);
                 event.recipient = failed.recipient;
                 event.site = failed.remote_mta.unwrap_or_default();
                 event.response = failed.response;
@@ -141,7 +141,7 @@ pub fn receive(events: &Events, metrics: &BounceMetrics, inbound: Inbound<'_>) -
             event.id = original_id.unwrap_or(verp_id);
             event.sender = format!("{}@{}", event.id, inbound.bounce_domain);
             event.recipient = report.original_rcpt_to.clone().unwrap_or_default();
-            event.queue = fleet::event::domain_of(&event.recipient);
+            event.queue = fleet::event::queue_of(&event.recipient);
             event.response = Response::new(0, format!("feedback report: {}", report.feedback_type));
             event.feedback_report = Some(report);
             events.emit(event);

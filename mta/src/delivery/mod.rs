@@ -278,7 +278,7 @@ impl Engine {
         event.id = job.id().0;
         event.sender = self.return_path(message, job);
         event.envelope_sender = message.sender.clone();
-        event.queue = fleet::event::domain_of(&recipient);
+        event.queue = fleet::event::queue_of(&recipient);
         event.recipient = recipient;
         event.site = reached.host.clone().unwrap_or_default();
         event.peer_address = reached.peer.map(|addr| PeerAddress {

@@ -3,8 +3,6 @@
 //! retries with exponential backoff and jitter until the endpoint answers
 //! 2xx, then moves the cursor. One batch at a time, in log order.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,19 +50,7 @@ fn read_cursor(path: &Path) -> Option<u64> {
 
 /// Replaces the cursor file durably (write, sync, rename), mode 0600.
 fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(format!("{seq}\n").as_bytes())?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    fleet::fs::replace_file(path, format!("{seq}\n").as_bytes())
 }
 
 /// Backoff before retry `attempt` (1-based): doubling, capped, ±25 %.
