@@ -248,54 +248,7 @@ impl Health {
         } else {
             inner.confirmed_at.map(secs_since)
         };
-        let reason = if !stale {
-            let lagging: Vec<String> = feeds
-                .iter()
-                .filter(|f| !f.fresh)
-                .map(|f| match &f.last_error {
-                    Some(e) => format!("{}: {e}", f.url),
-                    None => format!("{}: no answer yet", f.url),
-                })
-                .collect();
-            if lagging.is_empty() {
-                format!("fresh: following {}", fresh.join(", "))
-            } else {
-                format!(
-                    "fresh: following {}; unreachable: {}",
-                    fresh.join(", "),
-                    lagging.join("; ")
-                )
-            }
-        } else {
-            let why = if feeds.is_empty() {
-                "no healthd feed configured".to_string()
-            } else {
-                feeds
-                    .iter()
-                    .map(|f| match &f.last_error {
-                        Some(e) => format!("{}: {e}", f.url),
-                        None => format!("{}: no answer yet", f.url),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
-            match (inner.source, state_age_secs) {
-                (HealthSource::Nothing, _) | (_, None) => format!(
-                    "stale: no health state at all ({why}); every cluster answers when_all_down"
-                ),
-                (source, Some(age)) => format!(
-                    "stale: every healthd feed is unreachable ({why}); answering from the last \
-                     known state ({}, {} old)",
-                    match source {
-                        HealthSource::StateFile => "from the state file",
-                        _ => "from the feeds",
-                    },
-                    fleet::clock::words(
-                        Duration::try_from_secs_f64(age.round()).unwrap_or_default()
-                    )
-                ),
-            }
-        };
+        let reason = reason(&feeds, &fresh, inner.source, state_age_secs);
         HealthReport {
             source: inner.source,
             stale,
@@ -303,6 +256,54 @@ impl Health {
             feeds,
             reason,
         }
+    }
+}
+
+/// `/ready`'s and `/status`'s sentence on where the answers come from.
+fn reason(
+    feeds: &[FeedReport],
+    fresh: &[&str],
+    source: HealthSource,
+    state_age_secs: Option<f64>,
+) -> String {
+    if !fresh.is_empty() {
+        let lagging: Vec<String> = feeds.iter().filter(|f| !f.fresh).map(trouble).collect();
+        return if lagging.is_empty() {
+            format!("fresh: following {}", fresh.join(", "))
+        } else {
+            format!(
+                "fresh: following {}; unreachable: {}",
+                fresh.join(", "),
+                lagging.join("; ")
+            )
+        };
+    }
+    let why = if feeds.is_empty() {
+        "no healthd feed configured".to_string()
+    } else {
+        feeds.iter().map(trouble).collect::<Vec<_>>().join("; ")
+    };
+    match (source, state_age_secs) {
+        (HealthSource::Nothing, _) | (_, None) => {
+            format!("stale: no health state at all ({why}); every cluster answers when_all_down")
+        }
+        (source, Some(age)) => format!(
+            "stale: every healthd feed is unreachable ({why}); answering from the last \
+             known state ({}, {} old)",
+            match source {
+                HealthSource::StateFile => "from the state file",
+                _ => "from the feeds",
+            },
+            fleet::clock::words(Duration::try_from_secs_f64(age.round()).unwrap_or_default())
+        ),
+    }
+}
+
+/// What is wrong with a feed that is not fresh.
+fn trouble(feed: &FeedReport) -> String {
+    match &feed.last_error {
+        Some(e) => format!("{}: {e}", feed.url),
+        None => format!("{}: no answer yet", feed.url),
     }
 }
 
