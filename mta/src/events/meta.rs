@@ -92,23 +92,13 @@ fn plain_value<'a>(field: &Field<'a>) -> Option<&'a str> {
     (!value.is_empty()).then_some(value)
 }
 
-/// The address of `addr@domain`, `<addr@domain>` or `Name <addr@domain>`
-/// with a name of letters, digits, spaces, `-` and `_`; anything else (a
-/// quoted name, comments, groups, several addresses) is left to mail-parser.
+/// The address of a From: holding one mailbox, read by the strict reader
+/// the sender policy and DKIM use; anything it refuses (groups, several
+/// mailboxes, stray tokens) is left to mail-parser.
 fn plain_address(value: &str) -> Option<String> {
-    let (name, addr) = match value.split_once('<') {
-        Some((name, rest)) => (name, rest.strip_suffix('>')?),
-        None => ("", value),
-    };
-    let name_ok = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'-' | b'_'));
-    let addr_ok = addr
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"@.!#$%&'*+/=?^_`{|}~-".contains(&b));
-    let (local, domain) = addr.split_once('@')?;
-    let one_at = !domain.contains('@') && !local.is_empty() && !domain.is_empty();
-    (name_ok && addr_ok && one_at).then(|| addr.to_string())
+    crate::from_header::parse_mailbox("From", value.as_bytes())
+        .ok()
+        .map(|mailbox| mailbox.address)
 }
 
 /// The message's header section (up to and including the blank line).
@@ -234,6 +224,9 @@ mod tests {
             "From: App <app@example.com>\r\nFrom: Other <o@example.com>\r\n",
             "From: no-at-sign\r\nSubject: tab\there\r\n",
             "From: App <app@example.com> trailing\r\n",
+            "From: Mixed.Case@Example.COM\r\n",
+            "From: \"Jane Q. Doe\" <jane@example.com> (work)\r\nSubject: hi\r\n",
+            "From: <a@b@example.com>\r\n",
         ];
         for case in cases {
             let data = format!("{case}\r\nbody\r\n");
