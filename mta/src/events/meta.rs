@@ -6,8 +6,7 @@ use std::sync::LazyLock;
 use fleet::event::Meta;
 use memchr::memmem::Finder;
 
-/// The searchers, built once (building one costs more than a short search).
-static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+/// The searcher, built once (building one costs more than a short search).
 static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n"));
 
 /// At most this many metadata entries and this long a value are kept.
@@ -101,12 +100,15 @@ fn plain_address(value: &str) -> Option<String> {
         .map(|mailbox| mailbox.address)
 }
 
-/// The message's header section (up to and including the blank line).
+/// The message's header section (up to and including the blank line), as
+/// the sender policy reads it; without a blank line, its first 64 KiB.
 fn header_block(data: &[u8]) -> &[u8] {
-    BLANK_LINE
-        .find(data)
-        .map(|at| &data[..at + 4])
-        .unwrap_or(&data[..data.len().min(64 << 10)])
+    let head = crate::from_header::header_section(data);
+    if head.ends_with(b"\r\n\r\n") || head.len() == 2 {
+        head
+    } else {
+        &head[..head.len().min(64 << 10)]
+    }
 }
 
 fn clip(text: &str) -> String {
@@ -260,6 +262,10 @@ mod tests {
         assert_eq!(meta.metadata.len(), MAX_METADATA);
         assert_eq!(meta.metadata.get("k31").map(String::as_str), Some("v31"));
         assert!(!meta.metadata.contains_key("k32"));
+        // An empty header section: the body's field-like lines are not read.
+        let meta = of_message(b"\r\nFrom: b@example.com\r\nX-Meta-k: v\r\n\r\n", "c", "u");
+        assert_eq!(meta.from, None);
+        assert!(meta.metadata.is_empty());
         // No header section at all: nothing read, nothing broken.
         let meta = of_message(b"just text without fields", "c", "u");
         assert_eq!(meta.from, None);
