@@ -16,8 +16,9 @@
 //! own cost.
 //!
 //! Knobs (environment): DNSPERF_SECONDS (default 5), DNSPERF_ROUNDS (3),
-//! DNSPERF_LB_UDP_SOCKETS (lb-dns's `udp_sockets`, 2) and
-//! DNSPERF_GDNSD_UDP_THREADS (gdnsd's `udp_threads`, 2).
+//! DNSPERF_LB_UDP_SOCKETS (lb-dns's `udp_sockets`, 2),
+//! DNSPERF_LB_UDP_STEERING (lb-dns's `udp_steering`, its default `cpu`, or
+//! `spread`) and DNSPERF_GDNSD_UDP_THREADS (gdnsd's `udp_threads`, 2).
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -506,6 +507,7 @@ fn setting(name: &str, default: usize) -> usize {
 
 /// lb-dns on [`LB_DNS`], answering from a fresh feed (not failing open).
 fn start_lb_dns(dir: &Path, udp_sockets: usize) -> Killed {
+    let steering = std::env::var("DNSPERF_LB_UDP_STEERING").unwrap_or_else(|_| "cpu".into());
     std::fs::write(dir.join("fleet.toml"), fleet_toml()).unwrap();
     let config = dir.join("lb-dns.toml");
     std::fs::write(
@@ -513,7 +515,7 @@ fn start_lb_dns(dir: &Path, udp_sockets: usize) -> Killed {
         format!(
             "fleet_file = \"fleet.toml\"\nlisten = [\"{LB_DNS}\"]\nadmin_listen = \"{LB_ADMIN}\"\n\
              healthd = [\"http://{FEED}\"]\nstate_file = \"state.json\"\nudp_sockets = {udp_sockets}\n\
-             [rrl]\nresponses_per_second = 0\n"
+             udp_steering = \"{steering}\"\n[rrl]\nresponses_per_second = 0\n"
         ),
     )
     .unwrap();

@@ -33,6 +33,12 @@ pub struct NodeConfig {
     /// UDP sockets per listen address (SO_REUSEPORT), each with its own
     /// receive loop; default: one per CPU, at most 4.
     pub udp_sockets: Option<usize>,
+    /// How datagrams are shared among an address's UDP sockets: `"cpu"`
+    /// (default: the socket of the CPU a datagram arrives on, each
+    /// socket's thread kept on those CPUs, spreading by flow hash while a
+    /// thread cannot keep up) or `"spread"` (flow hash only).
+    #[serde(default)]
+    pub udp_steering: crate::steer::UdpSteering,
     /// Idle time after which a DNS-over-TCP connection is closed.
     #[serde(default = "default_tcp_idle", with = "fleet::config::duration")]
     pub tcp_idle_timeout: std::time::Duration,
@@ -127,6 +133,7 @@ impl fleet::Reloadable for Settings {
             .key("listen", &self.node.listen)
             .key("admin_listen", self.node.admin_listen)
             .key("udp_sockets", self.node.udp_sockets)
+            .key("udp_steering", self.node.udp_steering)
             .key("tcp_idle_timeout", self.node.tcp_idle_timeout)
             .key("max_connections", self.node.max_connections)
             .key("cookie_secret", self.node.cookie_secret)

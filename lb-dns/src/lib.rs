@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod respond;
 pub mod rrl;
 pub mod saved_health;
+pub mod steer;
 pub mod tcp;
 pub mod udp;
 pub mod wire;
@@ -47,12 +48,13 @@ use crate::metrics::Metrics;
 /// The sockets lb-dns serves, bound before `run` so tests can pass port 0.
 pub struct Listeners {
     pub admin: TcpListener,
-    /// Every UDP socket (several per address, SO_REUSEPORT).
-    pub udp: Vec<UdpSocket>,
+    /// The UDP sockets of each address (several, SO_REUSEPORT), in the
+    /// order they were bound.
+    pub udp: Vec<Vec<UdpSocket>>,
     pub tcp: Vec<TcpListener>,
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -122,9 +124,8 @@ impl Listeners {
         for &addr in &settings.node.listen {
             let (sockets, listener) = bind_dns(addr, count.max(1))
                 .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}: {e}"))?;
-            for socket in sockets {
-                udp.push(UdpSocket::from_std(socket)?);
-            }
+            let sockets = sockets.into_iter().map(UdpSocket::from_std);
+            udp.push(sockets.collect::<std::io::Result<Vec<_>>>()?);
             tcp.push(TcpListener::from_std(listener)?);
         }
         Ok(Listeners { admin, udp, tcp })
@@ -139,24 +140,69 @@ impl Listeners {
     }
 }
 
-/// One thread per UDP socket, each answering until `stop`.
+/// The UDP side: a thread per socket, and the groups steered by CPU.
+struct UdpThreads {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    steered: Vec<Arc<steer::Group>>,
+}
+
+/// One thread per UDP socket, each answering until `stop`; with
+/// `steering` by CPU, each address's group is steered (unless the kernel
+/// refuses: then it spreads by hash, as before) and returned for the
+/// governor.
 fn start_udp(
-    sockets: Vec<UdpSocket>,
+    addresses: Vec<Vec<UdpSocket>>,
+    steering: steer::UdpSteering,
     handler: &Arc<Handler>,
     stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<UdpThreads> {
     let mut threads = Vec::new();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let socket = socket.into_std()?;
-        let handler = handler.clone();
-        let stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("lb-dns-udp-{i}"))
-            .spawn(move || udp::serve(socket, handler, stop))
-            .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
-        threads.push(thread);
+    let mut groups = Vec::new();
+    for sockets in addresses {
+        let sockets = sockets
+            .into_iter()
+            .map(|s| s.into_std())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let group = steered_group(&sockets, steering);
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let (handler, stop, group) = (handler.clone(), stop.clone(), group.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("lb-dns-udp-{}", threads.len()))
+                .spawn(move || {
+                    let load = group.map(|group| {
+                        if let Err(error) = steer::pin(index, group.size()) {
+                            tracing::warn!(%error, "cannot keep a UDP thread on its CPUs");
+                        }
+                        group.load(index)
+                    });
+                    udp::serve(socket, handler, load, stop)
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;
+            threads.push(thread);
+        }
+        groups.extend(group);
     }
-    Ok(threads)
+    Ok(UdpThreads {
+        threads,
+        steered: groups,
+    })
+}
+
+/// `sockets` steered by CPU, if asked for and there is more than one.
+fn steered_group(
+    sockets: &[std::net::UdpSocket],
+    steering: steer::UdpSteering,
+) -> Option<Arc<steer::Group>> {
+    if steering != steer::UdpSteering::Cpu || sockets.len() < 2 {
+        return None;
+    }
+    match steer::Group::by_cpu(sockets) {
+        Ok(group) => Some(Arc::new(group)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot steer UDP by CPU; spreading by flow hash");
+            None
+        }
+    }
 }
 
 /// Waits for the UDP threads (they see the stop within `IDLE_CHECK`).
@@ -250,14 +296,19 @@ fn status(s: &Settings, answers: &Answers, health: &Health) -> Status {
 /// The DNS side once the service is up: a thread per UDP socket and a task
 /// per TCP listener, all answering with `handler`. Returns the UDP threads.
 fn serve_dns(
-    udp: Vec<UdpSocket>,
+    udp: Vec<Vec<UdpSocket>>,
     tcp: Vec<TcpListener>,
     handler: &Arc<Handler>,
     settings: &Settings,
     control: &Control,
     udp_stop: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let udp_threads = start_udp(udp, handler, udp_stop)?;
+    let udp = start_udp(udp, settings.node.udp_steering, handler, udp_stop)?;
+    control.tasks.spawn(steer::govern(
+        udp.steered,
+        handler.metrics.clone(),
+        udp_stop.clone(),
+    ));
     let limits = tcp::TcpLimits {
         max_connections: settings.node.max_connections,
         idle: settings.node.tcp_idle_timeout,
@@ -270,7 +321,7 @@ fn serve_dns(
             control.shutdown.clone(),
         ));
     }
-    Ok(udp_threads)
+    Ok(udp.threads)
 }
 
 /// Serves until `control.shutdown`, reloading on `control`'s requests.

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub tcp_connections: Gauge,
     pub tcp_evicted: Counter,
     pub tcp_accept_errors: Counter,
+    pub udp_steered_by_cpu: Gauge,
+    pub udp_steering_changes: Counter,
 }
 
 impl Metrics {
@@ -175,6 +177,8 @@ impl Metrics {
             tcp_connections: Gauge::default(),
             tcp_evicted: Counter::default(),
             tcp_accept_errors: Counter::default(),
+            udp_steered_by_cpu: Gauge::default(),
+            udp_steering_changes: Counter::default(),
         };
         metrics.register_queries_and_clusters(registry);
         metrics.register_feeds_and_tcp(registry);
@@ -255,6 +259,16 @@ impl Metrics {
             "tcp_accept_errors",
             "Failed accepts of DNS-over-TCP connections (out of file descriptors: the accept loop backs off)",
             self.tcp_accept_errors.clone(),
+        );
+        registry.register(
+            "udp_steered_by_cpu",
+            "Listen addresses whose UDP datagrams go to the socket of the CPU they arrive on (udp_steering = \"cpu\" and not overloaded)",
+            self.udp_steered_by_cpu.clone(),
+        );
+        registry.register(
+            "udp_steering_changes",
+            "Times an address's UDP steering changed between by CPU and spread by flow hash (overload and back)",
+            self.udp_steering_changes.clone(),
         );
     }
 

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::Handler;
 use crate::metrics::Tally;
 use crate::respond::{Transport, EDNS_PAYLOAD, MAX_MESSAGE};
+use crate::steer::ThreadLoad;
 
 /// Datagrams taken per system call.
-const BATCH: usize = 32;
+pub const BATCH: usize = 32;
 /// The largest query read; longer ones are dropped.
 const IN_SIZE: usize = 4096;
 /// The largest UDP reply (the EDNS payload we announce).
@@ -165,7 +166,13 @@ fn send_all(fd: i32, b: &mut Batch, count: usize) {
 }
 
 /// Answers datagrams on `socket` until `shutdown`, on a thread of its own.
-pub fn serve(socket: std::net::UdpSocket, handler: Arc<Handler>, shutdown: CancellationToken) {
+/// `load`, if the socket's group is steered, gets what it receives.
+pub fn serve(
+    socket: std::net::UdpSocket,
+    handler: Arc<Handler>,
+    load: Option<Arc<ThreadLoad>>,
+    shutdown: CancellationToken,
+) {
     if let Err(error) = socket
         .set_nonblocking(false)
         .and_then(|()| socket.set_read_timeout(Some(IDLE_CHECK)))
@@ -194,6 +201,9 @@ pub fn serve(socket: std::net::UdpSocket, handler: Arc<Handler>, shutdown: Cance
             // surface here; the socket itself is fine.
             tally.flush(&handler.metrics);
             continue;
+        }
+        if let Some(load) = &load {
+            load.record(received);
         }
         let replies = answer_batch(&mut batch, received, &handler, &mut tally);
         send_all(fd, &mut batch, replies);

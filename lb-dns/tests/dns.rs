@@ -908,3 +908,54 @@ async fn a_reload_can_change_the_feeds_followed() {
     assert_eq!(feeds[0]["url"], feed.url.as_str());
     assert!(!lb.a(&cluster(A1)).await.contains(&ip("192.0.2.12")));
 }
+
+/// A query sent from a thread kept on `cpu`; the reply, if any in 5 s.
+fn query_from_cpu(dns: std::net::SocketAddr, cpu: usize, message: &[u8]) -> Option<Vec<u8>> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            lb_dns::steer::run_on(&[cpu]).unwrap();
+            let socket = std::net::UdpSocket::bind((dns.ip(), 0)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            socket.send_to(message, dns).unwrap();
+            let mut buf = [0u8; 1500];
+            let n = socket.recv(&mut buf).ok()?;
+            Some(buf[..n].to_vec())
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_is_steered_by_cpu_and_every_cpus_socket_answers() {
+    let lb = LbDns::standard_with("127.4.54.1", "").await;
+    let soa = query(&format!("{ORIGIN}."), RecordType::SOA)
+        .to_vec()
+        .unwrap();
+    for cpu in lb_dns::steer::allowed_cpus().unwrap() {
+        let dns = lb.dns;
+        let message = soa.clone();
+        let reply = tokio::task::spawn_blocking(move || query_from_cpu(dns, cpu, &message))
+            .await
+            .unwrap();
+        let reply = reply.unwrap_or_else(|| panic!("no answer to a query sent on CPU {cpu}"));
+        assert_eq!(reply[..2], soa[..2], "the answer to CPU {cpu}'s query");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "steered by CPU in metrics",
+        || async { lb.metric("lb_dns_udp_steered_by_cpu").await == Some(1.0) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lb.metric("lb_dns_udp_steering_changes_total").await,
+        Some(0.0)
+    );
+
+    let spread = LbDns::standard_with("127.4.54.2", "udp_steering = \"spread\"").await;
+    spread.a(&cluster(A1)).await;
+    assert_eq!(spread.metric("lb_dns_udp_steered_by_cpu").await, Some(0.0));
+}
