@@ -169,12 +169,7 @@ fn start_udp(
             let thread = std::thread::Builder::new()
                 .name(format!("lb-dns-udp-{}", threads.len()))
                 .spawn(move || {
-                    let load = group.map(|group| {
-                        if let Err(error) = steer::pin(index, group.size()) {
-                            tracing::warn!(%error, "cannot keep a UDP thread on its CPUs");
-                        }
-                        group.load(index)
-                    });
+                    let load = group.map(|group| group.join(index));
                     udp::serve(socket, handler, load, stop)
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start a UDP thread: {e}"))?;

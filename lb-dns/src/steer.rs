@@ -6,11 +6,12 @@
 //! thread is woken on a CPU that is awake, and the queries that arrive
 //! while it waits for its turn are answered in one batch. When a socket's
 //! thread cannot keep up (full batches), the group spreads datagrams by
-//! flow hash over every socket, as with `"spread"`, and steers again once
-//! the load has fallen to half of what overflowed it.
+//! flow hash over every socket and lets the threads run anywhere, as with
+//! `"spread"`, and steers again once the load has fallen to half of what
+//! overflowed it.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,16 +43,16 @@ const SPREAD_AT_LEAST: Duration = Duration::from_secs(1);
 #[repr(align(64))]
 pub struct ThreadLoad {
     queries: AtomicU64,
-    full_batches: AtomicU64,
+    batches: AtomicU64,
+    /// The thread's id (0 until it starts), for placing it.
+    tid: AtomicI32,
 }
 
 impl ThreadLoad {
     /// Counts one `recvmmsg` that returned `received` datagrams.
     pub fn record(&self, received: usize) {
         self.queries.fetch_add(received as u64, Ordering::Relaxed);
-        if received >= crate::udp::BATCH {
-            self.full_batches.fetch_add(1, Ordering::Relaxed);
-        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -59,19 +60,23 @@ impl ThreadLoad {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
     pub queries_per_second: f64,
-    /// The share of the datagrams that came in full batches: a thread that
-    /// found its queue full each time it looked, i.e. fell behind.
-    pub backlogged: f64,
+    /// Datagrams per wake of a thread: how many queries had queued up,
+    /// each waiting for those before it.
+    pub mean_batch: f64,
 }
 
 impl Sample {
-    fn new(queries: u64, full_batches: u64, batch: usize, seconds: f64) -> Sample {
+    fn new(queries: u64, batches: u64, seconds: f64) -> Sample {
         Sample {
             queries_per_second: queries as f64 / seconds,
-            backlogged: (full_batches * batch as u64) as f64 / queries.max(1) as f64,
+            mean_batch: queries as f64 / batches.max(1) as f64,
         }
     }
 }
+
+/// The mean batch at which a group spreads: by then each wake finds queries
+/// that waited behind three others, on one CPU, while the others may idle.
+const SPREAD_AT_BATCH: f64 = 4.0;
 
 /// Where a group stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,13 +90,12 @@ pub enum Mode {
     },
 }
 
-/// The next mode after a tick's `sample`: spread once half of the
-/// datagrams came in full batches (a burst now and then is not an
-/// overload); steer again after a second once the rate is under half of
-/// the one that overflowed.
+/// The next mode after a tick's `sample`: spread once queries queue up
+/// (`SPREAD_AT_BATCH`); steer again after a second once the rate is under
+/// half of the one that did it.
 pub fn next_mode(mode: Mode, sample: Sample, now: Instant) -> Mode {
     match mode {
-        Mode::ByCpu if sample.backlogged >= 0.5 => Mode::Spread {
+        Mode::ByCpu if sample.mean_batch >= SPREAD_AT_BATCH => Mode::Spread {
             since: now,
             overflow_rate: sample.queries_per_second,
         },
@@ -116,6 +120,8 @@ pub struct Group {
     socket: std::net::UdpSocket,
     size: usize,
     threads: Vec<Arc<ThreadLoad>>,
+    /// The CPUs the process could use when the group was made.
+    allowed: Vec<usize>,
     state: Mutex<GroupState>,
 }
 
@@ -123,7 +129,7 @@ pub struct Group {
 struct GroupState {
     mode: Mode,
     queries: u64,
-    full_batches: u64,
+    batches: u64,
     at: Instant,
 }
 
@@ -137,22 +143,44 @@ impl Group {
             socket,
             size: sockets.len(),
             threads: (0..sockets.len()).map(|_| Arc::default()).collect(),
+            allowed: allowed_cpus()?,
             state: Mutex::new(GroupState {
                 mode: Mode::ByCpu,
                 queries: 0,
-                full_batches: 0,
+                batches: 0,
                 at: Instant::now(),
             }),
         })
     }
 
-    pub fn size(&self) -> usize {
-        self.size
+    /// Called on the thread of socket `index` as it starts: places it as
+    /// the mode wants, and returns where it records what it receives.
+    pub fn join(&self, index: usize) -> Arc<ThreadLoad> {
+        let load = self.threads[index].clone();
+        // SAFETY: gettid has no preconditions.
+        load.tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        let state = self.lock();
+        self.place(index, matches!(state.mode, Mode::ByCpu));
+        load
     }
 
-    /// Where the thread of socket `index` records what it receives.
-    pub fn load(&self, index: usize) -> Arc<ThreadLoad> {
-        self.threads[index].clone()
+    /// Keeps thread `index` on the CPUs whose datagrams its socket gets
+    /// (`by_cpu`), or lets it run anywhere it could.
+    fn place(&self, index: usize, by_cpu: bool) {
+        let tid = self.threads[index].tid.load(Ordering::Relaxed);
+        if tid == 0 {
+            return;
+        }
+        let mine: Vec<usize> = match by_cpu {
+            true => cpus_of(index, self.size, &self.allowed),
+            false => self.allowed.clone(),
+        };
+        if mine.is_empty() {
+            return;
+        }
+        if let Err(error) = set_cpus(tid, &mine) {
+            tracing::warn!(%error, "cannot place a UDP thread on CPUs {mine:?}");
+        }
     }
 
     pub fn steered_by_cpu(&self) -> bool {
@@ -171,20 +199,19 @@ impl Group {
             .iter()
             .map(|t| t.queries.load(Ordering::Relaxed))
             .sum();
-        let full: u64 = self
+        let batches: u64 = self
             .threads
             .iter()
-            .map(|t| t.full_batches.load(Ordering::Relaxed))
+            .map(|t| t.batches.load(Ordering::Relaxed))
             .sum();
         let mut state = self.lock();
         let seconds = now.duration_since(state.at).as_secs_f64().max(1e-3);
         let sample = Sample::new(
             queries.saturating_sub(state.queries),
-            full.saturating_sub(state.full_batches),
-            crate::udp::BATCH,
+            batches.saturating_sub(state.batches),
             seconds,
         );
-        (state.queries, state.full_batches, state.at) = (queries, full, now);
+        (state.queries, state.batches, state.at) = (queries, batches, now);
         tracing::debug!(?sample, "UDP load");
         let next = next_mode(state.mode, sample, now);
         let changed = matches!(state.mode, Mode::ByCpu) != matches!(next, Mode::ByCpu);
@@ -200,6 +227,9 @@ impl Group {
             Ok(()) => {
                 self.log_change(next, sample);
                 state.mode = next;
+                for index in 0..self.size {
+                    self.place(index, matches!(next, Mode::ByCpu));
+                }
                 true
             }
             Err(error) => {
@@ -286,18 +316,14 @@ fn detach(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     }
 }
 
-/// Runs the calling thread on the allowed CPUs `c` with `c % group_size ==
-/// index`, the ones whose datagrams its socket gets; leaves it as it is if
-/// there are none.
-pub fn pin(index: usize, group_size: usize) -> std::io::Result<()> {
-    let mine: Vec<usize> = allowed_cpus()?
-        .into_iter()
-        .filter(|cpu| cpu % group_size.max(1) == index)
-        .collect();
-    if mine.is_empty() {
-        return Ok(());
-    }
-    run_on(&mine)
+/// The CPUs among `allowed` whose datagrams socket `index` of a group of
+/// `size` gets: those with `cpu % size == index`.
+fn cpus_of(index: usize, size: usize, allowed: &[usize]) -> Vec<usize> {
+    allowed
+        .iter()
+        .copied()
+        .filter(|cpu| cpu % size.max(1) == index)
+        .collect()
 }
 
 /// The CPUs the calling thread may run on.
@@ -316,13 +342,18 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 
 /// Keeps the calling thread on `cpus`.
 pub fn run_on(cpus: &[usize]) -> std::io::Result<()> {
+    set_cpus(0, cpus)
+}
+
+/// Keeps thread `tid` (0: the calling one) on `cpus`.
+fn set_cpus(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; the call is given its size.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
         // SAFETY: the kernel's CPU numbers are below CPU_SETSIZE.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
-    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+    if unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -357,19 +388,19 @@ mod tests {
     use super::*;
     use std::net::UdpSocket;
 
-    fn sample(queries_per_second: f64, backlogged: f64) -> Sample {
+    fn sample(queries_per_second: f64, mean_batch: f64) -> Sample {
         Sample {
             queries_per_second,
-            backlogged,
+            mean_batch,
         }
     }
 
     #[test]
-    fn a_group_spreads_when_backlogged_and_steers_again_when_the_load_halves() {
+    fn a_group_spreads_when_queries_queue_up_and_steers_again_when_the_load_halves() {
         let t0 = Instant::now();
-        let burst = next_mode(Mode::ByCpu, sample(30_000.0, 0.1), t0);
-        assert_eq!(burst, Mode::ByCpu, "a burst now and then is no overload");
-        let spread = next_mode(Mode::ByCpu, sample(200_000.0, 0.9), t0);
+        let light = next_mode(Mode::ByCpu, sample(30_000.0, 2.3), t0);
+        assert_eq!(light, Mode::ByCpu, "a few queries per wake: steered");
+        let spread = next_mode(Mode::ByCpu, sample(200_000.0, 4.0), t0);
         assert!(matches!(spread, Mode::Spread { overflow_rate, .. } if overflow_rate == 200_000.0));
         let soon = t0 + Duration::from_millis(500);
         assert_eq!(
@@ -383,11 +414,11 @@ mod tests {
     }
 
     #[test]
-    fn the_backlogged_share_counts_datagrams_in_full_batches() {
-        let s = Sample::new(1_000, 20, 32, 0.5);
+    fn a_sample_is_the_rate_and_the_datagrams_per_wake() {
+        let s = Sample::new(1_000, 400, 0.5);
         assert_eq!(s.queries_per_second, 2_000.0);
-        assert!((s.backlogged - 0.64).abs() < 1e-9);
-        assert_eq!(Sample::new(0, 0, 32, 0.25).backlogged, 0.0);
+        assert_eq!(s.mean_batch, 2.5);
+        assert_eq!(Sample::new(0, 0, 0.25).mean_batch, 0.0);
     }
 
     /// Sends `payload` from `client` on a thread that runs on `cpu` only.
@@ -445,5 +476,60 @@ mod tests {
         }
         let got = receivers(&sockets, cpus.len());
         assert!(got.iter().all(|(_, socket)| *socket == got[0].1), "{got:?}");
+    }
+
+    #[test]
+    fn the_cpus_of_a_socket_are_those_whose_number_leaves_its_index() {
+        assert_eq!(cpus_of(1, 2, &[0, 1, 2, 3, 5]), vec![1, 3, 5]);
+        assert_eq!(cpus_of(0, 4, &[2, 3]), Vec::<usize>::new());
+        assert_eq!(cpus_of(0, 1, &[2, 3]), vec![2, 3]);
+    }
+
+    fn cpus_of_thread(tid: libc::pid_t) -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data; the call is given its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::sched_getaffinity(tid, size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(rc, 0);
+        // SAFETY: every index is below CPU_SETSIZE.
+        (0..64)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    }
+
+    #[test]
+    fn an_overloaded_group_lets_its_threads_run_anywhere_and_keeps_them_again_after() {
+        let (sockets, _) = group_of_two();
+        let group = Arc::new(Group::by_cpu(&sockets).unwrap());
+        let (joined, joined_rx) = std::sync::mpsc::channel();
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
+        let member = group.clone();
+        let thread = std::thread::spawn(move || {
+            let load = member.join(1);
+            joined.send(load).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let load = joined_rx.recv().unwrap();
+        let tid = load.tid.load(Ordering::Relaxed);
+        let allowed = allowed_cpus().unwrap();
+        let mine = match cpus_of(1, 2, &allowed) {
+            cpus if cpus.is_empty() => allowed.clone(),
+            cpus => cpus,
+        };
+        assert_eq!(cpus_of_thread(tid), mine, "kept on its CPUs");
+
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            load.record(5);
+        }
+        assert!(group.tick(t0 + TICK), "overloaded: spreads");
+        assert!(!group.steered_by_cpu());
+        assert_eq!(cpus_of_thread(tid), allowed, "runs anywhere while spread");
+
+        load.record(1);
+        assert!(group.tick(t0 + TICK * 8), "quiet again: steers");
+        assert!(group.steered_by_cpu());
+        assert_eq!(cpus_of_thread(tid), mine, "kept on its CPUs again");
+        done.send(()).unwrap();
+        thread.join().unwrap();
     }
 }
