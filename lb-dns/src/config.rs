@@ -35,8 +35,8 @@ pub struct NodeConfig {
     pub udp_sockets: Option<usize>,
     /// How datagrams are shared among an address's UDP sockets: `"cpu"`
     /// (default: the socket of the CPU a datagram arrives on, each
-    /// socket's thread kept on those CPUs, spreading by flow hash while a
-    /// thread cannot keep up) or `"spread"` (flow hash only).
+    /// socket's thread kept on those CPUs, spreading by flow hash while
+    /// queries queue up) or `"spread"` (flow hash only).
     #[serde(default)]
     pub udp_steering: crate::steer::UdpSteering,
     /// Idle time after which a DNS-over-TCP connection is closed.

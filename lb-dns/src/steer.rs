@@ -4,11 +4,11 @@
 //! `reuseport_bpf_cpu` self-test has it) and each socket's thread runs on
 //! those CPUs, so a query is answered where its packet already is: the
 //! thread is woken on a CPU that is awake, and the queries that arrive
-//! while it waits for its turn are answered in one batch. When a socket's
-//! thread cannot keep up (full batches), the group spreads datagrams by
+//! while it waits for its turn are answered in one batch. When queries
+//! queue up (`SPREAD_AT_BATCH` per wake), the group spreads datagrams by
 //! flow hash over every socket and lets the threads run anywhere, as with
 //! `"spread"`, and steers again once the load has fallen to half of what
-//! overflowed it.
+//! made it spread.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -82,8 +82,8 @@ const SPREAD_AT_BATCH: f64 = 4.0;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
     ByCpu,
-    /// Spreading since `since`, because `overflow_rate` queries/s overran
-    /// one socket's thread.
+    /// Spreading since `since`, because at `overflow_rate` queries/s they
+    /// queued up.
     Spread {
         since: Instant,
         overflow_rate: f64,
@@ -248,7 +248,7 @@ impl Group {
         match next {
             Mode::Spread { .. } => tracing::info!(
                 ?address,
-                "UDP datagrams spread by flow hash: at {rate} queries/s a socket's thread could not keep up"
+                "UDP datagrams spread by flow hash: at {rate} queries/s they queue up on one CPU"
             ),
             Mode::ByCpu => tracing::info!(
                 ?address,
