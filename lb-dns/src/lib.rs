@@ -163,7 +163,7 @@ fn start_udp(
             .into_iter()
             .map(|s| s.into_std())
             .collect::<std::io::Result<Vec<_>>>()?;
-        let group = steered_group(&sockets, steering);
+        let group = steer::Group::for_sockets(&sockets, steering);
         for (index, socket) in sockets.into_iter().enumerate() {
             let (handler, stop, group) = (handler.clone(), stop.clone(), group.clone());
             let thread = std::thread::Builder::new()
@@ -181,23 +181,6 @@ fn start_udp(
         threads,
         steered: groups,
     })
-}
-
-/// `sockets` steered by CPU, if asked for and there is more than one.
-fn steered_group(
-    sockets: &[std::net::UdpSocket],
-    steering: steer::UdpSteering,
-) -> Option<Arc<steer::Group>> {
-    if steering != steer::UdpSteering::Cpu || sockets.len() < 2 {
-        return None;
-    }
-    match steer::Group::by_cpu(sockets) {
-        Ok(group) => Some(Arc::new(group)),
-        Err(error) => {
-            tracing::warn!(%error, "cannot steer UDP by CPU; spreading by flow hash");
-            None
-        }
-    }
 }
 
 /// Waits for the UDP threads (they see the stop within `IDLE_CHECK`).

@@ -134,6 +134,25 @@ struct GroupState {
 }
 
 impl Group {
+    /// `sockets` steered by CPU, if `steering` asks for it and there is
+    /// more than one; `None` (the kernel's flow hash) otherwise, also when
+    /// the kernel refuses the program.
+    pub fn for_sockets(
+        sockets: &[std::net::UdpSocket],
+        steering: UdpSteering,
+    ) -> Option<Arc<Group>> {
+        if steering != UdpSteering::Cpu || sockets.len() < 2 {
+            return None;
+        }
+        match Group::by_cpu(sockets) {
+            Ok(group) => Some(Arc::new(group)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot steer UDP by CPU; spreading by flow hash");
+                None
+            }
+        }
+    }
+
     /// Steers `sockets` (one address's, in the order they were bound) by
     /// CPU. Fails if the kernel refuses the program.
     pub fn by_cpu(sockets: &[std::net::UdpSocket]) -> std::io::Result<Group> {
