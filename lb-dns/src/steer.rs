@@ -510,7 +510,7 @@ mod tests {
         let rc = unsafe { libc::sched_getaffinity(tid, size_of::<libc::cpu_set_t>(), &mut set) };
         assert_eq!(rc, 0);
         // SAFETY: every index is below CPU_SETSIZE.
-        (0..64)
+        (0..libc::CPU_SETSIZE as usize)
             .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
             .collect()
     }
