@@ -33,7 +33,7 @@ const LOAD_CPU: u32 = (-0x1000i32 + 36) as u32;
 /// `SO_DETACH_REUSEPORT_BPF` (Linux 5.8+).
 const DETACH_REUSEPORT_BPF: libc::c_int = 68;
 /// How often the governor looks at the load.
-pub const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(250);
 /// The least time spent spreading before steering again.
 const SPREAD_AT_LEAST: Duration = Duration::from_secs(1);
 
@@ -118,7 +118,7 @@ pub struct Group {
     /// A handle on the group's first socket, through which the program is
     /// attached and detached.
     socket: std::net::UdpSocket,
-    size: usize,
+    /// One per socket, in the order they were bound.
     threads: Vec<Arc<ThreadLoad>>,
     /// The CPUs the process could use when the group was made.
     allowed: Vec<usize>,
@@ -160,7 +160,6 @@ impl Group {
         attach(&socket, sockets.len())?;
         Ok(Group {
             socket,
-            size: sockets.len(),
             threads: (0..sockets.len()).map(|_| Arc::default()).collect(),
             allowed: allowed_cpus()?,
             state: Mutex::new(GroupState {
@@ -191,7 +190,7 @@ impl Group {
             return;
         }
         let mine: Vec<usize> = match by_cpu {
-            true => cpus_of(index, self.size, &self.allowed),
+            true => cpus_of(index, self.threads.len(), &self.allowed),
             false => self.allowed.clone(),
         };
         if mine.is_empty() {
@@ -239,14 +238,14 @@ impl Group {
             return false;
         }
         let applied = match next {
-            Mode::ByCpu => attach(&self.socket, self.size),
+            Mode::ByCpu => attach(&self.socket, self.threads.len()),
             Mode::Spread { .. } => detach(&self.socket),
         };
         match applied {
             Ok(()) => {
                 self.log_change(next, sample);
                 state.mode = next;
-                for index in 0..self.size {
+                for index in 0..self.threads.len() {
                     self.place(index, matches!(next, Mode::ByCpu));
                 }
                 true
@@ -298,34 +297,30 @@ fn attach(socket: &std::net::UdpSocket, group_size: usize) -> std::io::Result<()
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
     };
-    // SAFETY: fprog points at `program`, alive for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // `fprog` points at `program`, which outlives the call.
+    set_socket_option(socket, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 /// Back to the kernel's flow hash.
 fn detach(socket: &std::net::UdpSocket) -> std::io::Result<()> {
-    let unused: libc::c_int = 0;
-    // SAFETY: the option takes an int that the kernel ignores.
+    // The option takes an int that the kernel ignores.
+    set_socket_option(socket, DETACH_REUSEPORT_BPF, &0 as &libc::c_int)
+}
+
+/// Sets the `SOL_SOCKET` option `name` of `socket` to `value`.
+fn set_socket_option<T>(
+    socket: &std::net::UdpSocket,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a live T and the kernel is given its size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            DETACH_REUSEPORT_BPF,
-            (&unused as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
